@@ -1,0 +1,44 @@
+"""structlog configured once per process: JSON lines by default, console for people.
+
+Task tokens are capabilities: logs carry `token_hash(token)`, never the token.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from typing import Literal
+
+import structlog
+
+LogFormat = Literal["json", "console"]
+
+
+def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
+    """Route structlog (and stdlib logging) to stderr as one event per line."""
+    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer()
+        if log_format == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=True,
+    )
+    # botocore and aiohttp log through the standard library; keep them quiet and on stderr.
+    logging.basicConfig(level=max(numeric_level, logging.WARNING), stream=sys.stderr)
+
+
+def token_hash(token: str) -> str:
+    """A short, stable, non-reversible name for a task token, fit for logs."""
+    return hashlib.sha256(token.encode()).hexdigest()[:12]

@@ -1,0 +1,56 @@
+"""The side port of every long-running process: Prometheus metrics and probes.
+
+Kept off the public port (the webhook's ingress never routes here): `/metrics`,
+`/healthz` (the process is alive and its loop turns) and `/readyz` (it can do
+its job; each service passes its own check).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+Check = Callable[[], Awaitable[bool]]
+
+
+async def _always() -> bool:
+    return True
+
+
+def metrics_app(
+    registry: CollectorRegistry, *, alive: Check = _always, ready: Check = _always
+) -> web.Application:
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(
+            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
+
+    def probe(check: Check) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def handler(_: web.Request) -> web.Response:
+            ok = await check()
+            return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+        return handler
+
+    app = web.Application()
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", probe(alive))
+    app.router.add_get("/readyz", probe(ready))
+    return app
+
+
+async def start_metrics_server(
+    registry: CollectorRegistry,
+    port: int,
+    *,
+    host: str = "0.0.0.0",
+    alive: Check = _always,
+    ready: Check = _always,
+) -> web.AppRunner:
+    """Serve metrics and probes on `port`; the caller awaits `runner.cleanup()`."""
+    runner = web.AppRunner(metrics_app(registry, alive=alive, ready=ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, host, port).start()
+    return runner

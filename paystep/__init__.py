@@ -1,0 +1,1 @@
+"""The paystep command line: deploy, pay, the local stack and the demo."""

@@ -1,0 +1,3 @@
+from paystep.cli import main
+
+raise SystemExit(main())

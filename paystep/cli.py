@@ -1,0 +1,134 @@
+"""The `paystep` command: one subcommand per job, each loading its own settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from pydantic import ValidationError
+
+from common.logging import configure_logging
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    configure_logging(
+        "console" if os.environ.get("PAYSTEP_LOG_FORMAT") == "console" else "json",
+        os.environ.get("PAYSTEP_LOG_LEVEL", "info"),
+    )
+    handler: Handler = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        return 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paystep", description="Payments on AWS Step Functions and Stripe."
+    )
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    deploy = commands.add_parser("deploy", help="create or update the AWS resources")
+    deploy.add_argument("--name", default="paystep", help="resource name prefix")
+    deploy.add_argument("--role-arn", help="state machine role (default: create one)")
+    deploy.add_argument("--max-attempts", type=int, help="payment attempts after declines")
+    deploy.add_argument("--retry-backoff-s", type=int, help="wait before the 2nd attempt (doubles)")
+    deploy.add_argument("--payment-timeout-s", type=int, help="how long a payment may wait")
+    deploy.add_argument(
+        "--payment-heartbeat-s", type=int, help="heartbeat window of the payment wait (0: none)"
+    )
+    deploy.add_argument("--worker-task-timeout-s", type=int, help="cancel/refund task timeout")
+    deploy.add_argument("--output", choices=["text", "json"], default="text")
+    deploy.set_defaults(handler=_deploy)
+
+    pay = commands.add_parser("pay", help="start a payment execution")
+    pay.add_argument("--input", dest="input_json", help="the whole execution input as JSON")
+    pay.add_argument("--order-id")
+    pay.add_argument("--amount", help="integer, in the currency's minor unit")
+    pay.add_argument("--currency")
+    pay.add_argument("--customer")
+    pay.add_argument("--payment-method")
+    pay.add_argument("--receipt-email")
+    pay.add_argument("--item", action="append", default=[], metavar="SKU=QTY")
+    pay.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
+    pay.add_argument("--state-machine-arn", default=os.environ.get("PAYSTEP_STATE_MACHINE_ARN"))
+    pay.add_argument("--execution-name", help="default: the order id")
+    pay.add_argument("--wait", action="store_true", help="follow the execution to its end")
+    pay.set_defaults(handler=_pay)
+    return parser
+
+
+def _deploy(args: argparse.Namespace) -> int:
+    from statemachine.asl import Tunables
+    from statemachine.deploy import DeployOptions, deploy
+
+    overrides = {
+        key: value
+        for key, value in {
+            "max_attempts": args.max_attempts,
+            "retry_backoff_s": args.retry_backoff_s,
+            "payment_timeout_s": args.payment_timeout_s,
+            "payment_heartbeat_s": args.payment_heartbeat_s,
+            "worker_task_timeout_s": args.worker_task_timeout_s,
+        }.items()
+        if value is not None
+    }
+    if overrides.get("payment_heartbeat_s") == 0:
+        overrides["payment_heartbeat_s"] = None
+    try:
+        options = DeployOptions(
+            name=args.name, role_arn=args.role_arn, tunables=Tunables(**overrides)
+        )
+    except ValidationError as exc:
+        from statemachine.models import describe_validation_error
+
+        print(f"paystep deploy: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    result = asyncio.run(deploy(options))
+    if args.output == "json":
+        print(result.model_dump_json(indent=2))
+    else:
+        for key, value in result.model_dump().items():
+            print(f"{key}: {value}")
+    return 0
+
+
+def _pay(args: argparse.Namespace) -> int:
+    from paystep.pay import PayError, build_request, pay
+
+    try:
+        request = build_request(
+            input_json=args.input_json,
+            order_id=args.order_id,
+            amount=args.amount,
+            currency=args.currency,
+            customer=args.customer,
+            payment_method=args.payment_method,
+            receipt_email=args.receipt_email,
+            items=args.item,
+            metadata=args.metadata,
+        )
+        if not args.state_machine_arn:
+            raise PayError("no state machine: set PAYSTEP_STATE_MACHINE_ARN or --state-machine-arn")
+        return asyncio.run(
+            pay(
+                request,
+                state_machine_arn=args.state_machine_arn,
+                execution_name=args.execution_name,
+                wait=args.wait,
+            )
+        )
+    except PayError as exc:
+        print(f"paystep pay: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

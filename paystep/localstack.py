@@ -1,0 +1,234 @@
+"""The embedded local stack: moto, localstripe and paystep's own processes, on loopback.
+
+Every part is a real process started here and stopped here; nothing is left
+behind when `LocalStack.stop()` runs (it is also an atexit-safe context manager).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Self
+
+Popen = subprocess.Popen[bytes]
+
+READY_TIMEOUT_S: Final = 30.0
+STOP_TIMEOUT_S: Final = 15.0
+LOCAL_STRIPE_KEY: Final = "sk_test_paystep_local"
+LOCAL_REGION: Final = "us-east-1"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_http(url: str, timeout_s: float = READY_TIMEOUT_S, process: Popen | None = None) -> None:
+    """Wait until `url` answers at all (any HTTP status counts as up)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process is not None and process.poll() is not None:
+            raise StackError(
+                f"{process.args!r} exited with {process.returncode} before {url} answered"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
+            if time.monotonic() > deadline:
+                raise StackError(f"{url} did not answer within {timeout_s:.0f} s: {exc}") from exc
+            time.sleep(0.1)
+
+
+def http_post(url: str, body: bytes, content_type: str) -> bytes:
+    request = urllib.request.Request(
+        url, data=body, headers={"Content-Type": content_type}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        data: bytes = response.read()
+        return data
+
+
+class StackError(RuntimeError):
+    """A part of the local stack could not start."""
+
+
+@dataclass
+class ManagedProcess:
+    name: str
+    process: Popen
+    log_path: Path
+    log_file: IO[bytes]
+
+    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, sig)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait(timeout_s)
+        self.log_file.close()
+        return self.process.returncode
+
+    def kill(self) -> None:
+        """SIGKILL the process group: a crash, not a shutdown."""
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class LocalStack:
+    """Start the parts one by one (`start_aws`, `start_stripe`, ...) or all with `start`."""
+
+    workdir: Path
+    workers: int = 1
+    aws_length_tokens: bool = True
+    webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
+    aws_endpoint: str | None = None
+    stripe_base: str | None = None
+    webhook_url: str | None = None
+    deployment: dict[str, Any] | None = None
+    processes: list[ManagedProcess] = field(default_factory=list)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- the emulators -------------------------------------------------------------------
+
+    def start_aws(self) -> str:
+        port = free_port()
+        argv = [sys.executable, "-m", "paystep.moto_server", "--port", str(port)]
+        if not self.aws_length_tokens:
+            argv.append("--short-tokens")
+        proc = self.spawn("moto", argv, env={"MOTO_PORT": str(port)})
+        endpoint = f"http://127.0.0.1:{port}"
+        wait_http(f"{endpoint}/moto-api/", process=proc.process)
+        # State machines created before this call never execute (see RECIPES.md).
+        http_post(
+            f"{endpoint}/moto-api/config",
+            json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),
+            "application/json",
+        )
+        self.aws_endpoint = endpoint
+        return endpoint
+
+    def start_stripe(self) -> str:
+        port = free_port()
+        tmp = self.workdir / "localstripe"
+        tmp.mkdir(parents=True, exist_ok=True)
+        # localstripe rewrites a pickle in the temp folder on every change: one folder each.
+        proc = self.spawn(
+            "localstripe",
+            [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+            env={"TMPDIR": str(tmp)},
+        )
+        base = f"http://127.0.0.1:{port}"
+        wait_http(f"{base}/v1/customers", process=proc.process)
+        self.stripe_base = base
+        return base
+
+    def register_webhook(self, url: str, webhook_id: str = "paystep") -> None:
+        """Tell localstripe where to deliver signed events."""
+        assert self.stripe_base, "start_stripe() first"
+        body = urllib.parse.urlencode({"url": url, "secret": self.webhook_secret}).encode()
+        http_post(
+            f"{self.stripe_base}/_config/webhooks/{webhook_id}",
+            body,
+            "application/x-www-form-urlencoded",
+        )
+        self.webhook_url = url
+
+    # -- paystep itself ------------------------------------------------------------------
+
+    def deploy(self, *extra_args: str) -> dict[str, Any]:
+        result = subprocess.run(
+            [sys.executable, "-m", "paystep", "deploy", "--output", "json", *extra_args],
+            env=self.env(),
+            capture_output=True,
+            check=False,
+            timeout=120,
+        )
+        if result.returncode != 0:
+            raise StackError(f"paystep deploy failed: {result.stderr.decode()[-2000:]}")
+        self.deployment = json.loads(result.stdout)
+        return self.deployment
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """The environment paystep's processes (and `aws`, `paystep pay`) need."""
+        env = {
+            key: value
+            for key, value in os.environ.items()
+            if not key.startswith(("PAYSTEP_", "AWS_"))
+        }
+        env.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION=LOCAL_REGION,
+            PAYSTEP_LOG_FORMAT=os.environ.get("PAYSTEP_LOG_FORMAT", "json"),
+        )
+        if self.aws_endpoint:
+            env["AWS_ENDPOINT_URL"] = self.aws_endpoint
+        if self.stripe_base:
+            env["PAYSTEP_STRIPE_API_KEY"] = LOCAL_STRIPE_KEY
+            env["PAYSTEP_STRIPE_API_BASE"] = self.stripe_base
+        env["PAYSTEP_WEBHOOK_SECRETS"] = self.webhook_secret
+        if self.deployment:
+            env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
+            env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
+        env.update(extra)
+        return env
+
+    def exports(self) -> Iterator[str]:
+        """`export` lines for another terminal."""
+        base = set(os.environ.items())
+        for key, value in sorted(self.env().items()):
+            if (key, value) not in base and key.startswith(("AWS_", "PAYSTEP_")):
+                yield f"export {key}={value}"
+
+    # -- processes -----------------------------------------------------------------------
+
+    def spawn(
+        self, name: str, argv: list[str], env: Mapping[str, str] | None = None
+    ) -> ManagedProcess:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / f"{name}-{len(self.processes)}.log"
+        log_file = log_path.open("wb")
+        full_env = {**self.env(), **(env or {})}
+        process = subprocess.Popen(
+            argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,
+        )
+        managed = ManagedProcess(name, process, log_path, log_file)
+        self.processes.append(managed)
+        return managed
+
+    def stop(self) -> None:
+        """Stop everything, newest first (services before the emulators they use)."""
+        while self.processes:
+            self.processes.pop().stop()

@@ -1,0 +1,43 @@
+"""moto in server mode, with task tokens as long as AWS's.
+
+AWS task tokens run to 2048 characters while moto's are 36-character UUIDs; a
+local stack that hands out short tokens would hide every bug of the metadata
+codec. This entry point makes moto's Step Functions issue tokens of 1,000-2,048
+base64 characters, then runs the ordinary moto server.
+
+    python -m paystep.moto_server --port 5000 [--short-tokens]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import secrets
+
+
+def aws_length_token() -> str:
+    length = 1000 + secrets.randbelow(1049)
+    raw = base64.b64encode(secrets.token_bytes(length)).decode()
+    return raw[:length]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m paystep.moto_server")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--short-tokens", action="store_true", help="keep moto's UUID tokens")
+    args = parser.parse_args(argv)
+    # The running state machine calls SQS, DynamoDB and SNS at localhost:$MOTO_PORT.
+    os.environ["MOTO_PORT"] = str(args.port)
+    if not args.short_tokens:
+        from moto.stepfunctions.parser.asl.eval import states
+
+        states.long_uid = aws_length_token  # type: ignore[attr-defined]
+    from moto.server import main as moto_main
+
+    moto_main(["-H", args.host, "-p", str(args.port)])
+
+
+if __name__ == "__main__":
+    main()

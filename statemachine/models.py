@@ -1,0 +1,243 @@
+"""Typed models of everything that crosses the Step Functions boundary.
+
+- `PaymentRequest`: the execution input (the contract in DESIGN.md).
+- `CreatePaymentTask`, `CancelPaymentTask`, `RefundPaymentTask`: the SQS task
+  messages the state machine sends, a union discriminated by `type`.
+- `PaymentOutcome`, `CancelOutcome`, `RefundOutcome`: what the services send back
+  with SendTaskSuccess.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Final, Literal, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# https://docs.stripe.com/api/metadata: 50 keys, names up to 40 characters, values up to 500.
+STRIPE_METADATA_MAX_KEYS: Final = 50
+STRIPE_METADATA_KEY_MAX_CHARS: Final = 40
+STRIPE_METADATA_VALUE_MAX_CHARS: Final = 500
+# Keys paystep writes itself: order_id, execution, attempt and the token (codec.MAX_TOKEN_KEYS + 1).
+RESERVED_METADATA_KEYS: Final = 10
+MAX_CALLER_METADATA_KEYS: Final = STRIPE_METADATA_MAX_KEYS - RESERVED_METADATA_KEYS
+RESERVED_METADATA_PREFIX: Final = "paystep_"
+
+# https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts (minor units).
+STRIPE_MAX_AMOUNT: Final = 99_999_999
+STRIPE_MIN_AMOUNT: Final = {
+    "usd": 50, "eur": 50, "gbp": 30, "aud": 50, "cad": 50, "chf": 50, "jpy": 50, "dkk": 250,
+    "nok": 300, "sek": 300, "hkd": 400, "mxn": 1000, "sgd": 50, "nzd": 50, "pln": 200,
+    "czk": 1500, "huf": 17500, "inr": 50, "brl": 50, "aed": 200, "ron": 200, "bgn": 100,
+    "myr": 200, "thb": 1000,
+}  # fmt: skip
+
+OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
+CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
+CustomerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{1,250}$")]
+PaymentMethodId = Annotated[str, StringConstraints(pattern=r"^(pm|card|src)_[A-Za-z0-9_]{1,250}$")]
+PaymentIntentId = Annotated[str, StringConstraints(pattern=r"^pi_[A-Za-z0-9_]{1,250}$")]
+Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+TaskToken = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+ExecutionId = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+
+_METADATA_KEY = re.compile(rf"^[^\[\]]{{1,{STRIPE_METADATA_KEY_MAX_CHARS}}}$")
+
+
+def _idempotency_key(*parts: str) -> str:
+    # Stripe keys are at most 255 characters; execution ARNs can come close on their own.
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return f"paystep-{parts[0]}-{digest[:40]}"
+
+
+class Frozen(BaseModel):
+    """Immutable, strict about unknown fields."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Item(Frozen):
+    sku: Sku
+    quantity: StrictInt = Field(gt=0, le=10_000)
+
+
+class PaymentRequest(Frozen):
+    """The execution input: one order, one payment."""
+
+    order_id: OrderId
+    amount: StrictInt = Field(gt=0, le=STRIPE_MAX_AMOUNT)
+    currency: CurrencyCode
+    customer: CustomerId | None = None
+    payment_method: PaymentMethodId | None = None
+    receipt_email: Email | None = None
+    items: tuple[Item, ...] = Field(default=(), max_length=100)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_fits_stripe(cls, metadata: dict[str, str]) -> dict[str, str]:
+        if len(metadata) > MAX_CALLER_METADATA_KEYS:
+            raise ValueError(
+                f"at most {MAX_CALLER_METADATA_KEYS} keys (Stripe allows "
+                f"{STRIPE_METADATA_MAX_KEYS}, paystep keeps {RESERVED_METADATA_KEYS})"
+            )
+        for key, value in metadata.items():
+            if not _METADATA_KEY.match(key):
+                raise ValueError(
+                    f"key {key[:50]!r} must be 1-{STRIPE_METADATA_KEY_MAX_CHARS} characters "
+                    "without square brackets"
+                )
+            if key.startswith(RESERVED_METADATA_PREFIX) or key == "order_id":
+                raise ValueError(f"key {key!r} is reserved for paystep")
+            if len(value) > STRIPE_METADATA_VALUE_MAX_CHARS:
+                raise ValueError(
+                    f"value of {key!r} is {len(value)} characters, "
+                    f"at most {STRIPE_METADATA_VALUE_MAX_CHARS}"
+                )
+        return metadata
+
+    @model_validator(mode="after")
+    def _amount_within_stripe_minimum(self) -> Self:
+        minimum = STRIPE_MIN_AMOUNT.get(self.currency, 1)
+        if self.amount < minimum:
+            raise ValueError(
+                f"amount: {self.amount} is below Stripe's minimum charge of {minimum} "
+                f"for {self.currency} (in the currency's minor unit)"
+            )
+        return self
+
+
+class CreatePaymentTask(Frozen):
+    """Create (and, with a payment method, confirm) the PaymentIntent of one attempt.
+
+    `request` stays raw here: the envelope (token, execution) must be usable even
+    when the caller's input is not, so the worker can fail the task with
+    `Payment.InvalidInput` instead of losing it.
+    """
+
+    type: Literal["create_payment"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    state: str = Field(min_length=1, max_length=80)
+    attempt: StrictInt = Field(ge=1)
+    request: JsonValue
+
+    def payment_request(self) -> PaymentRequest:
+        """The validated request; raises `ValidationError` naming the field."""
+        return PaymentRequest.model_validate(self.request)
+
+    @property
+    def idempotency_key(self) -> str:
+        """Same task, same key: redeliveries and racing workers create one PaymentIntent."""
+        return _idempotency_key("create", self.execution_id, self.state, str(self.attempt))
+
+
+class CancelPaymentTask(Frozen):
+    """After the payment wait timed out: cancel the attempt's PaymentIntent, if any."""
+
+    type: Literal["cancel_payment"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    attempt: StrictInt = Field(ge=1)
+
+
+class RefundPaymentTask(Frozen):
+    """Fulfilment failed: refund the payment in full, once."""
+
+    type: Literal["refund_payment"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    order_id: OrderId
+    payment_intent_id: PaymentIntentId
+    reason: str = Field(default="fulfilment_failed", max_length=200)
+
+    @property
+    def idempotency_key(self) -> str:
+        """One refund per PaymentIntent, whichever execution asks for it."""
+        return _idempotency_key("refund", self.payment_intent_id)
+
+
+Task = Annotated[
+    CreatePaymentTask | CancelPaymentTask | RefundPaymentTask, Field(discriminator="type")
+]
+TASK_ADAPTER: Final[TypeAdapter[Task]] = TypeAdapter(Task)
+
+PaymentIntentStatus = Literal[
+    "requires_payment_method",
+    "requires_confirmation",
+    "requires_action",
+    "processing",
+    "requires_capture",
+    "canceled",
+    "succeeded",
+]
+
+
+class PaymentOutcome(Frozen):
+    """SendTaskSuccess output of the payment wait (the `payment` of the execution output)."""
+
+    payment_intent_id: PaymentIntentId
+    status: Literal["succeeded", "requires_capture"]
+    amount_received: StrictInt = Field(ge=0)
+    currency: CurrencyCode
+    latest_charge: str | None = None
+    event_id: str | None = None
+
+
+class CancelOutcome(Frozen):
+    """SendTaskSuccess output of the cancel task.
+
+    `succeeded` means the payment went through after all: the state machine goes
+    on to fulfilment with `payment`.
+    """
+
+    outcome: Literal["canceled", "succeeded", "not_found"]
+    payment_intent_id: PaymentIntentId | None = None
+    payment: PaymentOutcome | None = None
+
+
+class RefundOutcome(Frozen):
+    refund_id: str
+    status: str
+    amount: StrictInt = Field(ge=0)
+    currency: CurrencyCode
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line naming each failing field and what was expected.
+
+    `amount: Input should be greater than 0; currency: String should match pattern '^[a-z]{3}$'`
+    """
+    parts = []
+    for error in exc.errors(include_url=False, include_input=False):
+        location = ".".join(str(part) for part in error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            message = "unknown field"
+        if message.startswith(f"{location}: "):
+            parts.append(message)
+        else:
+            parts.append(f"{location}: {message}" if location else message)
+    return "; ".join(parts)
+
+
+def dump_json(model: BaseModel) -> str:
+    """Compact JSON of a model without null fields, as sent to Step Functions."""
+    return model.model_dump_json(exclude_none=True)
+
+
+def as_dict(model: BaseModel) -> dict[str, Any]:
+    return model.model_dump(mode="json", exclude_none=True)

@@ -1,0 +1,54 @@
+"""Fixtures shared by every layer of tests.
+
+`stack` is one real local stack per test session (moto in server mode with Step
+Functions execution on, localstripe), started as processes. `deploy_fresh`
+deploys paystep under a new name so each test gets its own queue, tables and
+state machine on that shared stack.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from paystep.localstack import LocalStack
+
+Deployer = Callable[..., dict[str, Any]]
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    with LocalStack(tmp_path_factory.mktemp("stack")) as local:
+        local.start_aws()
+        local.start_stripe()
+        saved = dict(os.environ)
+        # In-process clients (aioboto3, boto3) of the tests talk to the same stack.
+        os.environ.update(
+            {k: v for k, v in local.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
+        )
+        try:
+            yield local
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
+
+@pytest.fixture(scope="session")
+def deploy_fresh(stack: LocalStack) -> Deployer:
+    """`deploy_fresh(--max-attempts=...)`: a new, isolated paystep deployment."""
+
+    def deploy(*args: str) -> dict[str, Any]:
+        name = "t" + uuid.uuid4().hex[:10]
+        return stack.deploy("--name", name, *args)
+
+    return deploy
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
