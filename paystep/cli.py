@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -62,7 +63,25 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--execution-name", help="default: the order id")
     pay.add_argument("--wait", action="store_true", help="follow the execution to its end")
     pay.set_defaults(handler=_pay)
+
+    for name, module, text in (
+        ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
+        ("webhook", "webhook.main", "run the Stripe webhook service"),
+    ):
+        service = commands.add_parser(name, help=text, add_help=False)
+        service.add_argument("args", nargs=argparse.REMAINDER)
+        service.set_defaults(handler=_delegate(module))
     return parser
+
+
+def _delegate(module: str) -> Handler:
+    """Hand the rest of the command line to a service's own `main(argv) -> int`."""
+
+    def handler(args: argparse.Namespace) -> int:
+        service_main: Callable[[Sequence[str]], int] = importlib.import_module(module).main
+        return service_main(args.args)
+
+    return handler
 
 
 def _deploy(args: argparse.Namespace) -> int:
