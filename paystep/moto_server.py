@@ -1,9 +1,13 @@
-"""moto in server mode, with task tokens as long as AWS's.
+"""moto in server mode, closer to AWS where paystep depends on it.
 
-AWS task tokens run to 2048 characters while moto's are 36-character UUIDs; a
-local stack that hands out short tokens would hide every bug of the metadata
-codec. This entry point makes moto's Step Functions issue tokens of 1,000-2,048
-base64 characters, then runs the ordinary moto server.
+- Task tokens: AWS's run to 2048 characters while moto's are 36-character UUIDs;
+  a local stack with short tokens would hide every bug of the metadata codec, so
+  moto's Step Functions issues tokens of 1,000-2,048 base64 characters.
+- SendTaskFailure: moto's HTTP layer drops the `cause` parameter, so every
+  failed execution would lose the reason (decline code, invalid field) that
+  callers read; the cause is passed through as AWS does.
+
+Then it runs the ordinary moto server.
 
     python -m paystep.moto_server --port 5000 [--short-tokens]
 """
@@ -22,6 +26,21 @@ def aws_length_token() -> str:
     return raw[:length]
 
 
+def _keep_failure_cause() -> None:
+    from moto.core.responses import EmptyResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def send_task_failure(self: StepFunctionResponse) -> EmptyResult:
+        self.stepfunction_backend.send_task_failure(
+            self._get_param("taskToken"),
+            error=self._get_param("error"),
+            cause=self._get_param("cause"),
+        )
+        return EmptyResult()
+
+    StepFunctionResponse.send_task_failure = send_task_failure
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paystep.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -34,6 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         from moto.stepfunctions.parser.asl.eval import states
 
         states.long_uid = aws_length_token  # type: ignore[attr-defined]
+    _keep_failure_cause()
     from moto.server import main as moto_main
 
     moto_main(["-H", args.host, "-p", str(args.port)])

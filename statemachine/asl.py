@@ -42,11 +42,11 @@ class Tunables(BaseModel):
     max_attempts: int = Field(default=3, ge=1, le=20)
     retry_backoff_s: int = Field(default=60, ge=0, le=86_400)
     # Bank debits take up to 14 business days to settle: three weeks by default.
-    payment_timeout_s: int = Field(default=21 * 86_400, ge=60, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
+    payment_timeout_s: int = Field(default=21 * 86_400, ge=1, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
     # `paystep reconcile --heartbeat` keeps a long `processing` payment alive; None waits
     # for the timeout alone.
     payment_heartbeat_s: int | None = Field(default=4 * 86_400, ge=1)
-    worker_task_timeout_s: int = Field(default=86_400, ge=60, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
+    worker_task_timeout_s: int = Field(default=86_400, ge=1, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
 
     @model_validator(mode="after")
     def _heartbeat_below_timeout(self) -> Self:

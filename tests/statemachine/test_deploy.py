@@ -1,0 +1,68 @@
+"""`paystep deploy` against moto: creates everything once, a second run changes nothing."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import boto3
+
+from paystep.localstack import LocalStack
+from statemachine.deploy import MAX_RECEIVE_COUNT
+
+
+def test_deploy_creates_resources_then_is_idempotent(stack: LocalStack) -> None:
+    name = "d" + uuid.uuid4().hex[:8]
+    first = stack.deploy("--name", name)
+    assert any("state machine" in change for change in first["changed"])
+    second = stack.deploy("--name", name)
+    assert second["changed"] == []
+    assert {k: v for k, v in second.items() if k != "changed"} == {
+        k: v for k, v in first.items() if k != "changed"
+    }
+
+    sqs: Any = boto3.client("sqs")
+    attributes = sqs.get_queue_attributes(QueueUrl=first["queue_url"], AttributeNames=["All"])[
+        "Attributes"
+    ]
+    redrive = json.loads(attributes["RedrivePolicy"])
+    assert redrive["maxReceiveCount"] == MAX_RECEIVE_COUNT
+    assert redrive["deadLetterTargetArn"].endswith(f"{name}-tasks-dlq")
+    assert attributes["SqsManagedSseEnabled"] == "true"
+    tables = boto3.client("dynamodb").list_tables()["TableNames"]
+    assert {f"{name}-orders", f"{name}-inventory"} <= set(tables)
+    definition = json.loads(
+        boto3.client("stepfunctions").describe_state_machine(
+            stateMachineArn=first["state_machine_arn"]
+        )["definition"]
+    )
+    assert definition["States"]["CreatePayment"]["Parameters"]["QueueUrl"] == first["queue_url"]
+
+
+def test_changed_tunables_update_the_state_machine(stack: LocalStack) -> None:
+    name = "d" + uuid.uuid4().hex[:8]
+    stack.deploy("--name", name)
+    changed = stack.deploy("--name", name, "--max-attempts", "5")
+    assert changed["changed"] == [f"state machine {name}-payment updated"]
+    described = boto3.client("stepfunctions").describe_state_machine(
+        stateMachineArn=changed["state_machine_arn"]
+    )
+    config = json.loads(described["definition"])["States"]["Init"]["Parameters"]["config"]
+    assert config["max_attempts"] == 5
+
+
+def test_deploy_refuses_heartbeat_not_below_timeout(stack: LocalStack) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "paystep", "deploy", "--payment-timeout-s", "60",
+         "--payment-heartbeat-s", "60"],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "payment_heartbeat_s (60) must be below payment_timeout_s (60)" in result.stderr

@@ -1,0 +1,261 @@
+"""Every branch of the payment state machine, executed by moto, with the test as the worker.
+
+GIVEN a fresh deployment on moto (Step Functions execution on)
+WHEN the test answers the SQS task messages the way the worker and webhook would
+THEN the execution ends as the contract says, and DynamoDB / SNS show its effects.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from statemachine import errors
+from tests.conftest import Deployer
+from tests.support.aws import (
+    TopicInbox,
+    clients,
+    order_row,
+    put_stock,
+    receive_task,
+    start,
+    states_entered,
+    stock_of,
+    wait_done,
+)
+
+pytestmark = pytest.mark.usefixtures("stack")
+
+
+def _order(**extra: Any) -> dict[str, Any]:
+    return {"order_id": f"ord_{uuid.uuid4().hex[:10]}", "amount": 1999, "currency": "usd", **extra}
+
+
+def _paid(pi: str, amount: int = 1999) -> str:
+    return json.dumps(
+        {
+            "payment_intent_id": pi,
+            "status": "succeeded",
+            "amount_received": amount,
+            "currency": "usd",
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def fast(deploy_fresh: Deployer) -> dict[str, Any]:
+    """Declines retried after 1 s (then 2 s), three attempts, no heartbeat window."""
+    return deploy_fresh(
+        "--retry-backoff-s", "1", "--max-attempts", "3", "--payment-heartbeat-s", "0"
+    )
+
+
+@pytest.fixture(scope="module")
+def impatient(deploy_fresh: Deployer) -> dict[str, Any]:
+    """The payment wait times out after 2 s."""
+    return deploy_fresh("--payment-timeout-s", "2", "--payment-heartbeat-s", "0")
+
+
+def test_success_records_order_takes_stock_and_publishes_receipt(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, sns = clients()
+    receipts = TopicInbox(sqs, sns, fast["receipts_topic_arn"])
+    put_stock(ddb, fast["inventory_table"], "sku_mug", 5)
+    put_stock(ddb, fast["inventory_table"], "sku_tea", 3)
+    request = _order(items=[{"sku": "sku_mug", "quantity": 2}, {"sku": "sku_tea", "quantity": 1}])
+    arn = start(sfn, fast["state_machine_arn"], request)
+
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    assert task["request"] == request
+    assert task["attempt"] == 1 and task["execution_id"] == arn and task["state"] == "CreatePayment"
+    assert len(task["task_token"]) >= 1000, "the local stack issues AWS-length tokens"
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_ok"))
+
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    output = json.loads(done["output"])
+    assert output["order_id"] == request["order_id"]
+    assert output["payment"]["payment_intent_id"] == "pi_ok"
+    assert output["payment"]["amount_received"] == 1999
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert row["status"] == "paid" and row["payment_intent_id"] == "pi_ok"
+    assert row["amount_received"] == "1999"
+    assert stock_of(ddb, fast["inventory_table"], "sku_mug") == 3
+    assert stock_of(ddb, fast["inventory_table"], "sku_tea") == 2
+    published = receipts.messages()
+    assert [m["type"] for m in published] == ["receipt"]
+    assert published[0]["payment"]["payment_intent_id"] == "pi_ok"
+
+
+def test_order_without_items_succeeds(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    request = _order()
+    arn = start(sfn, fast["state_machine_arn"], request)
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_noitems"))
+    assert wait_done(sfn, arn)["status"] == "SUCCEEDED"
+    assert order_row(ddb, fast["orders_table"], request["order_id"])["status"] == "paid"
+
+
+def test_decline_notifies_then_retry_succeeds(fast: dict[str, Any]) -> None:
+    sfn, sqs, _, sns = clients()
+    notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
+    arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+
+    first = receive_task(sqs, fast["queue_url"], "create_payment")
+    cause = json.dumps({"code": "card_declined", "decline_code": "insufficient_funds"})
+    sfn.send_task_failure(taskToken=first["task_token"], error=errors.DECLINED, cause=cause)
+    second = receive_task(sqs, fast["queue_url"], "create_payment")
+    assert second["attempt"] == 2
+    assert second["task_token"] != first["task_token"]
+    sfn.send_task_success(taskToken=second["task_token"], output=_paid("pi_second"))
+
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"])["attempts"] == 2
+    notice = notices.messages()
+    assert [m["type"] for m in notice] == ["payment_declined"]
+    assert notice[0]["attempt"] == 1 and "insufficient_funds" in notice[0]["cause"]
+
+
+def test_declines_exhaust_the_attempts(deploy_fresh: Deployer) -> None:
+    deployed = deploy_fresh("--retry-backoff-s", "0", "--max-attempts", "2")
+    sfn, sqs, _, sns = clients()
+    notices = TopicInbox(sqs, sns, deployed["notifications_topic_arn"])
+    arn = start(sfn, deployed["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    for attempt in (1, 2):
+        task = receive_task(sqs, deployed["queue_url"], "create_payment")
+        assert task["attempt"] == attempt
+        sfn.send_task_failure(
+            taskToken=task["task_token"], error=errors.DECLINED, cause=f"declined #{attempt}"
+        )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"], done["cause"]) == (
+        "FAILED",
+        errors.DECLINED,
+        "declined #2",
+    )
+    assert len(notices.messages()) == 2
+    assert states_entered(sfn, arn).count("CreatePayment") == 2
+
+
+def test_timeout_cancels_and_fails(impatient: dict[str, Any]) -> None:
+    sfn, sqs, _, _ = clients()
+    arn = start(sfn, impatient["state_machine_arn"], _order())
+    receive_task(sqs, impatient["queue_url"], "create_payment")  # never answered
+    cancel = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    assert cancel["execution_id"] == arn and cancel["attempt"] == 1
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_late"}),
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.TIMED_OUT)
+
+
+def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    request = _order()
+    arn = start(sfn, impatient["state_machine_arn"], request)
+    receive_task(sqs, impatient["queue_url"], "create_payment")
+    cancel = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    payment = json.loads(_paid("pi_after_all"))
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps(
+            {"outcome": "succeeded", "payment_intent_id": "pi_after_all", "payment": payment}
+        ),
+    )
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"])["payment"]["payment_intent_id"] == "pi_after_all"
+    assert order_row(ddb, impatient["orders_table"], request["order_id"])["status"] == "paid"
+
+
+def test_out_of_stock_refunds_restocks_and_fails(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, sns = clients()
+    receipts = TopicInbox(sqs, sns, fast["receipts_topic_arn"])
+    notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
+    put_stock(ddb, fast["inventory_table"], "sku_plenty", 10)
+    put_stock(ddb, fast["inventory_table"], "sku_scarce", 1)
+    request = _order(
+        items=[{"sku": "sku_plenty", "quantity": 2}, {"sku": "sku_scarce", "quantity": 2}]
+    )
+    arn = start(sfn, fast["state_machine_arn"], request)
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_refund_me"))
+
+    refund = receive_task(sqs, fast["queue_url"], "refund_payment")
+    assert refund["payment_intent_id"] == "pi_refund_me"
+    assert refund["order_id"] == request["order_id"]
+    sfn.send_task_success(
+        taskToken=refund["task_token"],
+        output=json.dumps(
+            {"refund_id": "re_1", "status": "succeeded", "amount": 1999, "currency": "usd"}
+        ),
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE)
+    assert "out of stock" in done["cause"]
+    assert stock_of(ddb, fast["inventory_table"], "sku_plenty") == 10, "taken stock goes back"
+    assert stock_of(ddb, fast["inventory_table"], "sku_scarce") == 1
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (row["status"], row["refund_id"]) == ("refunded", "re_1")
+    assert receipts.messages(wait_s=0.5) == [], "no receipt for a refunded order"
+    assert [m["type"] for m in notices.messages()] == ["order_refunded"]
+
+
+def test_second_payment_for_a_paid_order_is_refunded(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    request = _order()
+    for pi in ("pi_first", "pi_duplicate"):
+        arn = start(sfn, fast["state_machine_arn"], request)
+        task = receive_task(sqs, fast["queue_url"], "create_payment")
+        sfn.send_task_success(taskToken=task["task_token"], output=_paid(pi))
+    refund = receive_task(sqs, fast["queue_url"], "refund_payment")
+    assert refund["payment_intent_id"] == "pi_duplicate"
+    sfn.send_task_success(
+        taskToken=refund["task_token"],
+        output=json.dumps(
+            {"refund_id": "re_dup", "status": "succeeded", "amount": 1999, "currency": "usd"}
+        ),
+    )
+    assert wait_done(sfn, arn)["error"] == errors.UNFULFILLABLE
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (row["status"], row["payment_intent_id"]) == ("paid", "pi_first")
+
+
+def test_refund_failure_ends_with_its_own_error(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    put_stock(ddb, fast["inventory_table"], "sku_none", 0)
+    arn = start(sfn, fast["state_machine_arn"], _order(items=[{"sku": "sku_none", "quantity": 1}]))
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_no_refund"))
+    refund = receive_task(sqs, fast["queue_url"], "refund_payment")
+    sfn.send_task_failure(taskToken=refund["task_token"], error="Payment.Rejected", cause="nope")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"], done["cause"]) == (
+        "FAILED",
+        errors.REFUND_FAILED,
+        "nope",
+    )
+
+
+@pytest.mark.parametrize("error", [errors.INVALID_INPUT, errors.REJECTED, errors.CANCELED])
+def test_other_contract_errors_end_the_execution_with_their_name(
+    fast: dict[str, Any], error: str
+) -> None:
+    sfn, sqs, _, _ = clients()
+    arn = start(sfn, fast["state_machine_arn"], {"order_id": "bad", "amount": -5})
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    assert task["request"] == {"order_id": "bad", "amount": -5}, "input reaches the worker as is"
+    sfn.send_task_failure(taskToken=task["task_token"], error=error, cause="amount: must be > 0")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"], done["cause"]) == (
+        "FAILED",
+        error,
+        "amount: must be > 0",
+    )
+    assert "NotifyDeclined" not in states_entered(sfn, arn)

@@ -1,0 +1,102 @@
+"""Synchronous boto3 helpers for tests that drive the state machine on moto."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import boto3
+
+
+def clients() -> tuple[Any, Any, Any, Any]:
+    """Step Functions, SQS, DynamoDB and SNS clients on the stack in os.environ."""
+    return (
+        boto3.client("stepfunctions"),
+        boto3.client("sqs"),
+        boto3.client("dynamodb"),
+        boto3.client("sns"),
+    )
+
+
+def start(sfn: Any, machine_arn: str, request: dict[str, Any], name: str | None = None) -> str:
+    started = sfn.start_execution(
+        stateMachineArn=machine_arn,
+        name=name or f"{request.get('order_id', 'x')}-{uuid.uuid4().hex[:8]}",
+        input=json.dumps(request),
+    )
+    arn: str = started["executionArn"]
+    return arn
+
+
+def receive_task(sqs: Any, queue_url: str, task_type: str, timeout_s: float = 30) -> dict[str, Any]:
+    """The next task message of `task_type` (deleted from the queue), as a dict."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1)
+        for message in answer.get("Messages", []):
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            body: dict[str, Any] = json.loads(message["Body"])
+            assert body["type"] == task_type, f"expected {task_type}, got {body['type']}"
+            return body
+    raise AssertionError(f"no {task_type} task on {queue_url} within {timeout_s} s")
+
+
+def wait_done(sfn: Any, execution_arn: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.2)
+    raise AssertionError(f"{execution_arn} still RUNNING after {timeout_s} s")
+
+
+def states_entered(sfn: Any, execution_arn: str) -> list[str]:
+    events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
+    return [
+        e["stateEnteredEventDetails"]["name"] for e in events if "stateEnteredEventDetails" in e
+    ]
+
+
+class TopicInbox:
+    """An SQS queue subscribed to an SNS topic: what the topic published, decoded."""
+
+    def __init__(self, sqs: Any, sns: Any, topic_arn: str) -> None:
+        self._sqs = sqs
+        self.url = sqs.create_queue(QueueName=f"inbox-{uuid.uuid4().hex[:12]}")["QueueUrl"]
+        arn = sqs.get_queue_attributes(QueueUrl=self.url, AttributeNames=["QueueArn"])
+        sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=arn["Attributes"]["QueueArn"],
+            Attributes={"RawMessageDelivery": "true"},
+        )
+
+    def messages(self, wait_s: float = 1) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + wait_s
+        while True:
+            answer = self._sqs.receive_message(
+                QueueUrl=self.url, MaxNumberOfMessages=10, WaitTimeSeconds=0
+            )
+            batch = answer.get("Messages", [])
+            found.extend(json.loads(m["Body"]) for m in batch)
+            if not batch and (found or time.monotonic() > deadline):
+                return found
+            if not batch:
+                time.sleep(0.2)
+
+
+def put_stock(ddb: Any, table: str, sku: str, stock: int) -> None:
+    ddb.put_item(TableName=table, Item={"sku": {"S": sku}, "stock": {"N": str(stock)}})
+
+
+def stock_of(ddb: Any, table: str, sku: str) -> int:
+    return int(ddb.get_item(TableName=table, Key={"sku": {"S": sku}})["Item"]["stock"]["N"])
+
+
+def order_row(ddb: Any, table: str, order_id: str) -> dict[str, str]:
+    item = ddb.get_item(TableName=table, Key={"order_id": {"S": order_id}}).get("Item", {})
+    return {key: next(iter(value.values())) for key, value in item.items()}
