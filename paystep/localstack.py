@@ -76,6 +76,7 @@ class ManagedProcess:
     process: Popen
     log_path: Path
     log_file: IO[bytes]
+    urls: dict[str, str] = field(default_factory=dict)
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
         if self.process.poll() is None:
@@ -206,6 +207,46 @@ class LocalStack:
         for key, value in sorted(self.env().items()):
             if (key, value) not in base and key.startswith(("AWS_", "PAYSTEP_")):
                 yield f"export {key}={value}"
+
+    def start_webhook(self) -> ManagedProcess:
+        """One webhook process, registered with localstripe as the event endpoint."""
+        port, metrics_port = free_port(), free_port()
+        proc = self.spawn(
+            "webhook",
+            [sys.executable, "-m", "paystep", "webhook"],
+            env={"PAYSTEP_WEBHOOK_PORT": str(port), "PAYSTEP_METRICS_PORT": str(metrics_port)},
+        )
+        proc.urls = {
+            "webhook": f"http://127.0.0.1:{port}/webhooks/stripe",
+            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
+        }
+        wait_http(f"http://127.0.0.1:{port}/healthz", process=proc.process)
+        self.register_webhook(proc.urls["webhook"])
+        return proc
+
+    def start_worker(self) -> ManagedProcess:
+        metrics_port = free_port()
+        proc = self.spawn(
+            "worker",
+            [sys.executable, "-m", "paystep", "worker"],
+            env={"PAYSTEP_METRICS_PORT": str(metrics_port)},
+        )
+        proc.urls = {"metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
+        wait_http(f"http://127.0.0.1:{metrics_port}/healthz", process=proc.process)
+        return proc
+
+    def start(self, *deploy_args: str) -> Self:
+        """The whole stack: emulators, deployment, the webhook, `workers` workers."""
+        self.start_aws()
+        self.start_stripe()
+        self.deploy(*deploy_args)
+        self.start_webhook()
+        for _ in range(self.workers):
+            self.start_worker()
+        return self
+
+    def services(self, name: str) -> list[ManagedProcess]:
+        return [proc for proc in self.processes if proc.name == name]
 
     # -- processes -----------------------------------------------------------------------
 

@@ -31,14 +31,15 @@ def _keep_failure_cause() -> None:
     from moto.stepfunctions.responses import StepFunctionResponse
 
     def send_task_failure(self: StepFunctionResponse) -> EmptyResult:
-        self.stepfunction_backend.send_task_failure(
+        # With execution on, the backend is moto's ASL parser backend, which takes `cause`.
+        self.stepfunction_backend.send_task_failure(  # type: ignore[call-arg]
             self._get_param("taskToken"),
             error=self._get_param("error"),
             cause=self._get_param("cause"),
         )
         return EmptyResult()
 
-    StepFunctionResponse.send_task_failure = send_task_failure
+    StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
 
 
 def main(argv: list[str] | None = None) -> None:
