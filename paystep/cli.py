@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--wait", action="store_true", help="follow the execution to its end")
     pay.set_defaults(handler=_pay)
 
+    demo = commands.add_parser("demo", help="run sample payments on the embedded local stack")
+    demo.add_argument("--workers", type=int, default=2)
+    demo.set_defaults(handler=lambda args: _local("demo", args.workers))
+    dev = commands.add_parser("dev", help="run the embedded local stack until Ctrl-C")
+    dev.add_argument("--workers", type=int, default=1)
+    dev.set_defaults(handler=lambda args: _local("dev", args.workers))
+
     for name, module, text in (
         ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
         ("webhook", "webhook.main", "run the Stripe webhook service"),
@@ -72,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
         service.add_argument("args", nargs=argparse.REMAINDER)
         service.set_defaults(handler=_delegate(module))
     return parser
+
+
+def _local(command: str, workers: int) -> int:
+    from paystep import demo
+
+    return demo.demo(workers) if command == "demo" else demo.dev(workers)
 
 
 def _delegate(module: str) -> Handler:
