@@ -18,7 +18,12 @@ Handler = Callable[[argparse.Namespace], int]
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, rest = parser.parse_known_args(argv)
+    if rest and not hasattr(args, "args"):
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:
+        # The services parse their own options (argparse's REMAINDER stops at a leading --flag).
+        args.args = [*rest, *args.args]
     configure_logging(
         "console" if os.environ.get("PAYSTEP_LOG_FORMAT") == "console" else "json",
         os.environ.get("PAYSTEP_LOG_LEVEL", "info"),
@@ -74,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, module, text in (
         ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
         ("webhook", "webhook.main", "run the Stripe webhook service"),
+        ("reconcile", "webhook.reconcile", "replay Stripe events the webhook missed"),
     ):
         service = commands.add_parser(name, help=text, add_help=False)
         service.add_argument("args", nargs=argparse.REMAINDER)

@@ -1,0 +1,323 @@
+"""`paystep reconcile`: finish payments whose webhook never arrived.
+
+Stripe retries a webhook for three days at most (a few times in test mode), and
+an endpoint can be down for a weekend; a bank debit can stay `processing` for
+two weeks. This command lists the PaymentIntent events of a window from
+Stripe's Events API (kept 30 days) and feeds each one, oldest first, through
+exactly the webhook's own mapping (`webhook.mapping.handle_event`). Replaying is
+safe: a callback on a task that is already closed answers "already closed".
+
+With `--heartbeat`, PaymentIntents of the window that are still open (processing,
+waiting for the customer) get a SendTaskHeartbeat on their current token, so a
+HeartbeatSeconds on the payment wait only catches payments that are truly stuck.
+
+Exit status: 0 when every event was handled or deliberately skipped, 1 when an
+error could not be got past (Stripe or Step Functions still failing after their
+retries), 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import re
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+import stripe
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
+from pydantic import ValidationError
+
+from common.clients import aws_config, aws_session, stripe_client
+from common.logging import configure_logging, token_hash
+from common.settings import StripeSettings
+from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.codec import TokenCodecError, decode_token
+from statemachine.models import describe_validation_error
+from webhook.events import MalformedEvent, StripeEvent, parse_event
+from webhook.mapping import EVENT_TABLE, Ignore, Result, handle_event, plan
+
+log = structlog.get_logger("paystep.reconcile")
+
+# https://docs.stripe.com/api/events: events are listable for 30 days.
+STRIPE_EVENTS_RETENTION_S: Final = 30 * 86_400
+STRIPE_PAGE_LIMIT: Final = 100
+OPEN_STATUSES: Final = frozenset(
+    {"processing", "requires_action", "requires_payment_method", "requires_confirmation"}
+)
+# Event types that show a PaymentIntent may still be open, listed only for --heartbeat.
+OPENING_TYPES: Final = ("payment_intent.created", "payment_intent.processing",
+                        "payment_intent.requires_action")  # fmt: skip
+_DURATION: Final = re.compile(r"(\d+)([smhd])")
+_UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
+
+
+class ReconcileSettings(StripeSettings):
+    """Stripe key from `PAYSTEP_STRIPE_API_KEY`; optional Prometheus Pushgateway for the job."""
+
+    pushgateway_url: str | None = None
+    reconcile_concurrency: int = 8
+
+
+def parse_duration(text: str) -> int:
+    """`90s`, `30m`, `72h`, `3d`, `1h30m` → seconds."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"--since: expected a duration such as 30m, 72h or 3d, got {text!r}")
+    seconds = sum(int(n) * _UNIT_S[u] for n, u in parts)
+    if not 0 < seconds <= STRIPE_EVENTS_RETENTION_S:
+        raise ValueError(
+            f"--since: must be between 1s and 30d (Stripe keeps events 30 days), got {text}"
+        )
+    return seconds
+
+
+@dataclass
+class Summary:
+    events_seen: int = 0
+    callbacks_sent: int = 0
+    already_closed: int = 0
+    skipped: int = 0
+    would_send: int = 0
+    heartbeats: int = 0
+    errors: int = 0
+    by_type: dict[str, int] = field(default_factory=dict)
+
+    def line(self, dry_run: bool) -> str:
+        sent = (
+            f"would send {self.would_send}" if dry_run else f"callbacks sent {self.callbacks_sent}"
+        )
+        return (
+            f"events seen {self.events_seen}, {sent}, already closed {self.already_closed}, "
+            f"skipped {self.skipped}, heartbeats {self.heartbeats}, errors {self.errors}"
+        )
+
+
+async def list_events(
+    client: stripe.StripeClient, since_ts: int, types: Sequence[str]
+) -> list[StripeEvent]:
+    """Every event of `types` created at or after `since_ts`, oldest first.
+
+    One listing per type with `type=` (an exact name works everywhere; `types[]`
+    and wildcards are not universal), paginated with `starting_after`.
+    """
+    found: dict[str, StripeEvent] = {}
+    for event_type in types:
+        async for raw in _pages(client, {"type": event_type, "created": {"gte": since_ts}}):
+            try:
+                event = parse_event(raw)
+            except MalformedEvent as exc:
+                log.warning("reconcile.event_unreadable", event_id=raw.get("id"), error=str(exc))
+                continue
+            found[event.id] = event
+    return sorted(found.values(), key=lambda event: (event.created, event.id))
+
+
+async def _pages(
+    client: stripe.StripeClient, params: dict[str, Any]
+) -> AsyncIterator[dict[str, Any]]:
+    after: str | None = None
+    while True:
+        page_params = {**params, "limit": STRIPE_PAGE_LIMIT}
+        if after:
+            page_params["starting_after"] = after
+        page = await client.v1.events.list_async(page_params)  # type: ignore[arg-type]
+        for item in page.data:
+            yield item.to_dict()
+        if not page.has_more or not page.data:
+            return
+        after = page.data[-1].id
+
+
+async def replay(
+    events: Sequence[StripeEvent],
+    callbacks: Callbacks,
+    summary: Summary,
+    *,
+    dry_run: bool,
+    concurrency: int,
+) -> None:
+    """Feed events through the webhook's mapping; events of one PaymentIntent stay in order."""
+    by_pi: dict[str, list[StripeEvent]] = {}
+    for event in events:
+        pi_id = str(event.data.object.get("id", ""))
+        by_pi.setdefault(pi_id, []).append(event)
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one_payment_intent(pi_events: list[StripeEvent]) -> None:
+        async with slots:
+            for event in pi_events:
+                await _replay_one(event, callbacks, summary, dry_run=dry_run)
+
+    await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
+
+
+async def _replay_one(
+    event: StripeEvent, callbacks: Callbacks, summary: Summary, *, dry_run: bool
+) -> None:
+    summary.events_seen += 1
+    summary.by_type[event.type] = summary.by_type.get(event.type, 0) + 1
+    bound = log.bind(event_id=event.id, event_type=event.type)
+    try:
+        if dry_run:
+            decision = plan(event)
+            if isinstance(decision, Ignore):
+                summary.skipped += 1
+            else:
+                summary.would_send += 1
+                bound.info("reconcile.would_send", action=decision.callback.action,
+                           payment_intent=decision.payment_intent.id)  # fmt: skip
+            return
+        outcome = await handle_event(event, callbacks)
+    except MalformedEvent as exc:
+        summary.skipped += 1
+        bound.warning("reconcile.event_malformed", error=str(exc))
+        return
+    except CallbackError as exc:
+        summary.errors += 1
+        bound.error("reconcile.callback_failed", code=exc.code, error=str(exc))
+        return
+    if outcome.result is Result.DELIVERED:
+        summary.callbacks_sent += 1
+    elif outcome.result is Result.ALREADY_CLOSED:
+        summary.already_closed += 1
+    else:
+        summary.skipped += 1
+
+
+async def heartbeat_open(
+    client: stripe.StripeClient,
+    events: Sequence[StripeEvent],
+    callbacks: Callbacks,
+    summary: Summary,
+    *,
+    dry_run: bool,
+) -> None:
+    """SendTaskHeartbeat for PaymentIntents of the window that are still open now.
+
+    Unlike replay, this reads the PaymentIntent fresh: a heartbeat must reach the
+    task that is waiting now, and a heartbeat cannot change an outcome.
+    """
+    pi_ids = sorted({str(e.data.object.get("id")) for e in events if e.data.object.get("id")})
+    for pi_id in pi_ids:
+        try:
+            pi = await client.v1.payment_intents.retrieve_async(pi_id)
+        except stripe.StripeError as exc:
+            summary.errors += 1
+            log.error("reconcile.retrieve_failed", payment_intent=pi_id, error=str(exc))
+            continue
+        if pi.status not in OPEN_STATUSES:
+            continue
+        try:
+            metadata: dict[str, str] = pi.to_dict().get("metadata") or {}
+            token = decode_token(metadata)
+        except TokenCodecError:
+            token = None
+        if token is None:
+            continue
+        bound = log.bind(payment_intent=pi_id, status=pi.status, token_hash=token_hash(token))
+        if dry_run:
+            bound.info("reconcile.would_heartbeat")
+            continue
+        try:
+            result = await callbacks.heartbeat(token)
+        except CallbackError as exc:
+            summary.errors += 1
+            bound.error("reconcile.heartbeat_failed", code=exc.code)
+            continue
+        if result is CallbackResult.DELIVERED:
+            summary.heartbeats += 1
+            bound.info("reconcile.heartbeat_sent")
+
+
+async def reconcile(
+    settings: ReconcileSettings, since_s: int, *, dry_run: bool, heartbeat: bool
+) -> Summary:
+    summary = Summary()
+    since_ts = int(time.time()) - since_s
+    client = stripe_client(settings, max_network_retries=3)
+    async with AsyncExitStack() as stack:
+        sfn = await stack.enter_async_context(
+            aws_session().client("stepfunctions", config=aws_config(retry_mode="adaptive"))
+        )
+        callbacks = Callbacks(sfn)
+        try:
+            events = await list_events(client, since_ts, list(EVENT_TABLE))
+            opening = await list_events(client, since_ts, OPENING_TYPES) if heartbeat else []
+        except stripe.StripeError as exc:
+            summary.errors += 1
+            log.error("reconcile.list_failed", error=str(exc))
+            return summary
+        log.info("reconcile.listed", events=len(events), since_s=since_s)
+        await replay(
+            events, callbacks, summary, dry_run=dry_run, concurrency=settings.reconcile_concurrency
+        )
+        if heartbeat:
+            await heartbeat_open(client, [*events, *opening], callbacks, summary, dry_run=dry_run)
+    return summary
+
+
+def _push_metrics(settings: ReconcileSettings, summary: Summary) -> None:
+    """A CronJob ends before any scrape: push its figures to the Pushgateway."""
+    if not settings.pushgateway_url:
+        return
+    registry = CollectorRegistry()
+    counts = Counter(
+        "paystep_reconcile_events",
+        "Events of the last run, by result.",
+        ["result"],
+        registry=registry,
+    )
+    results = {
+        "delivered": summary.callbacks_sent,
+        "already_closed": summary.already_closed,
+        "skipped": summary.skipped,
+        "error": summary.errors,
+    }
+    for result, value in results.items():
+        counts.labels(result).inc(value)
+    Gauge(
+        "paystep_reconcile_last_run_timestamp_seconds", "End of the last run.", registry=registry
+    ).set_to_current_time()
+    try:
+        push_to_gateway(settings.pushgateway_url, job="paystep-reconcile", registry=registry)
+    except OSError as exc:
+        log.warning("reconcile.push_failed", error=str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="paystep reconcile", description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--since", required=True, help="window to replay, e.g. 30m, 72h, 3d (at most 30d)"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list what would be sent, send nothing"
+    )
+    parser.add_argument(
+        "--heartbeat", action="store_true", help="also heartbeat payments still open"
+    )
+    args = parser.parse_args(argv)
+    try:
+        since_s = parse_duration(args.since)
+        settings = ReconcileSettings()  # type: ignore[call-arg]
+    except ValueError as exc:
+        message = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+        print(f"paystep reconcile: {message}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    summary = asyncio.run(
+        reconcile(settings, since_s, dry_run=args.dry_run, heartbeat=args.heartbeat)
+    )
+    log.info(
+        "reconcile.done",
+        dry_run=args.dry_run,
+        **{k: v for k, v in vars(summary).items() if k != "by_type"},
+    )
+    _push_metrics(settings, summary)
+    print(summary.line(args.dry_run))
+    return 1 if summary.errors else 0
