@@ -1,0 +1,962 @@
+"""A fake Stripe API (aiohttp) that honours `Idempotency-Key`, for tests and benchmarks.
+
+localstripe does not honour idempotency keys and cannot inject faults; this fake
+speaks the part of Stripe's HTTP API the worker uses, the way Stripe does:
+form-encoded bodies (`metadata[key]=value`), JSON answers, Stripe's error shape
+`{"error": {"type", "code", "message", "param", "decline_code", ...}}`.
+
+Run it in-process:
+
+    fake = FakeStripe(latency_s=0.2)
+    await fake.start()                  # on the running loop, a free loopback port
+    ...; await fake.stop()
+    with FakeStripe().running_in_thread() as fake:   # its own loop in a thread
+        fake.url, fake.stats(), fake.add_fault(...)
+
+or as a process (other suites, benchmarks):
+
+    python -m tests.support.fake_stripe --port 12111 [--latency-s 0.2] [--jitter-s 0.05]
+        [--rate-limit-per-s 25] [--same-key-in-flight conflict|wait]
+
+It prints `listening on http://127.0.0.1:PORT` once it serves.
+
+Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a 401):
+
+- `POST /v1/payment_intents`: amount, currency, customer, payment_method, metadata,
+  payment_method_types, capture_method, payment_method_options, confirm,
+  off_session, description, expand. Any other parameter is a 400 (like
+  localstripe). Metadata limits (50 keys, 40-character names, 500-character
+  values) are enforced. With `confirm=true` the payment method decides:
+  `pm_card_chargeCustomerFail`, `pm_card_chargeDeclined`, `pm_card_visa_chargeDeclined`
+  -> 402 `card_declined` / `generic_decline` (`...InsufficientFunds` ->
+  `insufficient_funds`), the PaymentIntent is stored as `requires_payment_method`
+  with `last_payment_error`; `pm_card_authenticationRequired` -> 402
+  `authentication_required`; `pm_processing*`, `pm_sepa*`, `pm_usBankAccount*` ->
+  `processing`; `pm_missing*` -> 400 `resource_missing`; any other -> `succeeded`.
+  Without confirm: `requires_payment_method`. Customers `cus_missing*` -> 400
+  `resource_missing` (param `customer`); other customers exist.
+- `GET /v1/payment_intents/{id}`, `GET /v1/payment_intents` (list, `limit`).
+- `POST /v1/payment_intents/{id}/cancel` (400 `payment_intent_unexpected_state`
+  once succeeded or canceled).
+- `GET /v1/payment_intents/search?query=...`: clauses `metadata['k']:'v'`,
+  `status:'v'`, `amount:v`, `currency:'v'` joined by `AND`.
+- `POST /v1/refunds` (payment_intent, amount, reason, metadata): the rest of the
+  amount received; 400 `charge_already_refunded` when nothing is left.
+  `GET /v1/refunds?payment_intent=...`.
+
+Idempotency (https://docs.stripe.com/api/idempotent_requests): the first POST with a
+key stores its status and body once the endpoint runs (card declines included);
+the same key and parameters replay it with `Idempotent-Replayed: true`; other
+parameters -> 400 `idempotency_error`. A request arriving while another with
+the same key runs gets 409 `idempotency_key_in_use` (default, as Stripe) or,
+with `same_key_in_flight="wait"`, waits and replays. Parameter validation
+failures, injected errors and 429s store nothing. `forget_idempotency_keys()`
+plays the 24 hours after which Stripe prunes keys.
+
+Faults (`add_fault(...)`, or `POST /_fake/faults` with the same fields as JSON),
+matched in order against `method` and a path regex (`path`), each used `times` times
+(`None`: forever):
+
+- `kind="error"`: answer `status` (500 `api_error`, 429 `rate_limit`, 409
+  `lock_timeout`, others `invalid_request_error`) before running the endpoint.
+- `kind="drop"`: run the endpoint (the object exists, the key is stored), then
+  close the connection without an answer.
+- `kind="hold"`: run the endpoint, then keep the answer for `hold_s` seconds
+  (a client killed in that window never sees it).
+
+Latency: every `/v1` request sleeps `latency_s` plus up to `jitter_s`. Rate limit:
+`rate_limit_per_s` requests a second (token bucket, burst of one second) then
+429s, counted in `stats()["rate_limited"]`.
+
+Control API (process form): `GET /_fake/stats`, `GET /_fake/requests`,
+`GET /_fake/payment_intents`, `POST /_fake/config` (JSON: latency_s, jitter_s,
+rate_limit_per_s, same_key_in_flight), `POST /_fake/faults`,
+`POST /_fake/forget_idempotency_keys`, `POST /_fake/reset`.
+
+`stats()` counts requests by route (`"POST /v1/payment_intents"`), statuses,
+replays, 409 conflicts, the rate limited, the peak of requests in flight and
+the objects held; `requests()` lists each request (method, route, key, status,
+replayed, metadata).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import random
+import re
+import secrets
+import threading
+import time
+import urllib.parse
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any, Final, Literal
+
+from aiohttp import web
+
+SameKeyInFlight = Literal["conflict", "wait"]
+FaultKind = Literal["error", "drop", "hold"]
+
+METADATA_MAX_KEYS: Final = 50
+METADATA_KEY_MAX_CHARS: Final = 40
+METADATA_VALUE_MAX_CHARS: Final = 500
+CREATE_PARAMS: Final = frozenset(
+    {
+        "amount",
+        "currency",
+        "customer",
+        "payment_method",
+        "metadata",
+        "payment_method_types",
+        "capture_method",
+        "payment_method_options",
+        "confirm",
+        "off_session",
+        "description",
+        "expand",
+    }
+)
+DECLINING_METHODS: Final = {
+    "pm_card_chargeCustomerFail": "generic_decline",
+    "pm_card_chargeDeclined": "generic_decline",
+    "pm_card_visa_chargeDeclined": "generic_decline",
+    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
+}
+PROCESSING_PREFIXES: Final = ("pm_processing", "pm_sepa", "pm_usBankAccount")
+SEARCH_CLAUSE: Final = re.compile(
+    r"""^\s*(?:metadata\['(?P<key>(?:[^'\\]|\\.)*)'\]|(?P<field>[a-z_]+))\s*:\s*"""
+    r"""(?:'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<bare>[^\s']+))\s*$"""
+)
+
+
+class StripeFailure(Exception):
+    """An answer in Stripe's error shape."""
+
+    def __init__(
+        self, status: int, type_: str, message: str, *, executed: bool = False, **fields: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message, **fields}}
+        # Stripe stores an idempotent answer only once the endpoint ran: a validation
+        # failure leaves the key free, a refusal after it ran is replayed.
+        self.executed = executed
+
+
+@dataclass
+class Fault:
+    method: str = "POST"
+    path: str = r"^/v1/payment_intents$"
+    kind: FaultKind = "error"
+    status: int = 500
+    times: int | None = 1
+    hold_s: float = 3600.0
+
+    def matches(self, method: str, path: str) -> bool:
+        return (self.times is None or self.times > 0) and (
+            self.method in ("*", method) and re.search(self.path, path) is not None
+        )
+
+
+@dataclass
+class RequestRecord:
+    method: str
+    route: str
+    idempotency_key: str | None
+    status: int = 0
+    replayed: bool = False
+    fault: str | None = None
+    object_id: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Stored:
+    fingerprint: str
+    status: int
+    body: dict[str, Any]
+
+
+@dataclass
+class _Answer:
+    status: int
+    body: dict[str, Any]
+    replayed: bool = False
+    after: Fault | None = None
+
+
+class FakeStripe:
+    """The fake's state and HTTP app; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        jitter_s: float = 0.0,
+        rate_limit_per_s: float | None = None,
+        same_key_in_flight: SameKeyInFlight = "conflict",
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.latency_s = latency_s
+        self.jitter_s = jitter_s
+        self.rate_limit_per_s = rate_limit_per_s
+        self.same_key_in_flight: SameKeyInFlight = same_key_in_flight
+        self.host = host
+        self.port = port
+        self._lock = threading.Lock()
+        self._runner: web.AppRunner | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.reset()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    async def start(self) -> str:
+        self._loop = asyncio.get_running_loop()
+        # Stripe's clients hold connections open; do not cancel handlers on disconnect so a
+        # killed client leaves the object behind exactly as Stripe would.
+        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
+        await site.start()
+        server = site._server
+        assert isinstance(server, asyncio.base_events.Server)
+        self.port = server.sockets[0].getsockname()[1]
+        return self.url
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @contextlib.contextmanager
+    def running_in_thread(self) -> Iterator[FakeStripe]:
+        """Serve from a daemon thread with its own loop: blocking tests cannot stall it."""
+        started = threading.Event()
+        stopping: asyncio.Event | None = None
+        failure: list[BaseException] = []
+
+        async def serve() -> None:
+            nonlocal stopping
+            stopping = asyncio.Event()
+            try:
+                await self.start()
+            except BaseException as exc:
+                failure.append(exc)
+                started.set()
+                raise
+            started.set()
+            await stopping.wait()
+            await self.stop()
+
+        thread = threading.Thread(target=asyncio.run, args=(serve(),), daemon=True)
+        thread.start()
+        started.wait(10)
+        if failure:
+            raise failure[0]
+        try:
+            yield self
+        finally:
+            if self._loop is not None and stopping is not None:
+                self._loop.call_soon_threadsafe(stopping.set)
+            thread.join(10)
+
+    # -- control -------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        with self._lock:
+            self.payment_intents: dict[str, dict[str, Any]] = {}
+            self.refunds: dict[str, dict[str, Any]] = {}
+            self.faults: list[Fault] = []
+            self._records: list[RequestRecord] = []
+            self._idempotency: dict[str, _Stored] = {}
+            self._key_in_flight: dict[str, asyncio.Event] = {}
+            self._statuses: Counter[int] = Counter()
+            self._routes: Counter[str] = Counter()
+            self._replays = 0
+            self._conflicts = 0
+            self._rate_limited = 0
+            self._in_flight = 0
+            self._peak_in_flight = 0
+            self._tokens = float(self.rate_limit_per_s or 0.0)
+            self._tokens_at = time.monotonic()
+
+    def configure(
+        self,
+        *,
+        latency_s: float | None = None,
+        jitter_s: float | None = None,
+        rate_limit_per_s: float | Literal["unchanged"] | None = "unchanged",
+        same_key_in_flight: SameKeyInFlight | None = None,
+    ) -> None:
+        with self._lock:
+            if latency_s is not None:
+                self.latency_s = latency_s
+            if jitter_s is not None:
+                self.jitter_s = jitter_s
+            if rate_limit_per_s != "unchanged":
+                self.rate_limit_per_s = rate_limit_per_s
+                self._tokens = float(rate_limit_per_s or 0.0)
+                self._tokens_at = time.monotonic()
+            if same_key_in_flight is not None:
+                self.same_key_in_flight = same_key_in_flight
+
+    def add_fault(self, fault: Fault | None = None, /, **fields: Any) -> Fault:
+        fault = fault or Fault(**fields)
+        with self._lock:
+            self.faults.append(fault)
+        return fault
+
+    def forget_idempotency_keys(self) -> None:
+        """What Stripe does to keys older than 24 hours."""
+        with self._lock:
+            self._idempotency.clear()
+
+    def put_payment_intent(self, **fields: Any) -> dict[str, Any]:
+        """Store a PaymentIntent directly, as if made long ago (no key, no request counted)."""
+        intent = _payment_intent(fields)
+        with self._lock:
+            self.payment_intents[intent["id"]] = intent
+        return intent
+
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "requests": sum(self._routes.values()),
+                "routes": dict(self._routes),
+                "statuses": {str(k): v for k, v in self._statuses.items()},
+                "replays": self._replays,
+                "conflicts": self._conflicts,
+                "rate_limited": self._rate_limited,
+                "in_flight": self._in_flight,
+                "peak_in_flight": self._peak_in_flight,
+                "payment_intents": len(self.payment_intents),
+                "refunds": len(self.refunds),
+            }
+
+    def requests(self, route: str | None = None) -> list[RequestRecord]:
+        with self._lock:
+            return [r for r in self._records if route is None or r.route == route]
+
+    def intents(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [json.loads(json.dumps(pi)) for pi in self.payment_intents.values()]
+
+    # -- HTTP ----------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=1024**2)
+        routes = [
+            ("POST", "/v1/payment_intents", self._create_payment_intent),
+            ("GET", "/v1/payment_intents", self._list_payment_intents),
+            ("GET", "/v1/payment_intents/search", self._search_payment_intents),
+            ("GET", "/v1/payment_intents/{id}", self._retrieve_payment_intent),
+            ("POST", "/v1/payment_intents/{id}/cancel", self._cancel_payment_intent),
+            ("POST", "/v1/refunds", self._create_refund),
+            ("GET", "/v1/refunds", self._list_refunds),
+        ]
+        for method, path, endpoint in routes:
+            app.router.add_route(method, path, self._api(f"{method} {path}", endpoint))
+        app.router.add_get("/_fake/stats", self._control_stats)
+        app.router.add_get("/_fake/requests", self._control_requests)
+        app.router.add_get("/_fake/payment_intents", self._control_intents)
+        app.router.add_post("/_fake/config", self._control_config)
+        app.router.add_post("/_fake/faults", self._control_faults)
+        app.router.add_post("/_fake/forget_idempotency_keys", self._control_forget)
+        app.router.add_post("/_fake/reset", self._control_reset)
+        return app
+
+    def _api(
+        self, route: str, endpoint: Callable[[web.Request, dict[str, Any]], Awaitable[_Answer]]
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+            if request.method == "POST":
+                params = _decode_form(await request.text())
+            else:
+                params = _decode_form(request.query_string)
+            record = RequestRecord(request.method, route, key, params=params)
+            with self._lock:
+                self._records.append(record)
+                self._routes[route] += 1
+                self._in_flight += 1
+                self._peak_in_flight = max(self._peak_in_flight, self._in_flight)
+            try:
+                answer = await self._answer(request, route, key, params, endpoint, record)
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+            record.status = answer.status
+            record.replayed = answer.replayed
+            with self._lock:
+                self._statuses[answer.status] += 1
+                self._replays += answer.replayed
+            if answer.after is not None and answer.after.kind == "drop":
+                record.fault = "drop"
+                if request.transport is not None:
+                    request.transport.abort()
+                raise asyncio.CancelledError
+            if answer.after is not None and answer.after.kind == "hold":
+                record.fault = "hold"
+                await asyncio.sleep(answer.after.hold_s)
+            headers = {"Request-Id": "req_" + secrets.token_hex(7)}
+            if answer.replayed:
+                headers["Idempotent-Replayed"] = "true"
+            return web.json_response(answer.body, status=answer.status, headers=headers)
+
+        return handler
+
+    async def _answer(
+        self,
+        request: web.Request,
+        route: str,
+        key: str | None,
+        params: dict[str, Any],
+        endpoint: Callable[[web.Request, dict[str, Any]], Awaitable[_Answer]],
+        record: RequestRecord,
+    ) -> _Answer:
+        if not request.headers.get("Authorization", "").startswith("Bearer sk_"):
+            return _error_answer(
+                StripeFailure(401, "invalid_request_error", "Invalid API Key provided.")
+            )
+        if not self._take_rate_token():
+            record.fault = "rate_limited"
+            await self._latency()
+            return _error_answer(_injected(429))
+        fault = self._take_fault(request.method, request.path)
+        if fault is not None and fault.kind == "error":
+            record.fault = f"error {fault.status}"
+            await self._latency()
+            return _error_answer(_injected(fault.status))
+        if key is None:
+            await self._latency()
+            answer = await self._run(endpoint, request, params)
+        else:
+            answer = await self._run_idempotent(key, route, request, params, endpoint)
+        answer.after = fault
+        return answer
+
+    async def _run(
+        self,
+        endpoint: Callable[[web.Request, dict[str, Any]], Awaitable[_Answer]],
+        request: web.Request,
+        params: dict[str, Any],
+    ) -> _Answer:
+        try:
+            return await endpoint(request, params)
+        except StripeFailure as failure:
+            return _error_answer(failure)
+
+    async def _run_idempotent(
+        self,
+        key: str,
+        route: str,
+        request: web.Request,
+        params: dict[str, Any],
+        endpoint: Callable[[web.Request, dict[str, Any]], Awaitable[_Answer]],
+    ) -> _Answer:
+        fingerprint = json.dumps([route, request.path, params], sort_keys=True)
+        while True:
+            stored = self._idempotency.get(key)
+            if stored is not None:
+                if stored.fingerprint != fingerprint:
+                    return _error_answer(
+                        StripeFailure(
+                            400,
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with.",
+                        )
+                    )
+                return _Answer(stored.status, stored.body, replayed=True)
+            running = self._key_in_flight.get(key)
+            if running is None:
+                break
+            if self.same_key_in_flight == "conflict":
+                with self._lock:
+                    self._conflicts += 1
+                return _error_answer(
+                    StripeFailure(
+                        409,
+                        "invalid_request_error",
+                        "There is currently another in-progress request using this "
+                        "Idempotent Key (that probably means you submitted twice, and the "
+                        "other request is still going through).",
+                        code="idempotency_key_in_use",
+                    )
+                )
+            await running.wait()
+        done = asyncio.Event()
+        # The key is taken for the whole request, latency included, as on Stripe's side.
+        self._key_in_flight[key] = done
+        try:
+            await self._latency()
+            try:
+                answer = await endpoint(request, params)
+            except StripeFailure as failure:
+                if not failure.executed:
+                    return _error_answer(failure)
+                answer = _error_answer(failure)
+            self._idempotency[key] = _Stored(fingerprint, answer.status, answer.body)
+            return answer
+        finally:
+            del self._key_in_flight[key]
+            done.set()
+
+    async def _latency(self) -> None:
+        if self.latency_s or self.jitter_s:
+            await asyncio.sleep(self.latency_s + random.random() * self.jitter_s)
+
+    def _take_rate_token(self) -> bool:
+        with self._lock:
+            if not self.rate_limit_per_s:
+                return True
+            now = time.monotonic()
+            self._tokens = min(
+                self.rate_limit_per_s,
+                self._tokens + (now - self._tokens_at) * self.rate_limit_per_s,
+            )
+            self._tokens_at = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return True
+            self._rate_limited += 1
+            return False
+
+    def _take_fault(self, method: str, path: str) -> Fault | None:
+        with self._lock:
+            for fault in self.faults:
+                if fault.matches(method, path):
+                    if fault.times is not None:
+                        fault.times -= 1
+                    return fault
+        return None
+
+    # -- endpoints -----------------------------------------------------------------------
+
+    async def _create_payment_intent(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        unknown = sorted(set(params) - CREATE_PARAMS)
+        if unknown:
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                f"Received unknown parameter: {unknown[0]}",
+                param=unknown[0],
+                code="parameter_unknown",
+            )
+        amount = _integer(params, "amount")
+        currency = params.get("currency")
+        if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                "Missing required param: currency.",
+                param="currency",
+                code="parameter_missing",
+            )
+        metadata = _metadata(params.get("metadata"))
+        customer = params.get("customer")
+        if isinstance(customer, str) and customer.startswith("cus_missing"):
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                f"No such customer: '{customer}'",
+                param="customer",
+                code="resource_missing",
+            )
+        method = params.get("payment_method")
+        if isinstance(method, str) and method.startswith("pm_missing"):
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                f"No such PaymentMethod: '{method}'",
+                param="payment_method",
+                code="resource_missing",
+            )
+        intent = _payment_intent(
+            {
+                "amount": amount,
+                "currency": currency,
+                "customer": customer,
+                "payment_method": method,
+                "metadata": metadata,
+                "capture_method": params.get("capture_method", "automatic"),
+            }
+        )
+        with self._lock:
+            self.payment_intents[intent["id"]] = intent
+        if params.get("confirm") == "true":
+            if not isinstance(method, str):
+                raise StripeFailure(
+                    400,
+                    "invalid_request_error",
+                    "You cannot confirm this PaymentIntent because it's missing a payment method.",
+                    code="payment_intent_unexpected_state",
+                    executed=True,
+                )
+            return self._confirm(intent, method, off_session=params.get("off_session") == "true")
+        return _Answer(200, intent)
+
+    def _confirm(self, intent: dict[str, Any], method: str, *, off_session: bool) -> _Answer:
+        decline_code = DECLINING_METHODS.get(method)
+        if decline_code is not None or (method == "pm_card_authenticationRequired" and off_session):
+            code = "card_declined" if decline_code else "authentication_required"
+            error = {
+                "type": "card_error",
+                "code": code,
+                "decline_code": decline_code or "authentication_required",
+                "message": "Your card was declined."
+                if decline_code
+                else "This payment requires authentication.",
+                "charge": "ch_" + secrets.token_hex(12),
+            }
+            with self._lock:
+                intent["status"] = "requires_payment_method"
+                intent["last_payment_error"] = dict(error)
+            return _Answer(402, {"error": {**error, "payment_intent": dict(intent)}})
+        with self._lock:
+            if method == "pm_card_authenticationRequired":
+                intent["status"] = "requires_action"
+            elif method.startswith(PROCESSING_PREFIXES):
+                intent["status"] = "processing"
+            elif intent["capture_method"] == "manual":
+                intent["status"] = "requires_capture"
+                intent["latest_charge"] = "ch_" + secrets.token_hex(12)
+            else:
+                intent["status"] = "succeeded"
+                intent["amount_received"] = intent["amount"]
+                intent["latest_charge"] = "ch_" + secrets.token_hex(12)
+        return _Answer(200, dict(intent))
+
+    async def _retrieve_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
+        return _Answer(200, self._intent(request.match_info["id"]))
+
+    async def _list_payment_intents(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        limit = int(params.get("limit", 10))
+        with self._lock:
+            data = sorted(self.payment_intents.values(), key=lambda pi: -pi["created"])[:limit]
+        return _Answer(200, _list(data, "/v1/payment_intents"))
+
+    async def _search_payment_intents(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        query = params.get("query")
+        if not isinstance(query, str) or not query.strip():
+            raise StripeFailure(
+                400, "invalid_request_error", "Missing required param: query.", param="query"
+            )
+        clauses = [_parse_clause(part) for part in re.split(r"\s+AND\s+", query.strip())]
+        limit = int(params.get("limit", 10))
+        with self._lock:
+            data = [
+                dict(pi)
+                for pi in self.payment_intents.values()
+                if all(_clause_matches(pi, clause) for clause in clauses)
+            ]
+        data.sort(key=lambda pi: -pi["created"])
+        return _Answer(
+            200,
+            {
+                "object": "search_result",
+                "data": data[:limit],
+                "has_more": len(data) > limit,
+                "next_page": None,
+                "url": "/v1/payment_intents/search",
+            },
+        )
+
+    async def _cancel_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
+        intent = self._intent(request.match_info["id"])
+        with self._lock:
+            stored = self.payment_intents[intent["id"]]
+            if stored["status"] in ("succeeded", "canceled"):
+                raise StripeFailure(
+                    400,
+                    "invalid_request_error",
+                    "You cannot cancel this PaymentIntent because it has a status of "
+                    f"{stored['status']}.",
+                    code="payment_intent_unexpected_state",
+                    executed=True,
+                )
+            stored["status"] = "canceled"
+            stored["canceled_at"] = int(time.time())
+            stored["cancellation_reason"] = "requested_by_customer"
+            return _Answer(200, dict(stored))
+
+    async def _create_refund(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        intent_id = params.get("payment_intent")
+        if not isinstance(intent_id, str):
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                "One of `charge` or `payment_intent` is required.",
+                code="parameter_missing",
+            )
+        intent = self._intent(intent_id, param="payment_intent")
+        with self._lock:
+            if intent["status"] != "succeeded":
+                raise StripeFailure(
+                    400,
+                    "invalid_request_error",
+                    f"This PaymentIntent ({intent_id}) does not have a successful charge to "
+                    "refund.",
+                    code="charge_not_refundable",
+                    executed=True,
+                )
+            refunded = sum(
+                r["amount"]
+                for r in self.refunds.values()
+                if r["payment_intent"] == intent_id and r["status"] != "failed"
+            )
+            left = intent["amount_received"] - refunded
+            amount = _integer(params, "amount") if "amount" in params else left
+            if left <= 0 or amount > left:
+                raise StripeFailure(
+                    400,
+                    "invalid_request_error",
+                    f"Charge {intent['latest_charge']} has already been refunded.",
+                    code="charge_already_refunded",
+                    executed=True,
+                )
+            refund = {
+                "id": "re_" + secrets.token_hex(12),
+                "object": "refund",
+                "amount": amount,
+                "currency": intent["currency"],
+                "payment_intent": intent_id,
+                "charge": intent["latest_charge"],
+                "status": "succeeded",
+                "reason": params.get("reason"),
+                "metadata": _metadata(params.get("metadata")),
+                "created": int(time.time()),
+            }
+            self.refunds[refund["id"]] = refund
+        return _Answer(200, dict(refund))
+
+    async def _list_refunds(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        intent_id = params.get("payment_intent")
+        with self._lock:
+            data = [
+                dict(r)
+                for r in self.refunds.values()
+                if intent_id is None or r["payment_intent"] == intent_id
+            ]
+        return _Answer(200, _list(data, "/v1/refunds"))
+
+    def _intent(self, intent_id: str, *, param: str = "intent") -> dict[str, Any]:
+        with self._lock:
+            intent = self.payment_intents.get(intent_id)
+            if intent is None:
+                raise StripeFailure(
+                    404,
+                    "invalid_request_error",
+                    f"No such payment_intent: '{intent_id}'",
+                    param=param,
+                    code="resource_missing",
+                )
+            return dict(intent)
+
+    # -- control endpoints ---------------------------------------------------------------
+
+    async def _control_stats(self, _: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _control_requests(self, _: web.Request) -> web.Response:
+        return web.json_response([asdict(r) for r in self.requests()])
+
+    async def _control_intents(self, _: web.Request) -> web.Response:
+        return web.json_response(self.intents())
+
+    async def _control_config(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        self.configure(
+            latency_s=body.get("latency_s"),
+            jitter_s=body.get("jitter_s"),
+            rate_limit_per_s=body.get("rate_limit_per_s", "unchanged"),
+            same_key_in_flight=body.get("same_key_in_flight"),
+        )
+        return web.json_response({"ok": True})
+
+    async def _control_faults(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        for fields in body if isinstance(body, list) else [body]:
+            self.add_fault(**fields)
+        return web.json_response({"ok": True})
+
+    async def _control_forget(self, _: web.Request) -> web.Response:
+        self.forget_idempotency_keys()
+        return web.json_response({"ok": True})
+
+    async def _control_reset(self, _: web.Request) -> web.Response:
+        self.reset()
+        return web.json_response({"ok": True})
+
+
+def _payment_intent(fields: dict[str, Any]) -> dict[str, Any]:
+    intent: dict[str, Any] = {
+        "id": "pi_" + secrets.token_hex(12),
+        "object": "payment_intent",
+        "amount": 0,
+        "amount_received": 0,
+        "currency": "usd",
+        "customer": None,
+        "payment_method": None,
+        "status": "requires_payment_method",
+        "capture_method": "automatic",
+        "confirmation_method": "automatic",
+        "metadata": {},
+        "latest_charge": None,
+        "last_payment_error": None,
+        "canceled_at": None,
+        "cancellation_reason": None,
+        "livemode": False,
+        "created": int(time.time()),
+    }
+    intent.update({k: v for k, v in fields.items() if v is not None or k not in intent})
+    intent["client_secret"] = f"{intent['id']}_secret_{secrets.token_hex(8)}"
+    return intent
+
+
+def _list(data: list[dict[str, Any]], url: str) -> dict[str, Any]:
+    return {"object": "list", "data": data, "has_more": False, "url": url}
+
+
+def _injected(status: int) -> StripeFailure:
+    if status == 429:
+        return StripeFailure(
+            429,
+            "invalid_request_error",
+            "Request rate limit exceeded. Learn more about rate limits here "
+            "https://stripe.com/docs/rate-limits.",
+            code="rate_limit",
+        )
+    if status == 409:
+        return StripeFailure(
+            409,
+            "invalid_request_error",
+            "This object cannot be accessed right now because another API request or Stripe "
+            "process is currently accessing it.",
+            code="lock_timeout",
+        )
+    if status >= 500:
+        return StripeFailure(status, "api_error", "An unknown error occurred (injected).")
+    return StripeFailure(status, "invalid_request_error", f"Injected {status}.")
+
+
+def _error_answer(failure: StripeFailure) -> _Answer:
+    return _Answer(failure.status, failure.body)
+
+
+def _decode_form(text: str) -> dict[str, Any]:
+    """Stripe's form encoding: `a=1&metadata[k]=v&expand[0]=x` -> nested dicts."""
+    params: dict[str, Any] = {}
+    for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        base, _, rest = name.partition("[")
+        if not rest:
+            params[base] = value
+            continue
+        nested = params.setdefault(base, {})
+        if isinstance(nested, dict):
+            nested[rest.rstrip("]").split("][")[0]] = value
+    return params
+
+
+def _integer(params: dict[str, Any], name: str) -> int:
+    raw = params.get(name)
+    if not isinstance(raw, str) or not raw.isdigit() or int(raw) <= 0:
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"Invalid positive integer: {name}"
+            if raw is not None
+            else f"Missing required param: {name}.",
+            param=name,
+            code="parameter_invalid_integer" if raw is not None else "parameter_missing",
+        )
+    return int(raw)
+
+
+def _metadata(raw: Any) -> dict[str, str]:
+    if raw in (None, ""):
+        return {}
+    if not isinstance(raw, dict):
+        raise StripeFailure(400, "invalid_request_error", "Invalid metadata.", param="metadata")
+    if len(raw) > METADATA_MAX_KEYS:
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"Metadata can have up to {METADATA_MAX_KEYS} keys.",
+            param="metadata",
+        )
+    for key, value in raw.items():
+        if len(key) > METADATA_KEY_MAX_CHARS or len(value) > METADATA_VALUE_MAX_CHARS:
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                f"Metadata keys are limited to {METADATA_KEY_MAX_CHARS} characters and values "
+                f"to {METADATA_VALUE_MAX_CHARS}.",
+                param=f"metadata[{key[:60]}]",
+            )
+    return dict(raw)
+
+
+def _unescape(text: str) -> str:
+    return re.sub(r"\\(.)", r"\1", text)
+
+
+def _parse_clause(text: str) -> tuple[str | None, str | None, str]:
+    match = SEARCH_CLAUSE.match(text)
+    if match is None:
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"Invalid search query clause: {text!r}",
+            param="query",
+        )
+    value = match["quoted"] if match["quoted"] is not None else match["bare"]
+    key = _unescape(match["key"]) if match["key"] is not None else None
+    return key, match["field"], _unescape(value)
+
+
+def _clause_matches(intent: dict[str, Any], clause: tuple[str | None, str | None, str]) -> bool:
+    key, field_, value = clause
+    if key is not None:
+        return bool(intent["metadata"].get(key) == value)
+    return str(intent.get(field_ or "")) == value
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_stripe")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--jitter-s", type=float, default=0.0)
+    parser.add_argument("--rate-limit-per-s", type=float)
+    parser.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
+    args = parser.parse_args(argv)
+    fake = FakeStripe(
+        latency_s=args.latency_s,
+        jitter_s=args.jitter_s,
+        rate_limit_per_s=args.rate_limit_per_s,
+        same_key_in_flight=args.same_key_in_flight,
+        host=args.host,
+        port=args.port,
+    )
+
+    async def serve() -> None:
+        url = await fake.start()
+        print(f"listening on {url}", flush=True)
+        await asyncio.Event().wait()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
