@@ -6,6 +6,10 @@
 - SendTaskFailure: moto's HTTP layer drops the `cause` parameter, so every
   failed execution would lose the reason (decline code, invalid field) that
   callers read; the cause is passed through as AWS does.
+- A task that already has its outcome: moto keeps accepting callbacks on its
+  token while the execution runs on; AWS answers `TaskTimedOut` ("Provided task
+  does not exist anymore"), which is what duplicate Stripe events must meet.
+  The same for a task that timed out, where moto answers as if the call had worked.
 
 Then it runs the ordinary moto server.
 
@@ -42,6 +46,43 @@ def _keep_failure_cause() -> None:
     StepFunctionResponse.send_task_failure = send_task_failure  # type: ignore[method-assign]
 
 
+def _close_answered_tasks() -> None:
+    import threading
+
+    from moto.core.exceptions import AWSError
+    from moto.stepfunctions.parser.asl.eval.callback.callback import (
+        CallbackOutcome,
+        CallbackPoolManager,
+    )
+
+    notify, heartbeat = CallbackPoolManager.notify, CallbackPoolManager.heartbeat
+    lock = threading.Lock()  # moto serves requests on threads: check and notify as one step
+
+    def refuse_if_closed(pool: CallbackPoolManager, callback_id: str) -> None:
+        endpoint = pool.get(callback_id)
+        # The task sets this event when it takes an outcome or stops waiting (timeout,
+        # heartbeat timeout); moto keeps the endpoint in the pool after either.
+        if endpoint is not None and endpoint._notify_event.is_set():
+            raise AWSError(
+                "Task Timed Out: 'Provided task does not exist anymore'", "TaskTimedOut", 400
+            )
+
+    def notify_once(self: CallbackPoolManager, callback_id: str, outcome: CallbackOutcome) -> bool:
+        with lock:
+            refuse_if_closed(self, callback_id)
+            answered: bool = notify(self, callback_id, outcome)
+            return answered
+
+    def heartbeat_while_open(self: CallbackPoolManager, callback_id: str) -> bool:
+        with lock:
+            refuse_if_closed(self, callback_id)
+            alive: bool = heartbeat(self, callback_id)
+            return alive
+
+    CallbackPoolManager.notify = notify_once  # type: ignore[method-assign]
+    CallbackPoolManager.heartbeat = heartbeat_while_open  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paystep.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -55,6 +96,7 @@ def main(argv: list[str] | None = None) -> None:
 
         states.long_uid = aws_length_token  # type: ignore[attr-defined]
     _keep_failure_cause()
+    _close_answered_tasks()
     from moto.server import main as moto_main
 
     moto_main(["-H", args.host, "-p", str(args.port)])
