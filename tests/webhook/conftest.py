@@ -1,0 +1,220 @@
+"""Fixtures of the webhook tests: Stripe-shaped events, waiting executions, the app under test."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from pydantic import SecretStr
+
+from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
+from statemachine.codec import encode_token
+from tests.support.signing import signed
+from webhook.app import create_app
+from webhook.settings import WebhookSettings
+
+SECRET = "whsec_" + "a1" * 16
+OTHER_SECRET = "whsec_" + "b2" * 16
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """An execution waiting on the task token of its `attempt`."""
+
+    execution_arn: str
+    order_id: str
+    token: str
+    attempt: int
+
+
+def make_settings(**overrides: Any) -> WebhookSettings:
+    values: dict[str, Any] = {
+        "webhook_secrets": (SecretStr(SECRET),),
+        "stripe_api_key": SecretStr(LOCAL_STRIPE_KEY),
+        "webhook_ready_cache_s": 0,
+        **overrides,
+    }
+    return WebhookSettings(**values)
+
+
+def payment_intent(
+    waiting: Waiting | None,
+    *,
+    status: str = "succeeded",
+    amount: int = 1999,
+    currency: str = "usd",
+    **fields: Any,
+) -> dict[str, Any]:
+    """A PaymentIntent as Stripe serialises it (API 2024+), with the worker's metadata."""
+    metadata: dict[str, str] = {"campaign": "winter"}
+    if waiting is not None:
+        metadata = encode_token(
+            waiting.token,
+            {
+                **metadata,
+                "order_id": waiting.order_id,
+                "paystep_execution": waiting.execution_arn,
+                "paystep_attempt": str(waiting.attempt),
+            },
+        )
+    pi_id = "pi_" + uuid.uuid4().hex[:24]
+    return {
+        "id": pi_id,
+        "object": "payment_intent",
+        "amount": amount,
+        "amount_capturable": 0,
+        "amount_received": amount if status == "succeeded" else 0,
+        "capture_method": "automatic",
+        "client_secret": f"{pi_id}_secret_x",
+        "confirmation_method": "automatic",
+        "created": int(time.time()),
+        "currency": currency,
+        "customer": None,
+        "last_payment_error": None,
+        "latest_charge": "ch_" + uuid.uuid4().hex[:24] if status == "succeeded" else None,
+        "livemode": False,
+        "metadata": metadata,
+        "next_action": None,
+        "payment_method": "pm_card_visa",
+        "payment_method_types": ["card"],
+        "status": status,
+        **fields,
+    }
+
+
+def event(event_type: str, obj: Mapping[str, Any], *, livemode: bool = False) -> dict[str, Any]:
+    return {
+        "id": "evt_" + uuid.uuid4().hex[:24],
+        "object": "event",
+        "api_version": "2024-06-20",
+        "created": int(time.time()),
+        "data": {"object": dict(obj)},
+        "livemode": livemode,
+        "pending_webhooks": 1,
+        "request": {"id": None, "idempotency_key": None},
+        "type": event_type,
+    }
+
+
+# -- Step Functions on moto ------------------------------------------------------------------
+
+
+def start_waiting(deployment: Mapping[str, Any], amount: int = 1999) -> Waiting:
+    """Start an execution and take its create-payment task, as the worker would."""
+    sfn = boto3.client("stepfunctions")
+    order_id = "ord_" + uuid.uuid4().hex[:12]
+    started = sfn.start_execution(
+        stateMachineArn=deployment["state_machine_arn"],
+        name=order_id,
+        input=json.dumps({"order_id": order_id, "amount": amount, "currency": "usd"}),
+    )
+    return next_task(deployment, started["executionArn"], attempt=1)
+
+
+def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -> Waiting:
+    sqs = boto3.client("sqs")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = sqs.receive_message(
+            QueueUrl=deployment["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
+        for message in answer.get("Messages", []):
+            body = json.loads(message["Body"])
+            if body["execution_id"] == execution_arn and body["attempt"] == attempt:
+                sqs.delete_message(
+                    QueueUrl=deployment["queue_url"], ReceiptHandle=message["ReceiptHandle"]
+                )
+                assert body["type"] == "create_payment"
+                return Waiting(
+                    execution_arn, body["request"]["order_id"], body["task_token"], attempt
+                )
+    raise AssertionError(f"no create_payment task (attempt {attempt}) for {execution_arn}")
+
+
+def describe(execution_arn: str) -> dict[str, Any]:
+    described: dict[str, Any] = boto3.client("stepfunctions").describe_execution(
+        executionArn=execution_arn
+    )
+    described.pop("ResponseMetadata", None)
+    return described
+
+
+def wait_done(execution_arn: str, timeout_s: float = 30) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        described = describe(execution_arn)
+        if described["status"] != "RUNNING":
+            return described
+        time.sleep(0.1)
+    raise AssertionError(f"{execution_arn} still RUNNING after {timeout_s} s")
+
+
+def history_types(execution_arn: str) -> list[str]:
+    events = boto3.client("stepfunctions").get_execution_history(
+        executionArn=execution_arn, maxResults=1000
+    )["events"]
+    return [e["type"] for e in events]
+
+
+# -- the app ---------------------------------------------------------------------------------
+
+Post = Callable[..., Any]
+
+
+class Webhook:
+    """The app on a test server, with a way to deliver events as Stripe does."""
+
+    def __init__(self, client: TestClient[Any, Any], app: Any) -> None:
+        self.client = client
+        self.app = app
+
+    async def deliver(
+        self, stripe_event: Mapping[str, Any], secrets: str | list[str] = SECRET, **kw: Any
+    ) -> tuple[int, dict[str, Any]]:
+        body, headers = signed(stripe_event, secrets, **kw)
+        return await self.post(body, headers)
+
+    async def post(self, body: bytes, headers: Mapping[str, str]) -> tuple[int, dict[str, Any]]:
+        response = await self.client.post("/webhooks/stripe", data=body, headers=dict(headers))
+        try:
+            answer = await response.json()
+        except Exception:
+            answer = {"text": await response.text()}
+        return response.status, answer
+
+    def metric(self, name: str, **labels: str) -> float:
+        from webhook.app import METRICS
+
+        value = self.app[METRICS].registry.get_sample_value(name, labels)
+        return 0.0 if value is None else float(value)
+
+
+async def open_webhook(
+    settings: WebhookSettings, **kwargs: Any
+) -> tuple[Webhook, TestClient[Any, Any]]:
+    app = create_app(settings, **kwargs)
+    client: TestClient[Any, Any] = TestClient(TestServer(app))
+    await client.start_server()
+    return Webhook(client, app), client
+
+
+@pytest.fixture
+async def webhook(stack: LocalStack) -> AsyncIterator[Webhook]:
+    hook, client = await open_webhook(make_settings())
+    try:
+        yield hook
+    finally:
+        await client.close()
+
+
+async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """Blocking boto3 calls off the loop that serves the app."""
+    return await asyncio.to_thread(fn, *args)

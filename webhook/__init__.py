@@ -1,0 +1,1 @@
+"""The Stripe webhook service: signed PaymentIntent events resume waiting executions."""

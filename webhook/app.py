@@ -1,0 +1,170 @@
+"""The public aiohttp app: `POST /webhooks/stripe`, `GET /healthz`, `GET /readyz`.
+
+Every request is hostile until its signature checks out: the raw body is read
+(size-limited) and verified before anything parses it. Answers follow what
+Stripe does with them: 2xx stops redelivery, so it is sent once an event is
+handled or deliberately ignored; 4xx for what no retry can fix; 503 only when
+Step Functions did not take the callback and a redelivery can.
+https://docs.stripe.com/webhooks#handle-events
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any, Final
+
+import structlog
+from aiobotocore.config import AioConfig
+from aiohttp import web
+
+from common.clients import aws_config, aws_session
+from statemachine.callbacks import CallbackError, Callbacks
+from webhook import signature
+from webhook.events import MalformedEvent, StripeEvent, parse_event
+from webhook.mapping import Result, handle_event
+from webhook.metrics import WebhookMetrics
+from webhook.readiness import Readiness
+from webhook.settings import WebhookSettings
+
+WEBHOOK_PATH: Final = "/webhooks/stripe"
+
+SETTINGS: Final = web.AppKey("settings", WebhookSettings)
+METRICS: Final = web.AppKey("metrics", WebhookMetrics)
+CALLBACKS: Final = web.AppKey("callbacks", Callbacks)
+READINESS: Final = web.AppKey("readiness", Readiness)
+
+log = structlog.get_logger("webhook.app")
+
+
+def create_app(
+    settings: WebhookSettings,
+    *,
+    sfn_client: Any | None = None,
+    metrics: WebhookMetrics | None = None,
+) -> web.Application:
+    """The webhook app; `sfn_client` (an aioboto3 `stepfunctions` client) is opened here if None."""
+    app = web.Application(client_max_size=settings.webhook_max_body_bytes)
+    app[SETTINGS] = settings
+    app[METRICS] = metrics or WebhookMetrics.create()
+    app.cleanup_ctx.append(_step_functions(sfn_client))
+    app.router.add_post(WEBHOOK_PATH, receive_event)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app
+
+
+def sfn_config(settings: WebhookSettings) -> AioConfig:
+    """Adaptive retries, few attempts and short timeouts: Stripe redelivers what fails."""
+    timeouts = AioConfig(
+        connect_timeout=settings.webhook_sfn_timeout_s,
+        read_timeout=settings.webhook_sfn_timeout_s,
+    )
+    merged: AioConfig = aws_config(
+        retry_mode="adaptive", max_attempts=settings.webhook_sfn_max_attempts
+    ).merge(timeouts)
+    return merged
+
+
+def _step_functions(
+    injected: Any | None,
+) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
+    @contextlib.asynccontextmanager
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        settings = app[SETTINGS]
+        async with contextlib.AsyncExitStack() as stack:
+            sfn = injected
+            if sfn is None:
+                sfn = await stack.enter_async_context(
+                    aws_session().client("stepfunctions", config=sfn_config(settings))
+                )
+            app[CALLBACKS] = Callbacks(sfn)
+            app[READINESS] = Readiness(sfn, settings.webhook_ready_cache_s)
+            yield
+
+    return context
+
+
+async def receive_event(request: web.Request) -> web.Response:
+    settings, metrics = request.app[SETTINGS], request.app[METRICS]
+    limit = settings.webhook_max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        # Refuse before reading: the body is not Stripe's, however it is signed.
+        raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
+    body = await request.read()  # aiohttp enforces client_max_size for chunked bodies
+    secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
+    try:
+        text = signature.verify(
+            body,
+            request.headers.get("Stripe-Signature"),
+            secrets,
+            settings.webhook_signature_tolerance_s,
+        )
+    except signature.SignatureError as exc:
+        metrics.signature_failures.labels(exc.reason).inc()
+        log.warning("webhook.signature_rejected", reason=exc.reason, body_bytes=len(body))
+        return _error(400, "invalid_signature")
+
+    try:
+        event = parse_event(text)
+    except MalformedEvent as exc:
+        metrics.count_event("unknown", "malformed")
+        log.warning("webhook.event_malformed", detail=str(exc)[:300])
+        return _error(400, "malformed_event")
+
+    expected = settings.expected_mode
+    if expected is not None and event.livemode != (expected == "live"):
+        metrics.count_event(event.type, "wrong_mode")
+        log.warning(
+            "webhook.event_refused",
+            event_id=event.id,
+            event_type=event.type,
+            livemode=event.livemode,
+            expected_mode=expected,
+        )
+        return _error(400, "wrong_mode")
+
+    return await _dispatch(request.app, event)
+
+
+async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
+    metrics = app[METRICS]
+    try:
+        outcome = await handle_event(event, app[CALLBACKS])
+    except MalformedEvent as exc:
+        metrics.count_event(event.type, "malformed")
+        log.warning(
+            "webhook.event_malformed",
+            event_id=event.id,
+            event_type=event.type,
+            detail=str(exc)[:300],
+        )
+        return _error(400, "malformed_event")
+    except CallbackError as exc:
+        metrics.count_event(event.type, "callback_failed")
+        return _error(503, "throttled" if exc.throttled else "step_functions_unavailable")
+
+    metrics.count_event(event.type, outcome.result)
+    if outcome.action is not None and outcome.callback_s is not None:
+        metrics.callback_seconds.labels(outcome.action, outcome.result).observe(outcome.callback_s)
+    if outcome.result is Result.ALREADY_CLOSED and outcome.action is not None:
+        metrics.already_closed.labels(outcome.action).inc()
+    answer: dict[str, str] = {"outcome": outcome.result}
+    if outcome.action is not None:
+        answer["action"] = outcome.action
+    if outcome.reason is not None:
+        answer["reason"] = outcome.reason
+    return web.json_response(answer)
+
+
+async def healthz(_: web.Request) -> web.Response:
+    return web.json_response({"ok": True})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ok = await request.app[READINESS].check()
+    return web.json_response({"ok": ok}, status=200 if ok else 503)
+
+
+def _error(status: int, error: str) -> web.Response:
+    return web.json_response({"error": error}, status=status)

@@ -1,0 +1,108 @@
+"""The parts of a Stripe event that paystep reads, parsed at the edge into frozen models.
+
+Stripe adds fields to its objects without notice, so these models read what
+they need and ignore the rest (unlike paystep's own contract models). The same
+models take the JSON of a webhook body or an `Event` listed from Stripe's API
+(a `StripeObject` is a dict).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from statemachine.models import describe_validation_error
+
+
+class MalformedEvent(ValueError):
+    """The body is not a Stripe event, or its object is not what its type promises."""
+
+
+class StripeModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class PaymentError(StripeModel):
+    """`last_payment_error`: why the last attempt to pay failed."""
+
+    type: str | None = None
+    code: str | None = None
+    decline_code: str | None = None
+    message: str | None = None
+
+
+class PaymentIntentSnapshot(StripeModel):
+    """The PaymentIntent as it was when the event happened (`data.object`)."""
+
+    id: str = Field(min_length=1)
+    object: str
+    status: str
+    amount: int
+    amount_received: int | None = None
+    currency: str
+    latest_charge: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    last_payment_error: PaymentError | None = None
+    cancellation_reason: str | None = None
+
+    @field_validator("latest_charge", mode="before")
+    @classmethod
+    def _charge_id(cls, value: Any) -> Any:
+        # An expandable field: an id, or the whole Charge when expanded.
+        if isinstance(value, Mapping):
+            return value.get("id")
+        return value
+
+    @field_validator("object")
+    @classmethod
+    def _is_payment_intent(cls, value: str) -> str:
+        if value != "payment_intent":
+            raise ValueError(f"expected a payment_intent, got {value[:40]!r}")
+        return value
+
+
+class EventData(StripeModel):
+    object: dict[str, Any]
+
+
+class StripeEvent(StripeModel):
+    """A snapshot event: https://docs.stripe.com/api/events/object"""
+
+    id: str = Field(min_length=1, max_length=255)
+    object: str
+    type: str = Field(min_length=1, max_length=255)
+    livemode: bool
+    created: int
+    data: EventData
+
+    @field_validator("object")
+    @classmethod
+    def _is_event(cls, value: str) -> str:
+        if value != "event":
+            raise ValueError(f"expected an event, got {value[:40]!r}")
+        return value
+
+    def payment_intent(self) -> PaymentIntentSnapshot:
+        """`data.object` read as a PaymentIntent; raises `MalformedEvent`."""
+        try:
+            return PaymentIntentSnapshot.model_validate(self.data.object)
+        except ValidationError as exc:
+            raise MalformedEvent(f"data.object: {describe_validation_error(exc)}") from exc
+
+
+def parse_event(event: str | bytes | Mapping[str, Any]) -> StripeEvent:
+    """A webhook body (text) or an event from the API (mapping); raises `MalformedEvent`."""
+    if isinstance(event, str | bytes):
+        try:
+            event = json.loads(event)
+        except ValueError as exc:
+            raise MalformedEvent("body is not JSON") from exc
+    if not isinstance(event, Mapping):
+        raise MalformedEvent("body is not a JSON object")
+    try:
+        return StripeEvent.model_validate(event)
+    except ValidationError as exc:
+        raise MalformedEvent(describe_validation_error(exc)) from exc

@@ -1,0 +1,58 @@
+"""The webhook's Prometheus metrics, on their own registry (served on the side port)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from webhook.mapping import EVENT_TABLE
+
+# Callbacks are one Step Functions call: milliseconds normally, seconds when throttled.
+CALLBACK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+@dataclass(frozen=True)
+class WebhookMetrics:
+    registry: CollectorRegistry
+    events: Counter
+    callback_seconds: Histogram
+    signature_failures: Counter
+    already_closed: Counter
+
+    @classmethod
+    def create(cls, registry: CollectorRegistry | None = None) -> WebhookMetrics:
+        registry = registry or CollectorRegistry()
+        return cls(
+            registry=registry,
+            events=Counter(
+                "paystep_webhook_events",
+                "Stripe events received with a valid signature, by type and outcome.",
+                ["type", "outcome"],
+                registry=registry,
+            ),
+            callback_seconds=Histogram(
+                "paystep_webhook_callback_seconds",
+                "Time Step Functions took to answer a SendTask* call (SDK retries included).",
+                ["action", "result"],
+                buckets=CALLBACK_BUCKETS_S,
+                registry=registry,
+            ),
+            signature_failures=Counter(
+                "paystep_webhook_signature_failures",
+                "Requests refused before reading the event, by reason.",
+                ["reason"],
+                registry=registry,
+            ),
+            already_closed=Counter(
+                "paystep_webhook_already_closed",
+                "Callbacks on a task that was already closed (duplicate or late event).",
+                ["action"],
+                registry=registry,
+            ),
+        )
+
+    def count_event(self, event_type: str, outcome: str) -> None:
+        # Only the types we act on get their own series: the label set stays bounded.
+        label = event_type if event_type in EVENT_TABLE else "other"
+        self.events.labels(label, outcome).inc()

@@ -1,0 +1,67 @@
+"""Settings of the webhook process, read once from `PAYSTEP_*` variables in `main()`."""
+
+from __future__ import annotations
+
+from typing import Annotated, Final, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from common.settings import PaystepSettings
+
+# Stripe events are a few KiB; a PaymentIntent with 50 metadata values of 500
+# characters stays far below this. Anything larger is not from Stripe.
+DEFAULT_MAX_BODY_BYTES: Final = 512 * 1024
+# https://docs.stripe.com/webhooks#verify-manually: Stripe's default tolerance.
+DEFAULT_SIGNATURE_TOLERANCE_S: Final = 300
+
+Mode = Literal["live", "test"]
+
+
+class WebhookSettings(PaystepSettings):
+    """`PAYSTEP_WEBHOOK_SECRETS` holds every secret that is valid now (rotation)."""
+
+    # A comma-separated string: pydantic-settings would otherwise expect JSON for a list.
+    webhook_secrets: Annotated[tuple[SecretStr, ...], NoDecode] = Field(min_length=1)
+    webhook_host: str = "0.0.0.0"
+    webhook_port: int = Field(default=8080, ge=1, le=65_535)
+    metrics_port: int = Field(default=9090, ge=1, le=65_535)
+    webhook_max_body_bytes: int = Field(default=DEFAULT_MAX_BODY_BYTES, ge=1024)
+    webhook_signature_tolerance_s: int = Field(default=DEFAULT_SIGNATURE_TOLERANCE_S, ge=1)
+    # Only used to tell live from test mode; the webhook never calls Stripe.
+    stripe_api_key: SecretStr | None = None
+    webhook_livemode: bool | None = None
+    # Stripe redelivers a failed event for days: a few quick SDK attempts are
+    # enough, and the answer stays well inside Stripe's delivery timeout.
+    webhook_sfn_max_attempts: int = Field(default=3, ge=1, le=10)
+    webhook_sfn_timeout_s: float = Field(default=5.0, gt=0)
+    webhook_ready_cache_s: float = Field(default=5.0, ge=0)
+    webhook_shutdown_grace_s: float = Field(default=20.0, ge=0)
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("webhook_secrets")
+    @classmethod
+    def _look_like_stripe_secrets(cls, secrets: tuple[SecretStr, ...]) -> tuple[SecretStr, ...]:
+        for index, secret in enumerate(secrets):
+            if not secret.get_secret_value().startswith("whsec_"):
+                raise ValueError(f"secret {index + 1} does not start with whsec_")
+        return secrets
+
+    @property
+    def expected_mode(self) -> Mode | None:
+        """The mode events must be in, `None` when nothing says (both accepted)."""
+        if self.webhook_livemode is not None:
+            return "live" if self.webhook_livemode else "test"
+        if self.stripe_api_key is not None:
+            key = self.stripe_api_key.get_secret_value()
+            if key.startswith(("sk_live_", "rk_live_")):
+                return "live"
+            if key.startswith(("sk_test_", "rk_test_")):
+                return "test"
+        return None
