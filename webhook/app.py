@@ -60,9 +60,9 @@ def sfn_config(settings: WebhookSettings) -> AioConfig:
         connect_timeout=settings.webhook_sfn_timeout_s,
         read_timeout=settings.webhook_sfn_timeout_s,
     )
-    merged: AioConfig = aws_config(
-        retry_mode="adaptive", max_attempts=settings.webhook_sfn_max_attempts
-    ).merge(timeouts)
+    # botocore's `retries.max_attempts` counts the retries, not the first attempt.
+    retries = settings.webhook_sfn_attempts - 1
+    merged: AioConfig = aws_config(retry_mode="adaptive", max_attempts=retries).merge(timeouts)
     return merged
 
 

@@ -2,8 +2,8 @@
 
 Stripe adds fields to its objects without notice, so these models read what
 they need and ignore the rest (unlike paystep's own contract models). The same
-models take the JSON of a webhook body or an `Event` listed from Stripe's API
-(a `StripeObject` is a dict).
+models take the JSON of a webhook body, a dict, or a `stripe.Event` listed from
+Stripe's Events API.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import stripe
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from statemachine.models import describe_validation_error
@@ -93,8 +94,10 @@ class StripeEvent(StripeModel):
             raise MalformedEvent(f"data.object: {describe_validation_error(exc)}") from exc
 
 
-def parse_event(event: str | bytes | Mapping[str, Any]) -> StripeEvent:
-    """A webhook body (text) or an event from the API (mapping); raises `MalformedEvent`."""
+def parse_event(event: str | bytes | Mapping[str, Any] | stripe.StripeObject) -> StripeEvent:
+    """A webhook body, or an event from the API; raises `MalformedEvent`."""
+    if isinstance(event, stripe.StripeObject):
+        event = event.to_dict()
     if isinstance(event, str | bytes):
         try:
             event = json.loads(event)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+import stripe
 import structlog
 from pydantic import ValidationError
 
@@ -158,7 +159,7 @@ def plan(event: StripeEvent) -> Plan | Ignore:
 
 
 async def handle_event(
-    event: StripeEvent | Mapping[str, Any], callbacks: Callbacks
+    event: StripeEvent | Mapping[str, Any] | stripe.StripeObject, callbacks: Callbacks
 ) -> EventOutcome:
     """Carry out what `event` asks for: one callback at most.
 

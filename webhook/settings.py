@@ -31,12 +31,13 @@ class WebhookSettings(PaystepSettings):
     # Only used to tell live from test mode; the webhook never calls Stripe.
     stripe_api_key: SecretStr | None = None
     webhook_livemode: bool | None = None
-    # Stripe redelivers a failed event for days: a few quick SDK attempts are
-    # enough, and the answer stays well inside Stripe's delivery timeout.
-    webhook_sfn_max_attempts: int = Field(default=3, ge=1, le=10)
+    # Attempts per Step Functions call, the first included. Stripe redelivers a
+    # failed event for days: a few quick attempts are enough, and the answer stays
+    # well inside Stripe's delivery timeout.
+    webhook_sfn_attempts: int = Field(default=3, ge=1, le=10)
     webhook_sfn_timeout_s: float = Field(default=5.0, gt=0)
     webhook_ready_cache_s: float = Field(default=5.0, ge=0)
-    webhook_shutdown_grace_s: float = Field(default=20.0, ge=0)
+    webhook_shutdown_grace_s: float = Field(default=20.0, gt=0)
 
     @field_validator("webhook_secrets", mode="before")
     @classmethod

@@ -206,6 +206,13 @@ async def open_webhook(
     return Webhook(client, app), client
 
 
+@pytest.fixture(scope="module")
+def deployment(deploy_fresh: Any) -> dict[str, Any]:
+    # One attempt, no backoff: a decline ends the execution at once.
+    deployed: dict[str, Any] = deploy_fresh("--max-attempts", "1", "--retry-backoff-s", "0")
+    return deployed
+
+
 @pytest.fixture
 async def webhook(stack: LocalStack) -> AsyncIterator[Webhook]:
     hook, client = await open_webhook(make_settings())

@@ -35,13 +35,6 @@ from tests.webhook.conftest import (
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(scope="module")
-def deployment(deploy_fresh: Any) -> dict[str, Any]:
-    # One attempt, no backoff: a decline ends the execution at once.
-    deployed: dict[str, Any] = deploy_fresh("--max-attempts", "1", "--retry-backoff-s", "0")
-    return deployed
-
-
 # -- the event table -------------------------------------------------------------------------
 
 

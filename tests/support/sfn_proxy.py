@@ -1,0 +1,164 @@
+"""A fault-injecting HTTP proxy in front of the AWS endpoint (moto), for Step Functions.
+
+Everything is forwarded unchanged, except the calls a rule matches: those get
+the AWS error the rule names instead (ThrottlingException by default), or are
+forwarded late, a given number of times. It runs on its own thread and loop, so sync and async tests
+can both use it:
+
+    with SfnProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        proxy.throttle("SendTaskSuccess", times=3)
+        client = session.client("stepfunctions", endpoint_url=proxy.url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Self
+
+import aiohttp
+from aiohttp import web
+
+# The Step Functions JSON protocol names the operation in this header.
+TARGET_HEADER = "X-Amz-Target"
+TARGET_PREFIX = "AWSStepFunctions."
+SEND_TASK_OPERATIONS = ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat")
+HOP_BY_HOP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+)
+
+
+@dataclass
+class _Rule:
+    operations: frozenset[str]
+    remaining: int
+    status: int | None  # None: forward after `delay_s` instead of answering an error
+    code: str = ""
+    message: str = ""
+    delay_s: float = 0.0
+
+
+class SfnProxy:
+    def __init__(self, upstream: str, host: str = "127.0.0.1") -> None:
+        self.upstream = upstream.rstrip("/")
+        self._host = host
+        self._rules: list[_Rule] = []
+        self._lock = threading.Lock()
+        self.forwarded: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    # -- faults --------------------------------------------------------------------------
+
+    def throttle(
+        self, operations: str | Iterable[str] = SEND_TASK_OPERATIONS, times: int = 1
+    ) -> None:
+        """The next `times` matching calls answer ThrottlingException (HTTP 400)."""
+        self.fail(
+            operations, times, status=400, code="ThrottlingException", message="Rate exceeded"
+        )
+
+    def fail(
+        self,
+        operations: str | Iterable[str] = SEND_TASK_OPERATIONS,
+        times: int = 1,
+        *,
+        status: int = 500,
+        code: str = "ServiceUnavailable",
+        message: str = "injected by SfnProxy",
+    ) -> None:
+        names = frozenset([operations] if isinstance(operations, str) else operations)
+        with self._lock:
+            self._rules.append(_Rule(names, times, status, code, message))
+
+    def delay(
+        self,
+        operations: str | Iterable[str] = SEND_TASK_OPERATIONS,
+        seconds: float = 1.0,
+        times: int = 1,
+    ) -> None:
+        """The next `times` matching calls reach the upstream `seconds` late (a slow AWS)."""
+        names = frozenset([operations] if isinstance(operations, str) else operations)
+        with self._lock:
+            self._rules.append(_Rule(names, times, status=None, delay_s=seconds))
+
+    def clear(self) -> None:
+        with self._lock:
+            self._rules.clear()
+
+    def _take_fault(self, operation: str) -> _Rule | None:
+        with self._lock:
+            for rule in self._rules:
+                if operation in rule.operations and rule.remaining > 0:
+                    rule.remaining -= 1
+                    self.injected[operation] += 1
+                    return rule
+        return None
+
+    # -- the server ----------------------------------------------------------------------
+
+    def start(self) -> str:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self.url
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self) -> str:
+        self._session = aiohttp.ClientSession(auto_decompress=False)
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, 0)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://{self._host}:{port}"
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        operation = request.headers.get(TARGET_HEADER, "").removeprefix(TARGET_PREFIX)
+        body = await request.read()
+        rule = self._take_fault(operation) if operation else None
+        if rule is not None and rule.status is not None:
+            return web.Response(
+                status=rule.status,
+                body=json.dumps({"__type": rule.code, "message": rule.message}).encode(),
+                headers={"Content-Type": "application/x-amz-json-1.0"},
+            )
+        if rule is not None:
+            await asyncio.sleep(rule.delay_s)
+        self.forwarded[operation or request.path] += 1
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            reply = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            return web.Response(status=upstream.status, body=payload, headers=reply)

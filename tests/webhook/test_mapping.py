@@ -1,0 +1,191 @@
+"""The event → callback table as pure functions, and `handle_event` over a fake `Callbacks`."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import stripe
+
+from statemachine.callbacks import CallbackError, CallbackResult
+from statemachine.codec import PARTS_KEY
+from statemachine.models import PaymentOutcome
+from tests.webhook.conftest import Waiting, event, payment_intent
+from webhook.events import MalformedEvent, parse_event
+from webhook.mapping import (
+    Fail,
+    Heartbeat,
+    Ignore,
+    IgnoreReason,
+    Plan,
+    Result,
+    Succeed,
+    handle_event,
+    plan,
+)
+
+TOKEN = "T" * 1500 + "end"
+WAITING = Waiting("arn:aws:states:us-east-1:1:execution:m:ord_1", "ord_1", TOKEN, 1)
+
+
+class FakeCallbacks:
+    """Records SendTask* calls and answers `result` (or raises `error`)."""
+
+    def __init__(
+        self, result: CallbackResult = CallbackResult.DELIVERED, error: Exception | None = None
+    ) -> None:
+        self.calls: list[tuple[str, str, Any]] = []
+        self._result = result
+        self._error = error
+
+    async def _answer(self, call: tuple[str, str, Any]) -> CallbackResult:
+        self.calls.append(call)
+        if self._error is not None:
+            raise self._error
+        return self._result
+
+    async def succeed(self, token: str, output: PaymentOutcome) -> CallbackResult:
+        return await self._answer(("succeed", token, output))
+
+    async def fail(self, token: str, error: str, cause: str) -> CallbackResult:
+        return await self._answer(("fail", token, (error, json.loads(cause))))
+
+    async def heartbeat(self, token: str) -> CallbackResult:
+        return await self._answer(("heartbeat", token, None))
+
+
+def planned(event_type: str, **pi_fields: Any) -> Plan | Ignore:
+    return plan(parse_event(event(event_type, payment_intent(WAITING, **pi_fields))))
+
+
+def test_succeeded_plans_success_with_the_payment_of_the_snapshot() -> None:
+    evt = event("payment_intent.succeeded", payment_intent(WAITING, latest_charge="ch_9"))
+
+    decision = plan(parse_event(evt))
+
+    assert isinstance(decision, Plan)
+    assert decision.token == TOKEN
+    assert decision.callback == Succeed(
+        PaymentOutcome(
+            payment_intent_id=evt["data"]["object"]["id"],
+            status="succeeded",
+            amount_received=1999,
+            currency="usd",
+            latest_charge="ch_9",
+            event_id=evt["id"],
+        )
+    )
+
+
+def test_an_expanded_latest_charge_is_read_as_its_id() -> None:
+    decision = planned("payment_intent.succeeded", latest_charge={"id": "ch_x", "object": "charge"})
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    assert decision.callback.output.latest_charge == "ch_x"
+
+
+def test_capturable_plans_success_with_requires_capture() -> None:
+    decision = planned("payment_intent.amount_capturable_updated", status="requires_capture")
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    assert decision.callback.output.status == "requires_capture"
+
+
+def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:
+    decision = planned(
+        "payment_intent.payment_failed",
+        status="requires_payment_method",
+        last_payment_error={
+            "code": "card_declined",
+            "decline_code": "stolen_card",
+            "message": "Your card was declined.",
+        },
+    )
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
+    assert decision.callback.error == "Payment.Declined"
+    cause = json.loads(decision.callback.cause)
+    assert (cause["code"], cause["decline_code"], cause["message"]) == (
+        "card_declined",
+        "stolen_card",
+        "Your card was declined.",
+    )
+
+
+def test_canceled_plans_a_canceled_failure() -> None:
+    decision = planned("payment_intent.canceled", status="canceled")
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
+    assert decision.callback.error == "Payment.Canceled"
+
+
+@pytest.mark.parametrize(
+    "event_type", ["payment_intent.processing", "payment_intent.requires_action"]
+)
+def test_progress_plans_a_heartbeat(event_type: str) -> None:
+    decision = planned(event_type, status=event_type.rsplit(".", 1)[1])
+
+    assert isinstance(decision, Plan) and decision.callback == Heartbeat()
+
+
+def test_a_token_missing_a_part_is_not_reassembled() -> None:
+    pi = payment_intent(WAITING)
+    pi["metadata"][PARTS_KEY] = str(int(pi["metadata"][PARTS_KEY]) + 1)
+
+    decision = plan(parse_event(event("payment_intent.succeeded", pi)))
+
+    assert decision == Ignore(IgnoreReason.INCOMPLETE_TOKEN, decision.payment_intent)
+
+
+def test_other_types_are_ignored_without_reading_the_object() -> None:
+    decision = plan(parse_event(event("invoice.paid", {"object": "invoice"})))
+
+    assert decision == Ignore(IgnoreReason.UNHANDLED_TYPE)
+
+
+def test_a_payment_intent_type_with_another_object_is_malformed() -> None:
+    with pytest.raises(MalformedEvent, match="payment_intent"):
+        plan(parse_event(event("payment_intent.succeeded", {"object": "charge", "id": "ch_1"})))
+
+
+async def test_handle_event_takes_a_plain_mapping_and_sends_the_callback() -> None:
+    callbacks = FakeCallbacks()
+    evt = event("payment_intent.succeeded", payment_intent(WAITING))
+
+    outcome = await handle_event(evt, callbacks)  # type: ignore[arg-type]
+
+    assert (outcome.result, outcome.action) == (Result.DELIVERED, "succeed")
+    assert [(name, token) for name, token, _ in callbacks.calls] == [("succeed", TOKEN)]
+
+
+async def test_handle_event_takes_an_event_listed_from_stripes_api() -> None:
+    # Reconciliation replays `stripe.Event` objects from the Events API.
+    callbacks = FakeCallbacks(CallbackResult.ALREADY_CLOSED)
+    listed = stripe.Event.construct_from(
+        event("payment_intent.canceled", payment_intent(WAITING)), "sk_test_x"
+    )
+
+    outcome = await handle_event(listed, callbacks)  # type: ignore[arg-type]
+
+    assert (outcome.result, outcome.action) == (Result.ALREADY_CLOSED, "fail")
+    assert callbacks.calls[0][2][0] == "Payment.Canceled"
+
+
+async def test_handle_event_lets_a_callback_error_through_for_the_caller_to_retry() -> None:
+    callbacks = FakeCallbacks(error=CallbackError("throttled", code="ThrottlingException"))
+
+    with pytest.raises(CallbackError):
+        await handle_event(event("payment_intent.succeeded", payment_intent(WAITING)), callbacks)  # type: ignore[arg-type]
+
+
+async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
+    callbacks = FakeCallbacks()
+
+    outcome = await handle_event(
+        event("payment_intent.succeeded", payment_intent(None)),
+        callbacks,  # type: ignore[arg-type]
+    )
+
+    assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.NO_TOKEN)
+    assert callbacks.calls == []
