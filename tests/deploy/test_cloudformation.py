@@ -1,0 +1,225 @@
+"""The CloudFormation template: cfn-lint clean, the one ASL, the same resources as
+`paystep deploy`, and IAM that grants each principal only what it calls."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Final
+
+import pytest
+
+from statemachine import deploy as imperative
+from statemachine.asl import load_definition, placeholders
+from tests.deploy.tools import REPO, explain, load_template, require_tool, run
+
+TEMPLATE: Final = REPO / "deploy" / "aws" / "paystep.yaml"
+ASL_FILE: Final = REPO / "statemachine" / "payment.asl.json"
+OVERLAYS: Final = REPO / "deploy" / "k8s" / "overlays"
+SEND_TASK: Final = {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"}
+
+
+@pytest.fixture(scope="module")
+def template() -> dict[str, Any]:
+    return load_template(TEMPLATE)
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: resource
+        for name, resource in template["Resources"].items()
+        if resource["Type"] == kind
+    }
+
+
+def statements(role: dict[str, Any], policy: str | None = None) -> list[dict[str, Any]]:
+    return [
+        statement
+        for document in role["Properties"]["Policies"]
+        if policy is None or document["PolicyName"] == policy
+        for statement in document["PolicyDocument"]["Statement"]
+    ]
+
+
+def actions(role: dict[str, Any], policy: str | None = None) -> set[str]:
+    found: set[str] = set()
+    for statement in statements(role, policy):
+        value = statement["Action"]
+        found.update([value] if isinstance(value, str) else value)
+    return found
+
+
+def test_cfn_lint_is_clean() -> None:
+    tool = require_tool("cfn-lint")
+    result = run([tool, *map(str, sorted(TEMPLATE.parent.glob("*.yaml")))])
+    assert result.returncode == 0, explain(result)
+
+
+def test_state_machine_carries_the_asl_file(template: dict[str, Any]) -> None:
+    [machine] = resources(template, "AWS::StepFunctions::StateMachine").values()
+    properties = machine["Properties"]
+    from_file = json.loads(ASL_FILE.read_text("utf-8"))
+    assert properties["Definition"] == from_file, (
+        "the template's Definition differs from statemachine/payment.asl.json: "
+        "run python deploy/aws/build.py"
+    )
+    assert properties["Definition"] == load_definition()
+    assert set(properties["DefinitionSubstitutions"]) == placeholders(from_file)
+    assert properties["StateMachineType"] == "STANDARD"
+
+
+def test_generator_reports_no_drift() -> None:
+    result = run([sys.executable, str(REPO / "deploy" / "aws" / "build.py"), "--check"])
+    assert result.returncode == 0, explain(result)
+
+
+def test_queues_match_paystep_deploy(template: dict[str, Any]) -> None:
+    queues = resources(template, "AWS::SQS::Queue")
+    task = queues["TaskQueue"]["Properties"]
+    dlq = queues["DeadLetterQueue"]["Properties"]
+    assert task["QueueName"] == {"Fn::Sub": "${Name}-tasks"}
+    assert dlq["QueueName"] == {"Fn::Sub": "${Name}-tasks-dlq"}
+    assert task["VisibilityTimeout"] == imperative.TASK_VISIBILITY_TIMEOUT_S
+    assert task["ReceiveMessageWaitTimeSeconds"] == imperative.SQS_MAX_LONG_POLL_S
+    for queue in (task, dlq):
+        assert queue["MessageRetentionPeriod"] == imperative.SQS_MAX_RETENTION_S
+        assert queue["SqsManagedSseEnabled"] is True
+    assert task["RedrivePolicy"] == {
+        "deadLetterTargetArn": {"Fn::GetAtt": ["DeadLetterQueue", "Arn"]},
+        "maxReceiveCount": imperative.MAX_RECEIVE_COUNT,
+    }
+
+
+def test_dead_letters_raise_an_alarm(template: dict[str, Any]) -> None:
+    alarms = resources(template, "AWS::CloudWatch::Alarm").values()
+    on_dlq = [
+        alarm["Properties"]
+        for alarm in alarms
+        if alarm["Properties"]["Dimensions"][0]["Value"]
+        == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
+    ]
+    assert len(on_dlq) == 1
+    [alarm] = on_dlq
+    assert alarm["MetricName"] == "ApproximateNumberOfMessagesVisible"
+    assert alarm["Threshold"] == 0
+    assert alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["AlarmActions"]
+
+
+def test_tables_and_topics_match_paystep_deploy(template: dict[str, Any]) -> None:
+    tables = {
+        resource["Properties"]["TableName"]["Fn::Sub"]: resource["Properties"]
+        for resource in resources(template, "AWS::DynamoDB::Table").values()
+    }
+    assert {name: table["KeySchema"] for name, table in tables.items()} == {
+        "${Name}-orders": [{"AttributeName": "order_id", "KeyType": "HASH"}],
+        "${Name}-inventory": [{"AttributeName": "sku", "KeyType": "HASH"}],
+    }
+    for table in tables.values():
+        assert table["BillingMode"] == "PAY_PER_REQUEST"
+        assert table["SSESpecification"]["SSEEnabled"] is True
+    topics = {
+        resource["Properties"]["TopicName"]["Fn::Sub"]
+        for resource in resources(template, "AWS::SNS::Topic").values()
+    }
+    assert {"${Name}-receipts", "${Name}-notifications"} <= topics
+
+
+def test_state_machine_role_is_least_privilege(template: dict[str, Any]) -> None:
+    role = template["Resources"]["StateMachineRole"]
+    grants = {
+        statement["Action"]: statement["Resource"] for statement in statements(role, "paystep")
+    }
+    assert grants == {
+        "sqs:SendMessage": {"Fn::GetAtt": ["TaskQueue", "Arn"]},
+        "dynamodb:UpdateItem": [
+            {"Fn::GetAtt": ["OrdersTable", "Arn"]},
+            {"Fn::GetAtt": ["InventoryTable", "Arn"]},
+        ],
+        "sns:Publish": [{"Ref": "ReceiptsTopic"}, {"Ref": "NotificationsTopic"}],
+    }
+    trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert [statement["Principal"] for statement in trust] == [{"Service": "states.amazonaws.com"}]
+
+
+def test_worker_role_only_consumes_its_queue_and_answers_tasks(
+    template: dict[str, Any],
+) -> None:
+    role = template["Resources"]["WorkerRole"]
+    assert actions(role) == {
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:GetQueueAttributes",
+        *SEND_TASK,
+    }
+    for statement in statements(role):
+        assert statement["Resource"] in (
+            {"Fn::GetAtt": ["TaskQueue", "Arn"]},
+            {"Ref": "PaymentStateMachine"},
+        )
+
+
+def test_webhook_role_only_answers_tasks(template: dict[str, Any]) -> None:
+    role = template["Resources"]["WebhookRole"]
+    assert actions(role) == {*SEND_TASK, "states:ListStateMachines"}
+    for statement in statements(role):
+        if statement["Action"] == "states:ListStateMachines":
+            continue  # readiness probe; the action takes no resource ARN
+        assert statement["Resource"] == {"Ref": "PaymentStateMachine"}
+
+
+@pytest.mark.parametrize("role_name", ["WorkerRole", "WebhookRole"])
+def test_service_roles_trust_one_service_account(template: dict[str, Any], role_name: str) -> None:
+    trust = template["Resources"][role_name]["Properties"]["AssumeRolePolicyDocument"]
+    text, variables = trust["Fn::Sub"]
+    component = role_name.removesuffix("Role")
+    document = json.loads(
+        text.replace("${OidcProviderArn}", "arn:aws:iam::111122223333:oidc-provider/oidc.x/id/1")
+        .replace("${Issuer}", "oidc.x/id/1")
+        .replace("${Namespace}", "ns")
+        .replace(f"${{{component}ServiceAccount}}", "sa")
+    )
+    [statement] = document["Statement"]
+    assert statement["Action"] == "sts:AssumeRoleWithWebIdentity"
+    assert statement["Condition"]["StringEquals"] == {
+        "oidc.x/id/1:sub": "system:serviceaccount:ns:sa",
+        "oidc.x/id/1:aud": "sts.amazonaws.com",
+    }
+    assert "Issuer" in variables
+
+
+def test_no_wildcard_beyond_apis_without_resource_arns(template: dict[str, Any]) -> None:
+    resourceless = {"logs:", "xray:", "states:ListStateMachines"}
+    for name, role in resources(template, "AWS::IAM::Role").items():
+        for statement in statements(role):
+            granted = statement["Action"]
+            granted = [granted] if isinstance(granted, str) else granted
+            assert not any("*" in action for action in granted), name
+            if statement["Resource"] == "*":
+                assert all(action.startswith(tuple(resourceless)) for action in granted), name
+
+
+def test_outputs_feed_the_overlays(template: dict[str, Any]) -> None:
+    outputs = set(template["Outputs"])
+    for env_file in sorted(OVERLAYS.glob("*/stack-outputs.env")):
+        keys = {
+            line.split("=", 1)[0]
+            for line in env_file.read_text("utf-8").splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+        assert keys <= outputs, f"{env_file.relative_to(REPO)}: {sorted(keys - outputs)}"
+
+
+def test_default_service_accounts_match_the_manifests(
+    template: dict[str, Any], manifests: dict[str, list[dict[str, Any]]]
+) -> None:
+    parameters = template["Parameters"]
+    prod = manifests["prod"]
+    accounts = {doc["metadata"]["name"] for doc in prod if doc["kind"] == "ServiceAccount"}
+    assert {
+        parameters["WorkerServiceAccount"]["Default"],
+        parameters["WebhookServiceAccount"]["Default"],
+    } == accounts
+    namespaces = {doc["metadata"]["namespace"] for doc in prod if doc["kind"] == "ServiceAccount"}
+    assert namespaces == {parameters["Namespace"]["Default"]}

@@ -1,0 +1,141 @@
+"""The image, built with podman and run the way Kubernetes runs it.
+
+Slow: the first run on a machine makes the base image with debootstrap (about 40 s)
+and downloads the locked dependencies; later runs reuse both from PAYSTEP_PODMAN_ROOT.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any, Final
+
+import pytest
+
+from paystep.localstack import LocalStack, free_port
+from tests.deploy.podman import Podman
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+TAG: Final = "localhost/paystep:test"
+FAKE_AWS: Final = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+}
+
+
+@pytest.fixture(scope="module")
+def podman() -> Podman:
+    return Podman.create()
+
+
+@pytest.fixture(scope="module")
+def image(podman: Podman) -> Iterator[str]:
+    podman.ensure_base_image()
+    podman.build(TAG)
+    yield TAG
+
+
+def inspect(podman: Podman, image: str) -> dict[str, Any]:
+    result = podman("image", "inspect", image)
+    assert result.returncode == 0, result.stderr
+    found: dict[str, Any] = json.loads(result.stdout)[0]
+    return found
+
+
+def get(url: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def test_image_runs_paystep_as_non_root(podman: Podman, image: str) -> None:
+    found = inspect(podman, image)
+    assert found["Config"]["Entrypoint"] == ["paystep"]
+    assert found["Config"]["User"] == "10001:10001"
+    assert found["Healthcheck"]["Test"][0] == "CMD"  # podman lists it beside Config
+    result = podman("run", "--rm", "--read-only", image, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "worker" in result.stdout and "webhook" in result.stdout
+
+
+def test_webhook_container_answers_healthz(podman: Podman, image: str) -> None:
+    http_port, metrics_port = free_port(), free_port()
+    env = {**FAKE_AWS, "PAYSTEP_WEBHOOK_SECRETS": "whsec_x"}
+    with podman.container(
+        image, ["webhook"], env=env, publish={http_port: 8080, metrics_port: 9090}
+    ) as webhook:
+        status, body = webhook.wait_http(f"http://127.0.0.1:{http_port}/healthz")
+        assert status == 200, body
+        assert get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200
+        status, metrics = get(f"http://127.0.0.1:{metrics_port}/metrics")
+        assert status == 200 and b"# TYPE" in metrics
+        # The image's own HEALTHCHECK, run the way the engine would.
+        result = podman("healthcheck", "run", webhook.name)
+        assert result.returncode == 0, result.stdout + result.stderr + webhook.logs()
+        assert webhook.stop() == 0, webhook.logs()
+
+
+def test_worker_container_is_healthy_against_the_local_stack(
+    podman: Podman, image: str, stack: LocalStack
+) -> None:
+    deployment = stack.deploy("--name", f"img{int(time.time())}")
+    metrics_port = free_port()
+    env = {
+        key: value
+        for key, value in stack.env().items()
+        if key.startswith(("AWS_", "PAYSTEP_")) and key != "PAYSTEP_WEBHOOK_SECRETS"
+    }
+    env.update(
+        PAYSTEP_QUEUE_URL=deployment["queue_url"],
+        PAYSTEP_METRICS_PORT=str(metrics_port),
+        PAYSTEP_WORKER_CONCURRENCY="4",
+        PAYSTEP_WORKER_SHUTDOWN_GRACE_S="5",
+    )
+    # Host network: the local stack listens on this machine's loopback.
+    with podman.container(image, ["worker"], env=env, host_network=True) as worker:
+        status, body = worker.wait_http(f"http://127.0.0.1:{metrics_port}/healthz")
+        assert status == 200, body
+        deadline = time.monotonic() + 30
+        while (ready := get(f"http://127.0.0.1:{metrics_port}/readyz"))[0] != 200:
+            assert time.monotonic() < deadline, f"/readyz {ready}:\n{worker.logs()}"
+            time.sleep(0.5)
+        result = podman("healthcheck", "run", worker.name)
+        assert result.returncode == 0, result.stdout + result.stderr + worker.logs()
+        assert worker.stop() == 0, worker.logs()
+
+
+def test_worker_container_says_so_when_its_queue_is_unreachable(podman: Podman, image: str) -> None:
+    closed = free_port()  # nothing listens here
+    metrics_port = free_port()
+    env = {
+        **FAKE_AWS,
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
+        "PAYSTEP_QUEUE_URL": f"http://127.0.0.1:{closed}/000000000000/paystep-tasks",
+        "PAYSTEP_STRIPE_API_KEY": "sk_test_x",
+        "PAYSTEP_METRICS_PORT": str(metrics_port),
+    }
+    with podman.container(image, ["worker"], env=env, host_network=True) as worker:
+        deadline = time.monotonic() + 30
+        while True:
+            running, code = worker.state()
+            logs = worker.logs()
+            if not running:
+                # Giving up is fine; giving up silently, or with only a traceback, is not.
+                assert code != 0, logs
+                assert "queue" in logs.lower() or "sqs" in logs.lower(), logs
+                assert "Traceback" not in logs, logs
+                return
+            if "sqs" in logs.lower() and "fail" in logs.lower():
+                # Still up and retrying: alive, not ready, and the log names the problem.
+                assert get(f"http://127.0.0.1:{metrics_port}/healthz")[0] == 200, logs
+                assert get(f"http://127.0.0.1:{metrics_port}/readyz")[0] != 200, logs
+                return
+            assert time.monotonic() < deadline, f"no word about the queue in 30 s:\n{logs}"
+            time.sleep(0.5)

@@ -1,0 +1,289 @@
+"""The Kubernetes manifests: every overlay builds, validates, and keeps its promises.
+
+Tools: `kubectl kustomize`, `kubernetes-validate --strict` (built-in kinds; it skips
+CRDs), and jsonschema against KEDA's own CRD schemas for ScaledObject and
+TriggerAuthentication.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+from tests.deploy.conftest import OVERLAYS, Manifest, by_kind, one
+from tests.deploy.tools import INSTALL_HINT, REPO, explain, require_tool, run
+
+KUBERNETES_VERSION: Final = "1.30"
+KEDA_KINDS: Final = {"ScaledObject", "TriggerAuthentication"}
+SECRET_NAME: Final = "paystep-secrets"
+ROLE_ARN: Final = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
+WEBHOOK_PATH: Final = "/webhooks/stripe"
+
+
+def keda_schema_dir() -> Path:
+    return Path(os.environ.get("PAYSTEP_KEDA_SCHEMAS", REPO.parent / "shared" / "schemas" / "keda"))
+
+
+def config_of(docs: list[Manifest]) -> dict[str, str]:
+    data: dict[str, str] = one(docs, "ConfigMap")["data"]
+    return data
+
+
+def containers(deployment: Manifest) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return found
+
+
+# -- the tools ---------------------------------------------------------------------------
+
+
+def test_overlays_exist() -> None:
+    assert {"dev", "prod"} <= set(OVERLAYS)
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_built_in_kinds_pass_strict_validation(overlay: str, rendered: dict[str, str]) -> None:
+    tool = require_tool("kubernetes-validate")
+    result = run([tool, "--strict", "-k", KUBERNETES_VERSION, "-"], input_text=rendered[overlay])
+    assert result.returncode == 0, explain(result)
+    assert "ERROR" not in result.stdout + result.stderr, explain(result)
+
+
+def strict(schema: Any) -> Any:
+    """Refuse unknown fields, as the API server does for a structural CRD schema.
+
+    KEDA's schemas leave `additionalProperties` open; without this a misspelt field
+    (`minReplicas` for `minReplicaCount`) would validate and then be silently pruned.
+    """
+    if isinstance(schema, dict):
+        schema = {key: strict(value) for key, value in schema.items()}
+        if (
+            "properties" in schema
+            and "additionalProperties" not in schema
+            and not schema.get("x-kubernetes-preserve-unknown-fields")
+        ):
+            schema["additionalProperties"] = False
+        return schema
+    if isinstance(schema, list):
+        return [strict(item) for item in schema]
+    return schema
+
+
+def keda_schemas() -> dict[tuple[str, str], Any]:
+    """(apiVersion, kind) -> the strict openAPIV3Schema of that CRD version."""
+    schemas: dict[tuple[str, str], Any] = {}
+    for path in sorted(keda_schema_dir().glob("*.yaml")):
+        crd = yaml.safe_load(path.read_text("utf-8"))
+        if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
+            continue
+        group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+        for version in crd["spec"]["versions"]:
+            schema = version["schema"]["openAPIV3Schema"]
+            schemas[(f"{group}/{version['name']}", kind)] = strict(copy.deepcopy(schema))
+    return schemas
+
+
+def keda_errors(doc: Manifest) -> list[str]:
+    """Schema violations of one KEDA object, as readable lines."""
+    if not keda_schema_dir().is_dir():
+        pytest.skip(
+            f"KEDA CRD schemas not found at {keda_schema_dir()}: "
+            "set PAYSTEP_KEDA_SCHEMAS to the folder holding keda.sh_*.yaml"
+        )
+    try:
+        import jsonschema  # type: ignore[import-untyped,unused-ignore]
+    except ImportError:
+        pytest.fail(f"jsonschema is not installed: {INSTALL_HINT}", pytrace=False)
+    schema = keda_schemas().get((doc["apiVersion"], doc["kind"]))
+    assert schema is not None, f"no CRD schema for {doc['apiVersion']} {doc['kind']}"
+    errors = sorted(jsonschema.Draft7Validator(schema).iter_errors(doc), key=lambda e: list(e.path))
+    return [
+        f"{doc['kind']}/{doc['metadata']['name']} at {'.'.join(map(str, e.path))}: {e.message}"
+        for e in errors
+    ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_objects_match_the_crd_schemas(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    keda = [doc for doc in manifests[overlay] if doc["kind"] in KEDA_KINDS]
+    assert {doc["kind"] for doc in keda} == KEDA_KINDS
+    for doc in keda:
+        errors = keda_errors(doc)
+        assert not errors, "\n".join(errors)
+
+
+def test_keda_validation_catches_unknown_fields_and_unquoted_numbers(
+    manifests: dict[str, list[Manifest]],
+) -> None:
+    scaled = copy.deepcopy(one(manifests[OVERLAYS[0]], "ScaledObject"))
+    scaled["spec"]["minReplicas"] = 1
+    scaled["spec"]["triggers"][0]["metadata"]["queueLength"] = 64
+    errors = "\n".join(keda_errors(scaled))
+    assert "minReplicas" in errors
+    assert "queueLength" in errors
+
+
+# -- what the overlays promise -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_every_placeholder_is_filled(overlay: str, rendered: dict[str, str]) -> None:
+    assert "set-by-overlay" not in rendered[overlay]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_keda_scales_the_worker_by_its_concurrency(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    config = config_of(docs)
+    scaled = one(docs, "ScaledObject")
+    auth = one(docs, "TriggerAuthentication")
+    worker = one(docs, "Deployment", "worker")
+    # namePrefix must reach KEDA's references too (kustomizeconfig/keda.yaml).
+    assert scaled["spec"]["scaleTargetRef"]["name"] == worker["metadata"]["name"]
+    [trigger] = scaled["spec"]["triggers"]
+    assert trigger["type"] == "aws-sqs-queue"
+    assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
+    assert auth["spec"]["podIdentity"]["provider"] == "aws"
+    assert ROLE_ARN.match(auth["spec"]["podIdentity"]["roleArn"])
+    metadata = trigger["metadata"]
+    assert metadata["queueLength"] == config["PAYSTEP_WORKER_CONCURRENCY"]
+    assert isinstance(metadata["queueLength"], str) and int(metadata["queueLength"]) > 0
+    assert metadata["queueURL"] == config["PAYSTEP_QUEUE_URL"]
+    assert metadata["awsRegion"] == config["AWS_DEFAULT_REGION"]
+    assert "replicas" not in worker["spec"], "KEDA owns the worker's replica count"
+    assert 0 <= scaled["spec"]["minReplicaCount"] <= scaled["spec"]["maxReplicaCount"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_worker_outlives_its_shutdown_grace(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    grace_s = int(config_of(docs)["PAYSTEP_WORKER_SHUTDOWN_GRACE_S"])
+    pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
+    # Room after the grace for releasing the remaining messages back to SQS.
+    assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_pods_are_locked_down(overlay: str, manifests: dict[str, list[Manifest]]) -> None:
+    docs = manifests[overlay]
+    config_name = one(docs, "ConfigMap")["metadata"]["name"]
+    for deployment in by_kind(docs, "Deployment"):
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+        assert pod["automountServiceAccountToken"] is False
+        for container in containers(deployment):
+            name = f"{deployment['metadata']['name']}/{container['name']}"
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["capabilities"]["drop"] == ["ALL"], name
+            assert context["runAsUser"] >= 10000, name
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
+            assert "memory" in container["resources"]["limits"], name
+            assert "livenessProbe" in container, name
+            assert "@sha256:" in container["image"] or ":" in container["image"].rsplit("/")[-1]
+            assert container["envFrom"] == [{"configMapRef": {"name": config_name}}], name
+            for env in container.get("env", []):
+                ref = env.get("valueFrom", {}).get("secretKeyRef")
+                if ref:
+                    assert ref["name"] == SECRET_NAME, name
+            mounts = {mount["mountPath"] for mount in container.get("volumeMounts", [])}
+            assert mounts == {"/tmp"}, f"{name}: /tmp is the only writable path"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_no_secret_is_committed(overlay: str, manifests: dict[str, list[Manifest]]) -> None:
+    assert not by_kind(manifests[overlay], "Secret")
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_service_accounts_carry_their_iam_roles(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    roles = set()
+    for component in ("worker", "webhook"):
+        account = one(docs, "ServiceAccount", component)
+        role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
+        assert ROLE_ARN.match(role), role
+        roles.add(role)
+        deployment = one(docs, "Deployment", component)
+        pod = deployment["spec"]["template"]["spec"]
+        assert pod["serviceAccountName"] == account["metadata"]["name"]
+    assert len(roles) == 2, "the worker and the webhook need different permissions"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_webhook_is_highly_available(overlay: str, manifests: dict[str, list[Manifest]]) -> None:
+    docs = manifests[overlay]
+    webhook = one(docs, "Deployment", "webhook")
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert webhook["spec"]["replicas"] >= 2
+    assert hpa["spec"]["scaleTargetRef"]["name"] == webhook["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    [container] = containers(webhook)
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    pdbs = {
+        doc["metadata"]["labels"]["app.kubernetes.io/component"]
+        for doc in by_kind(docs, "PodDisruptionBudget")
+    }
+    assert pdbs == {"worker", "webhook"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_ingress_exposes_only_the_stripe_path_over_tls(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    ingress = one(docs, "Ingress")
+    service = one(docs, "Service", "webhook")
+    paths = [
+        (rule["host"], path["path"], path["pathType"], path["backend"]["service"]["name"])
+        for rule in ingress["spec"]["rules"]
+        for path in rule["http"]["paths"]
+    ]
+    hosts = {host for host, *_ in paths}
+    assert paths == [(host, WEBHOOK_PATH, "Exact", service["metadata"]["name"]) for host in hosts]
+    tls_hosts = {host for entry in ingress["spec"]["tls"] for host in entry["hosts"]}
+    assert hosts <= tls_hosts
+    # The metrics port is reachable from the monitoring namespace only, never via a Service.
+    assert [port["targetPort"] for port in service["spec"]["ports"]] == ["http"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_network_policies_cover_both_services(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    covered = {}
+    for policy in by_kind(docs, "NetworkPolicy"):
+        labels = policy["spec"]["podSelector"]["matchLabels"]
+        covered[labels["app.kubernetes.io/component"]] = policy
+        assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert set(covered) == {"worker", "webhook"}
+    webhook_sources = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in covered["webhook"]["spec"]["ingress"]
+        for peer in rule["from"]
+    ]
+    assert sorted(webhook_sources) == ["ingress-nginx", "monitoring"]
+    worker_sources = [
+        peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for rule in covered["worker"]["spec"]["ingress"]
+        for peer in rule["from"]
+    ]
+    assert worker_sources == ["monitoring"]

@@ -1,0 +1,99 @@
+"""Finding the external tools the deploy checks shell out to, and running them.
+
+A missing tool fails its test: these checks are part of CI, and a skip would let an
+unchecked manifest through. `.ci/deploy-tools.sh` installs every one of them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import pytest
+import yaml  # type: ignore[import-untyped,unused-ignore]
+
+REPO: Final = Path(__file__).resolve().parents[2]
+INSTALL_HINT: Final = "run .ci/deploy-tools.sh (as root) to install the deploy check tools"
+
+
+def find_tool(name: str) -> str | None:
+    """On PATH, or beside this interpreter (a venv whose bin is not on PATH)."""
+    found = shutil.which(name)
+    if found:
+        return found
+    beside = Path(sys.executable).parent / name
+    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+
+
+def require_tool(name: str) -> str:
+    path = find_tool(name)
+    if path is None:
+        if name == "kubectl":
+            pytest.fail(
+                "kubectl is not installed: it comes with the machine image (no package "
+                "registry here provides it)",
+                pytrace=False,
+            )
+        pytest.fail(f"{name} is not installed: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    cwd: Path = REPO,
+    env: Mapping[str, str] | None = None,
+    input_text: str | None = None,
+    timeout_s: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        list(argv),
+        cwd=cwd,
+        env=None if env is None else dict(env),
+        input=input_text,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        check=False,
+    )
+
+
+def explain(result: subprocess.CompletedProcess[str], tail_chars: int = 6000) -> str:
+    """What a failed command said, for an assertion message."""
+    argv = " ".join(str(arg) for arg in result.args)
+    return (
+        f"`{argv}` exited {result.returncode}\n"
+        f"--- stdout ---\n{result.stdout[-tail_chars:]}\n"
+        f"--- stderr ---\n{result.stderr[-tail_chars:]}"
+    )
+
+
+class CloudFormationLoader(yaml.SafeLoader):  # type: ignore[misc,unused-ignore]
+    """Reads CloudFormation YAML: short-form intrinsics become `{"Fn::X": value}`."""
+
+
+def _intrinsic(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> dict[str, Any]:
+    name = "Ref" if suffix == "Ref" else f"Fn::{suffix}"
+    value: Any
+    if isinstance(node, yaml.ScalarNode):
+        value = loader.construct_scalar(node)
+        if suffix == "GetAtt":
+            value = value.split(".", 1)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    return {name: value}
+
+
+CloudFormationLoader.add_multi_constructor("!", _intrinsic)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    template: dict[str, Any] = yaml.load(path.read_text("utf-8"), Loader=CloudFormationLoader)
+    return template
