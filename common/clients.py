@@ -32,11 +32,18 @@ def aws_config(
     )
 
 
-def stripe_client(settings: StripeSettings, *, max_network_retries: int = 0) -> stripe.StripeClient:
+def stripe_client(
+    settings: StripeSettings,
+    *,
+    max_network_retries: int = 0,
+    http_client: stripe.HTTPClient | None = None,
+) -> stripe.StripeClient:
     """An async-capable StripeClient; never the global `stripe.api_key`.
 
     Network retries default to 0: callers own their retry policy (the worker
     retries through SQS visibility, the webhook through Stripe's redelivery).
+    `http_client` lets a caller size and own the connection pool (the worker keeps
+    as many connections as tasks in flight; aiohttp's default is 100).
     """
     base_addresses: dict[str, str] = {}
     if settings.stripe_api_base:
@@ -48,6 +55,6 @@ def stripe_client(settings: StripeSettings, *, max_network_retries: int = 0) -> 
     return stripe.StripeClient(
         settings.stripe_api_key.get_secret_value(),
         base_addresses=base_addresses,  # type: ignore[arg-type]
-        http_client=stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s),
+        http_client=http_client or stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s),
         max_network_retries=max_network_retries,
     )
