@@ -1,0 +1,36 @@
+"""Fixtures of the worker tests: a fake Stripe per test, real `paystep worker` processes.
+
+The fake Stripe serves from its own thread, so tests can use blocking boto3 and
+sleep without stalling it; workers are real processes on the session's moto.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+
+from paystep.localstack import LocalStack
+from tests.support.fake_stripe import FakeStripe
+from tests.worker.support import Workers
+
+
+@pytest.fixture
+def fake_stripe() -> Iterator[FakeStripe]:
+    with FakeStripe().running_in_thread() as fake:
+        yield fake
+
+
+@pytest.fixture
+def workers(stack: LocalStack) -> Iterator[Workers]:
+    started = Workers(stack)
+    yield started
+    started.stop_all()
+
+
+@pytest.fixture(scope="session")
+def aws(stack: LocalStack) -> tuple[Any, Any]:
+    """Step Functions and SQS clients on the session's moto."""
+    return boto3.client("stepfunctions"), boto3.client("sqs")

@@ -1,0 +1,232 @@
+"""The consumer loop: receive, handle each task on its own within a bound, settle its message.
+
+    async for message in self._messages():   # long-poll, 10 at a time
+        await self._slots.acquire()          # at most `concurrency` tasks in flight
+        self._start(message)                 # handle -> delete, fail + delete, or back off
+
+Shutdown (`stop()`, on SIGTERM) in order: stop receiving; let the tasks in flight
+finish within the grace period; cancel what is left; hand every message still held
+back to the queue (visibility 0) so another worker takes it at once; send the
+deletes and visibility changes still batched; return.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import structlog
+
+from common.logging import token_hash
+from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.models import Task
+from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
+from worker.leases import Leases
+from worker.messages import decode
+from worker.metrics import Metrics
+from worker.queue import SQS_MAX_BATCH, Message, TaskQueue
+
+log = structlog.get_logger("paystep.worker")
+
+Handler = Callable[[Task, Message], Awaitable[str]]
+
+RECEIVE_ERROR_BACKOFF: Final = Backoff(base_s=1.0, max_s=30.0)
+# A poison message goes back at once: nothing will fix it, so the redrive policy
+# should move it to the dead-letter queue after maxReceiveCount receives, not hours.
+POISON_VISIBILITY_S: Final = 0
+
+
+class Consumer:
+    def __init__(
+        self,
+        queue: TaskQueue,
+        handler: Handler,
+        callbacks: Callbacks,
+        *,
+        concurrency: int,
+        shutdown_grace_s: float,
+        backoff: Backoff,
+        metrics: Metrics,
+    ) -> None:
+        self._queue = queue
+        self._handler = handler
+        self._callbacks = callbacks
+        self._concurrency = concurrency
+        self._shutdown_grace_s = shutdown_grace_s
+        self._backoff = backoff
+        self._metrics = metrics
+        self._slots = asyncio.Semaphore(concurrency)
+        self._leases = Leases(queue.visibility_timeout_s)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._intake: asyncio.Task[None] | None = None
+        self._receive_failures = 0
+        self._last_receive_ok = time.monotonic()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin the shutdown (idempotent; safe from a signal handler)."""
+        if not self._stopping.is_set():
+            log.info("worker.stopping", in_flight=len(self._tasks), held=len(self._leases))
+            self._stopping.set()
+            if self._intake is not None:
+                # Cancels a long poll in progress: messages SQS picked for that answer
+                # reappear after their visibility timeout, none is lost.
+                self._intake.cancel()
+
+    async def alive(self) -> bool:
+        """Liveness: the intake loop runs (the probe itself proves the event loop turns)."""
+        return self._intake is not None and (not self._intake.done() or self._stopping.is_set())
+
+    async def ready(self) -> bool:
+        """Readiness: receiving, and the last receive did not fail."""
+        return await self.alive() and not self._stopping.is_set() and self._receive_failures == 0
+
+    async def run(self) -> None:
+        """Consume until `stop()`, then shut down in order."""
+        self._intake = asyncio.create_task(self._take_in(), name="intake")
+        keeper = asyncio.create_task(self._keep_leases(), name="leases")
+        stopping = asyncio.create_task(self._stopping.wait())
+        try:
+            await asyncio.wait({self._intake, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if self._intake.done() and not self._intake.cancelled():
+                self._intake.result()  # the intake never ends by itself: surface its error
+        finally:
+            stopping.cancel()
+            self.stop()
+            await asyncio.shield(self._shutdown(keeper))
+
+    async def _shutdown(self, keeper: asyncio.Task[None]) -> None:
+        if self._intake is not None:
+            await asyncio.gather(self._intake, return_exceptions=True)
+        if self._tasks:
+            _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_grace_s)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                log.warning("worker.tasks_cancelled", count=len(unfinished))
+        keeper.cancel()
+        await asyncio.gather(keeper, return_exceptions=True)
+        released = self._leases.release_all()
+        for message in released:
+            self._queue.change_visibility(message, 0, reason="release")
+        await self._queue.flush()
+        log.info("worker.drained", released=len(released))
+
+    # -- intake --------------------------------------------------------------------------
+
+    async def _take_in(self) -> None:
+        async for message in self._messages():
+            await self._slots.acquire()
+            self._start(message)
+
+    async def _messages(self) -> AsyncIterator[Message]:
+        batch_size = min(SQS_MAX_BATCH, self._concurrency)
+        while True:
+            try:
+                batch = await self._queue.receive(batch_size)
+            except Exception as exc:
+                self._receive_failures += 1
+                delay_s = RECEIVE_ERROR_BACKOFF.delay_s(self._receive_failures)
+                log.error("sqs.receive_failed", error=str(exc), retry_in_s=delay_s)
+                await asyncio.sleep(delay_s)
+                continue
+            self._receive_failures = 0
+            for message in batch:
+                self._leases.hold(message)
+            for message in batch:
+                yield message
+
+    def _start(self, message: Message) -> None:
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        self._metrics.in_flight.set(len(self._tasks))
+        task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        self._metrics.in_flight.set(len(self._tasks))
+
+    async def _keep_leases(self) -> None:
+        """Extend the visibility of messages whose task runs long."""
+        interval_s = max(0.5, self._leases.visibility_timeout_s / 6)
+        while True:
+            await asyncio.sleep(interval_s)
+            for message in self._leases.due():
+                self._queue.change_visibility(
+                    message, self._leases.visibility_timeout_s, reason="extend"
+                )
+
+    # -- one message ---------------------------------------------------------------------
+
+    async def _handle(self, message: Message) -> None:
+        # Each asyncio task runs in its own copy of the context: these bindings stay its own.
+        structlog.contextvars.bind_contextvars(message_id=message.message_id)
+        task: Task | None = None
+        try:
+            task = decode(message)
+            structlog.contextvars.bind_contextvars(
+                task=task.type,
+                execution=task.execution_id,
+                token=token_hash(task.task_token),
+                receive_count=message.receive_count,
+            )
+            outcome = await self._handler(task, message)
+            self._delete(message)
+        except Exception as exc:
+            outcome = await self._settle_failure(message, task, exc)
+        self._metrics.tasks.labels(task.type if task else "unknown", outcome).inc()
+
+    async def _settle_failure(self, message: Message, task: Task | None, exc: Exception) -> str:
+        match classify(exc):
+            case FailTask(error=error, cause=cause) if task is not None:
+                return await self._fail_task(message, task, error, cause)
+            case Retry() as decision:
+                self._retry(message, decision, exc)
+                return "retry"
+            case DeadLetter(reason=reason) | FailTask(cause=reason):
+                # (A task failure needs a decoded task: without one the message is poison.)
+                log.error(
+                    "message.poison",
+                    reason=reason,
+                    token=getattr(exc, "token_hash", None),
+                    receive_count=message.receive_count,
+                )
+                self._leases.settle(message)
+                self._queue.change_visibility(message, POISON_VISIBILITY_S, reason="poison")
+                return "poison"
+
+    async def _fail_task(self, message: Message, task: Task, error: str, cause: str) -> str:
+        try:
+            result = await self._callbacks.fail(task.task_token, error, cause)
+        except CallbackError as exc:
+            self._retry(message, Retry(f"step functions: {exc}"), exc)
+            return "retry"
+        log.warning(
+            "task.failed",
+            error=error,
+            cause=cause,
+            already_closed=result is CallbackResult.ALREADY_CLOSED,
+        )
+        self._delete(message)
+        return error.rsplit(".", 1)[-1].lower()
+
+    def _retry(self, message: Message, decision: Retry, exc: Exception) -> None:
+        delay_s = self._backoff.delay_s(message.receive_count)
+        log.warning(
+            "task.retry",
+            reason=decision.reason,
+            retry_in_s=delay_s,
+            exc_info=None if decision.expected else exc,
+        )
+        self._leases.settle(message)
+        self._queue.change_visibility(message, delay_s, reason="retry")
+
+    def _delete(self, message: Message) -> None:
+        self._leases.settle(message)
+        self._queue.delete(message)

@@ -1,0 +1,230 @@
+"""The three tasks: create, cancel and refund a payment.
+
+Each handler returns its outcome (a metrics label) once the message may be
+deleted, and raises for anything else; `classify` decides what an exception
+means. Every Stripe write carries an idempotency key derived from the task, so
+a redelivered message, a worker killed mid-task or two workers racing on the
+same message end in one PaymentIntent, one cancel, one refund.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import stripe
+import structlog
+from pydantic import ValidationError
+
+from statemachine import errors
+from statemachine.callbacks import CallbackResult, Callbacks
+from statemachine.codec import TokenCodecError, encode_token
+from statemachine.models import (
+    STRIPE_METADATA_VALUE_MAX_CHARS,
+    CancelOutcome,
+    CancelPaymentTask,
+    CreatePaymentTask,
+    PaymentOutcome,
+    PaymentRequest,
+    RefundOutcome,
+    RefundPaymentTask,
+    Task,
+    describe_validation_error,
+)
+from worker.errors import RetryLater, TaskFailure
+from worker.queue import Message
+from worker.stripe_api import ATTEMPT_KEY, EXECUTION_KEY, ORDER_KEY, StripeApi
+
+log = structlog.get_logger("paystep.worker")
+
+PAID: Final = frozenset({"succeeded", "requires_capture"})
+LIVE_REFUNDS: Final = frozenset({"succeeded", "pending", "requires_action"})
+
+
+@dataclass(frozen=True)
+class Handlers:
+    stripe: StripeApi
+    callbacks: Callbacks
+    idempotency_horizon_s: float
+    clock: Callable[[], float] = time.time
+
+    async def __call__(self, task: Task, message: Message) -> str:
+        match task:
+            case CreatePaymentTask():
+                return await self.create_payment(task, message)
+            case CancelPaymentTask():
+                return await self.cancel_payment(task)
+            case RefundPaymentTask():
+                return await self.refund_payment(task)
+
+    async def create_payment(self, task: CreatePaymentTask, message: Message) -> str:
+        """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""
+        request = _payment_request(task)
+        structlog.contextvars.bind_contextvars(order_id=request.order_id)
+        metadata = _metadata(task, request)
+        if self.clock() - message.sent_at_s > self.idempotency_horizon_s:
+            # Stripe may have pruned the idempotency key of a create sent this long ago:
+            # the key alone no longer guards against a second PaymentIntent.
+            if await self.callbacks.heartbeat(task.task_token) is CallbackResult.ALREADY_CLOSED:
+                log.info("task.stale", age_s=round(self.clock() - message.sent_at_s))
+                return "stale"
+            existing = await self.stripe.find_attempt(task.execution_id, task.attempt)
+            if existing:
+                return _adopt(existing)
+        params: stripe.params.PaymentIntentCreateParams = {
+            "amount": request.amount,
+            "currency": request.currency,
+            "metadata": metadata,
+        }
+        if request.customer:
+            params["customer"] = request.customer
+        if request.payment_method:
+            params["payment_method"] = request.payment_method
+            params["confirm"] = True
+            params["off_session"] = True
+        # receipt_email stays out: the receipt goes out through SNS after fulfilment (and
+        # localstripe refuses the parameter).
+        intent = await self.stripe.create_payment_intent(
+            params, idempotency_key=task.idempotency_key
+        )
+        log.info("payment_intent.created", payment_intent=intent.id, status=intent.status)
+        return "created"
+
+    async def cancel_payment(self, task: CancelPaymentTask) -> str:
+        """The payment wait timed out: cancel the attempt's PaymentIntent, or report it paid."""
+        intents = await self.stripe.find_attempt(task.execution_id, task.attempt)
+        paid = next((pi for pi in intents if pi.status in PAID), None)
+        if paid is not None:
+            outcome = CancelOutcome(
+                outcome="succeeded", payment_intent_id=paid.id, payment=_payment_outcome(paid)
+            )
+        elif any(pi.status == "processing" for pi in intents):
+            raise RetryLater("the PaymentIntent is processing; its outcome is not known yet")
+        elif not intents:
+            outcome = CancelOutcome(outcome="not_found")
+        else:
+            for intent in intents:
+                if intent.status != "canceled":
+                    await self.stripe.cancel_payment_intent(
+                        intent.id, idempotency_key=_key("cancel", task.execution_id, intent.id)
+                    )
+                    log.info("payment_intent.canceled", payment_intent=intent.id)
+            outcome = CancelOutcome(outcome="canceled", payment_intent_id=intents[0].id)
+        await self._succeed(task.task_token, outcome)
+        return outcome.outcome
+
+    async def refund_payment(self, task: RefundPaymentTask) -> str:
+        """Refund in full, once: a refund made before (even past the key's 24 h) is reused."""
+        structlog.contextvars.bind_contextvars(
+            order_id=task.order_id, payment_intent=task.payment_intent_id
+        )
+        refunds = await self.stripe.list_refunds(task.payment_intent_id)
+        refund = next((r for r in refunds if r.status in LIVE_REFUNDS), None)
+        outcome = "refund_found"
+        if refund is None:
+            refund = await self.stripe.create_refund(
+                {
+                    "payment_intent": task.payment_intent_id,
+                    "metadata": {
+                        ORDER_KEY: task.order_id,
+                        EXECUTION_KEY: task.execution_id[:STRIPE_METADATA_VALUE_MAX_CHARS],
+                        "paystep_reason": task.reason,
+                    },
+                },
+                idempotency_key=task.idempotency_key,
+            )
+            outcome = "refunded"
+            log.info("refund.created", refund=refund.id, status=refund.status)
+        await self._succeed(
+            task.task_token,
+            RefundOutcome(
+                refund_id=refund.id,
+                status=refund.status or "pending",
+                amount=refund.amount,
+                currency=refund.currency,
+            ),
+        )
+        return outcome
+
+    async def _succeed(self, token: str, outcome: CancelOutcome | RefundOutcome) -> None:
+        if await self.callbacks.succeed(token, outcome) is CallbackResult.ALREADY_CLOSED:
+            log.info("task.already_closed")
+
+
+def _payment_request(task: CreatePaymentTask) -> PaymentRequest:
+    try:
+        return task.payment_request()
+    except ValidationError as exc:
+        raise TaskFailure(errors.INVALID_INPUT, describe_validation_error(exc)) from None
+
+
+def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str]:
+    """Caller metadata, order, execution, attempt, and the token split by the codec."""
+    if len(task.execution_id) > STRIPE_METADATA_VALUE_MAX_CHARS:
+        raise TaskFailure(
+            errors.INVALID_INPUT,
+            f"metadata: the execution id is {len(task.execution_id)} characters, "
+            f"Stripe holds {STRIPE_METADATA_VALUE_MAX_CHARS}",
+        )
+    try:
+        return encode_token(
+            task.task_token,
+            {
+                **request.metadata,
+                ORDER_KEY: request.order_id,
+                EXECUTION_KEY: task.execution_id,
+                ATTEMPT_KEY: str(task.attempt),
+            },
+        )
+    except TokenCodecError as exc:
+        raise TaskFailure(errors.INVALID_INPUT, f"metadata: {exc}") from None
+
+
+def _adopt(intents: list[stripe.PaymentIntent]) -> str:
+    """A PaymentIntent of this attempt exists already: keep it, create nothing."""
+    declined = [pi for pi in intents if pi.last_payment_error is not None]
+    live = [pi for pi in intents if pi.last_payment_error is None and pi.status != "canceled"]
+    if live or not declined:
+        intent = (live or intents)[0]
+        log.info("payment_intent.adopted", payment_intent=intent.id, status=intent.status)
+        return "adopted"
+    # It was declined and the failure never reached Step Functions: report it now, or the
+    # execution would wait for a webhook that already came.
+    error = declined[0].last_payment_error
+    assert error is not None
+    raise TaskFailure(
+        errors.DECLINED,
+        json.dumps(
+            {
+                "code": error.code,
+                "decline_code": error.decline_code,
+                "message": error.message,
+                "payment_intent_id": declined[0].id,
+            },
+            separators=(",", ":"),
+        ),
+    )
+
+
+def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:
+    charge = intent.latest_charge
+    status: Literal["succeeded", "requires_capture"] = (
+        "requires_capture" if intent.status == "requires_capture" else "succeeded"
+    )
+    return PaymentOutcome(
+        payment_intent_id=intent.id,
+        status=status,
+        amount_received=intent.amount_received,
+        currency=intent.currency,
+        latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,
+    )
+
+
+def _key(*parts: str) -> str:
+    """An idempotency key for a write that `statemachine.models` has no key for."""
+    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+    return f"paystep-{parts[0]}-{digest[:40]}"

@@ -1,0 +1,146 @@
+"""`paystep worker` / `python -m worker`: load settings once, open the clients, consume.
+
+paystep worker            run until SIGTERM / SIGINT, exit 0 after a clean shutdown
+paystep worker --check    exit 0 if the worker on this host answers /healthz (exec probe)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import ssl
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+
+import aiohttp
+import stripe
+import structlog
+from pydantic import ValidationError
+
+from common.clients import aws_config, aws_session, stripe_client
+from common.logging import configure_logging
+from common.metrics import start_metrics_server
+from statemachine.callbacks import Callbacks
+from statemachine.models import describe_validation_error
+from worker.classify import Backoff
+from worker.consumer import Consumer
+from worker.handlers import Handlers
+from worker.limiter import AdaptiveLimit
+from worker.metrics import Metrics
+from worker.queue import TaskQueue
+from worker.settings import WorkerSettings
+from worker.stripe_api import StripeApi
+
+log = structlog.get_logger("paystep.worker")
+
+
+def main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="paystep worker", description="Consume the paystep task queue (SQS) into Stripe."
+    )
+    parser.add_argument(
+        "--check", action="store_true", help="probe the local worker's /healthz and exit"
+    )
+    args = parser.parse_args(list(argv))
+    try:
+        settings = WorkerSettings()  # type: ignore[call-arg]  # fields come from the environment
+    except ValidationError as exc:
+        print(f"paystep worker: settings: {describe_validation_error(exc)}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    if args.check:
+        return check(settings)
+    return asyncio.run(run(settings))
+
+
+def check(settings: WorkerSettings) -> int:
+    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1
+
+
+async def run(settings: WorkerSettings) -> int:
+    metrics = Metrics()
+    session = aws_session()
+    async with AsyncExitStack() as stack:
+        sqs = await stack.enter_async_context(
+            session.client("sqs", config=aws_config(retry_mode="standard", max_attempts=3))
+        )
+        # Callbacks may run for every task in flight at once; adaptive retries slow the
+        # client down when Step Functions throttles.
+        sfn = await stack.enter_async_context(
+            session.client(
+                "stepfunctions",
+                config=aws_config(
+                    retry_mode="adaptive", max_pool_connections=settings.worker_concurrency
+                ),
+            )
+        )
+        http = await stack.enter_async_context(
+            aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=settings.worker_concurrency,
+                    ssl=ssl.create_default_context(cafile=stripe.ca_bundle_path),
+                )
+            )
+        )
+        client = stripe_client(
+            settings,
+            http_client=stripe.AIOHTTPClient(
+                session=http, timeout=aiohttp.ClientTimeout(total=settings.stripe_timeout_s)
+            ),
+        )
+        limit = AdaptiveLimit(
+            maximum=settings.worker_concurrency,
+            minimum=min(settings.worker_stripe_min_in_flight, settings.worker_concurrency),
+            on_change=metrics.stripe_limit.set,
+        )
+        callbacks = Callbacks(sfn)
+        queue = TaskQueue(
+            sqs,
+            settings.queue_url,
+            visibility_timeout_s=settings.worker_visibility_timeout_s,
+            wait_s=settings.worker_poll_wait_s,
+            batch_delay_s=settings.worker_batch_delay_s,
+            metrics=metrics,
+        )
+        consumer = Consumer(
+            queue,
+            Handlers(
+                StripeApi(client, limit, metrics),
+                callbacks,
+                idempotency_horizon_s=settings.worker_idempotency_horizon_s,
+            ),
+            callbacks,
+            concurrency=settings.worker_concurrency,
+            shutdown_grace_s=settings.worker_shutdown_grace_s,
+            backoff=Backoff(base_s=settings.worker_retry_base_s, max_s=settings.worker_retry_max_s),
+            metrics=metrics,
+        )
+        runner = await start_metrics_server(
+            metrics.registry,
+            settings.metrics_port,
+            host=settings.metrics_host,
+            alive=consumer.alive,
+            ready=consumer.ready,
+        )
+        stack.push_async_callback(runner.cleanup)
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, consumer.stop)
+        log.info(
+            "worker.started",
+            queue=settings.queue_url,
+            concurrency=settings.worker_concurrency,
+            metrics_port=settings.metrics_port,
+        )
+        await consumer.run()
+    log.info("worker.stopped")
+    return 0

@@ -1,0 +1,39 @@
+"""Settings of `paystep worker`, read once from `PAYSTEP_*` variables in `main()`."""
+
+from __future__ import annotations
+
+from typing import Final
+
+from pydantic import Field
+
+from common.settings import StripeSettings
+
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
+SQS_MAX_VISIBILITY_TIMEOUT_S: Final = 43_200
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html
+SQS_MAX_WAIT_S: Final = 20
+# https://docs.stripe.com/api/idempotent_requests: keys are pruned once at least 24 hours old;
+# an hour of margin covers clock skew and the time the message spent waiting for a slot.
+IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
+
+
+class WorkerSettings(StripeSettings):
+    """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT` and the Stripe ones."""
+
+    queue_url: str
+    worker_concurrency: int = Field(default=64, ge=1, le=4096)
+    # Kubernetes' terminationGracePeriodSeconds must stay above this plus a few seconds.
+    worker_shutdown_grace_s: float = Field(default=25.0, ge=0)
+    metrics_port: int = Field(default=9090, ge=1, le=65_535)
+    metrics_host: str = "0.0.0.0"
+    # Set on every receive, so the worker knows it without reading the queue's attributes.
+    worker_visibility_timeout_s: int = Field(default=120, ge=2, le=SQS_MAX_VISIBILITY_TIMEOUT_S)
+    # At least 1 s: short polling an empty queue would spin on ReceiveMessage.
+    worker_poll_wait_s: int = Field(default=SQS_MAX_WAIT_S, ge=1, le=SQS_MAX_WAIT_S)
+    # Retry backoff through visibility: base * 2**(receives - 1), jittered, capped.
+    worker_retry_base_s: float = Field(default=2.0, gt=0)
+    worker_retry_max_s: float = Field(default=900.0, gt=0, le=SQS_MAX_VISIBILITY_TIMEOUT_S)
+    worker_idempotency_horizon_s: float = Field(default=IDEMPOTENCY_HORIZON_S, ge=0)
+    # Deletes and visibility changes wait this long for a batch of 10 to fill up.
+    worker_batch_delay_s: float = Field(default=0.2, ge=0, le=5)
+    worker_stripe_min_in_flight: int = Field(default=1, ge=1)

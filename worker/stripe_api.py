@@ -1,0 +1,122 @@
+"""The Stripe calls the worker makes, each through the adaptive limit and timed.
+
+An injected `stripe.StripeClient` (never the global `stripe.api_key`); errors pass
+through untouched for `classify` to judge, except that a 429 also cuts the limit.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, TypeVar
+
+import stripe
+
+from worker.limiter import AdaptiveLimit
+from worker.metrics import Metrics
+
+T = TypeVar("T")
+
+# Keys paystep writes into a PaymentIntent's metadata, next to the token's own keys.
+ORDER_KEY: Final = "order_id"
+EXECUTION_KEY: Final = "paystep_execution"
+ATTEMPT_KEY: Final = "paystep_attempt"
+# https://docs.stripe.com/search#search-query-language: a page holds at most 100 results.
+SEARCH_LIMIT: Final = 100
+
+
+def attempt_query(execution_id: str, attempt: int) -> str:
+    """Stripe search query for the PaymentIntents of one attempt of one execution."""
+    return (
+        f"metadata['{EXECUTION_KEY}']:'{_quote(execution_id)}' AND "
+        f"metadata['{ATTEMPT_KEY}']:'{attempt}'"
+    )
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+class StripeApi:
+    def __init__(self, client: stripe.StripeClient, limit: AdaptiveLimit, metrics: Metrics) -> None:
+        self._client = client
+        self._limit = limit
+        self._metrics = metrics
+
+    async def create_payment_intent(
+        self, params: stripe.params.PaymentIntentCreateParams, *, idempotency_key: str
+    ) -> stripe.PaymentIntent:
+        return await self._call(
+            "payment_intents.create",
+            lambda: self._client.v1.payment_intents.create_async(
+                params, {"idempotency_key": idempotency_key}
+            ),
+        )
+
+    async def find_attempt(self, execution_id: str, attempt: int) -> list[stripe.PaymentIntent]:
+        """The PaymentIntents created for this attempt (Search API, eventually consistent).
+
+        Stripe documents search as lagging writes by up to a minute, so callers use it
+        only for intents made long before: after a payment wait timed out, or for a
+        message older than the idempotency horizon.
+        """
+        result = await self._call(
+            "payment_intents.search",
+            lambda: self._client.v1.payment_intents.search_async(
+                {"query": attempt_query(execution_id, attempt), "limit": SEARCH_LIMIT}
+            ),
+        )
+        return list(result.data)
+
+    async def cancel_payment_intent(
+        self, intent_id: str, *, idempotency_key: str
+    ) -> stripe.PaymentIntent:
+        return await self._call(
+            "payment_intents.cancel",
+            lambda: self._client.v1.payment_intents.cancel_async(
+                intent_id, options={"idempotency_key": idempotency_key}
+            ),
+        )
+
+    async def list_refunds(self, intent_id: str) -> list[stripe.Refund]:
+        result = await self._call(
+            "refunds.list",
+            lambda: self._client.v1.refunds.list_async({"payment_intent": intent_id, "limit": 100}),
+        )
+        return list(result.data)
+
+    async def create_refund(
+        self, params: stripe.params.RefundCreateParams, *, idempotency_key: str
+    ) -> stripe.Refund:
+        return await self._call(
+            "refunds.create",
+            lambda: self._client.v1.refunds.create_async(
+                params, {"idempotency_key": idempotency_key}
+            ),
+        )
+
+    async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
+        epoch = await self._limit.acquire()
+        started = time.perf_counter()
+        result = "error"
+        try:
+            value = await call()
+            result = "ok"
+            return value
+        except stripe.RateLimitError:
+            result = "throttled"
+            self._metrics.stripe_throttled.inc()
+            raise
+        except stripe.StripeError as exc:
+            result = str(exc.http_status or "connection")
+            raise
+        finally:
+            self._limit.release(epoch, throttled=result == "throttled")
+            self._metrics.stripe_seconds.labels(operation, result).observe(
+                time.perf_counter() - started
+            )
+
+
+def metadata_of(intent: stripe.PaymentIntent) -> dict[str, Any]:
+    raw: dict[str, Any] = intent.metadata.to_dict() if intent.metadata else {}
+    return raw
