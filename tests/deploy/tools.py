@@ -22,12 +22,11 @@ INSTALL_HINT: Final = "run .ci/deploy-tools.sh (as root) to install the deploy c
 
 
 def find_tool(name: str) -> str | None:
-    """On PATH, or beside this interpreter (a venv whose bin is not on PATH)."""
-    found = shutil.which(name)
-    if found:
-        return found
+    """Beside this interpreter (where deploy-tools.sh pip-installs), else on PATH."""
     beside = Path(sys.executable).parent / name
-    return str(beside) if beside.is_file() and os.access(beside, os.X_OK) else None
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return str(beside)
+    return shutil.which(name)
 
 
 def require_tool(name: str) -> str:
