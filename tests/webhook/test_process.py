@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -89,7 +90,9 @@ def test_localstripe_deliveries_resume_the_executions(
             'paystep_webhook_events_total{outcome="delivered",type="payment_intent.succeeded"} 1.0'
             in metrics
         )
+        assert _check(local, webhook.urls["webhook"]) == 0
         assert webhook.stop() == 0
+        assert _check(local, webhook.urls["webhook"]) == 1
         logs = webhook.log_path.read_text()
         assert "webhook.callback_delivered" in logs
         for token in (paid.token, declined.token):
@@ -138,6 +141,15 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(
         assert answers == [(200, {"outcome": "delivered", "action": "succeed"})]
         assert webhook.process.wait(30) == 0
         assert wait_done(waiting.execution_arn)["status"] == "SUCCEEDED"
+
+
+def _check(local: LocalStack, webhook_url: str) -> int:
+    """`python -m webhook --check`, the readiness command of a container probe."""
+    port = str(urllib.parse.urlsplit(webhook_url).port)
+    env = local.env(PAYSTEP_WEBHOOK_PORT=port)
+    return subprocess.run(
+        [sys.executable, "-m", "webhook", "--check"], env=env, timeout=30, check=False
+    ).returncode
 
 
 def _accepts(port: int) -> bool:
