@@ -13,7 +13,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import stripe
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from statemachine.models import describe_validation_error
 
@@ -49,13 +56,21 @@ class PaymentIntentSnapshot(StripeModel):
     last_payment_error: PaymentError | None = None
     cancellation_reason: str | None = None
 
-    @field_validator("latest_charge", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _charge_id(cls, value: Any) -> Any:
+    def _charge_id(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping):
+            return data
+        charge = data.get("latest_charge")
+        if charge is None:
+            # API versions before 2022-11-15 list the charges instead, newest first.
+            charges = data.get("charges")
+            listed = charges.get("data") if isinstance(charges, Mapping) else None
+            charge = listed[0] if isinstance(listed, list) and listed else None
         # An expandable field: an id, or the whole Charge when expanded.
-        if isinstance(value, Mapping):
-            return value.get("id")
-        return value
+        if isinstance(charge, Mapping):
+            charge = charge.get("id")
+        return {**data, "latest_charge": charge}
 
     @field_validator("object")
     @classmethod

@@ -85,6 +85,15 @@ def test_an_expanded_latest_charge_is_read_as_its_id() -> None:
     assert decision.callback.output.latest_charge == "ch_x"
 
 
+def test_older_api_versions_give_the_latest_charge_as_the_first_listed() -> None:
+    listed = {"object": "list", "data": [{"id": "ch_new"}, {"id": "ch_old"}]}
+
+    decision = planned("payment_intent.succeeded", latest_charge=None, charges=listed)
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    assert decision.callback.output.latest_charge == "ch_new"
+
+
 def test_capturable_plans_success_with_requires_capture() -> None:
     decision = planned("payment_intent.amount_capturable_updated", status="requires_capture")
 
@@ -142,6 +151,23 @@ def test_other_types_are_ignored_without_reading_the_object() -> None:
     decision = plan(parse_event(event("invoice.paid", {"object": "invoice"})))
 
     assert decision == Ignore(IgnoreReason.UNHANDLED_TYPE)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"charges": []}, {"charges": {"data": "x"}}, {"amount": "lots"}, {"metadata": ["a"]}],
+)
+def test_odd_payment_intent_fields_are_malformed_or_ignored_never_a_crash(
+    fields: dict[str, Any],
+) -> None:
+    evt = event("payment_intent.succeeded", payment_intent(WAITING, latest_charge=None, **fields))
+
+    try:
+        decision = plan(parse_event(evt))
+    except MalformedEvent:
+        return
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    assert decision.callback.output.latest_charge is None
 
 
 def test_a_payment_intent_type_with_another_object_is_malformed() -> None:
