@@ -91,8 +91,16 @@ class Handlers:
         intent = await self.stripe.create_payment_intent(
             params, idempotency_key=task.idempotency_key
         )
-        log.info("payment_intent.created", payment_intent=intent.id, status=intent.status)
-        return "created"
+        replayed = intent.last_response is not None and (
+            intent.last_response.headers.get("Idempotent-Replayed") == "true"
+        )
+        log.info(
+            "payment_intent.created",
+            payment_intent=intent.id,
+            status=intent.status,
+            replayed=replayed,
+        )
+        return "replayed" if replayed else "created"
 
     async def cancel_payment(self, task: CancelPaymentTask) -> str:
         """The payment wait timed out: cancel the attempt's PaymentIntent, or report it paid."""

@@ -68,6 +68,9 @@ Latency: every `/v1` request sleeps `latency_s` plus up to `jitter_s`. Rate limi
 `rate_limit_per_s` requests a second (token bucket, burst of one second) then
 429s, counted in `stats()["rate_limited"]`.
 
+State, in-process: `intents()`, `requests(route)`, `stats()`, `put_payment_intent(...)`,
+`update_payment_intent(id, status=...)`, `put_refund(payment_intent, amount)`.
+
 Control API (process form): `GET /_fake/stats`, `GET /_fake/requests`,
 `GET /_fake/payment_intents`, `POST /_fake/config` (JSON: latency_s, jitter_s,
 rate_limit_per_s, same_key_in_flight), `POST /_fake/faults`,
@@ -223,7 +226,9 @@ class FakeStripe:
         self._loop = asyncio.get_running_loop()
         # Stripe's clients hold connections open; do not cancel handlers on disconnect so a
         # killed client leaves the object behind exactly as Stripe would.
-        self._runner = web.AppRunner(self.app(), access_log=None, handler_cancellation=False)
+        self._runner = web.AppRunner(
+            self.app(), access_log=None, handler_cancellation=False, shutdown_timeout=1.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port, backlog=1024)
         await site.start()
@@ -326,6 +331,32 @@ class FakeStripe:
         with self._lock:
             self.payment_intents[intent["id"]] = intent
         return intent
+
+    def update_payment_intent(self, intent_id: str, **fields: Any) -> dict[str, Any]:
+        """Change a PaymentIntent as the customer or the bank would (a status, a charge)."""
+        with self._lock:
+            intent = self.payment_intents[intent_id]
+            intent.update(fields)
+            return dict(intent)
+
+    def put_refund(self, payment_intent: str, amount: int, **fields: Any) -> dict[str, Any]:
+        """Store a refund directly, as if made long ago."""
+        refund = {
+            "id": "re_" + secrets.token_hex(12),
+            "object": "refund",
+            "amount": amount,
+            "currency": "usd",
+            "payment_intent": payment_intent,
+            "charge": None,
+            "status": "succeeded",
+            "reason": None,
+            "metadata": {},
+            "created": int(time.time()),
+            **fields,
+        }
+        with self._lock:
+            self.refunds[refund["id"]] = refund
+        return refund
 
     def stats(self) -> dict[str, Any]:
         with self._lock:

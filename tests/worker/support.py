@@ -54,8 +54,6 @@ class Workers:
 
     def stop_all(self) -> None:
         for proc in self.started:
-            if proc in self.stack.processes:
-                self.stack.processes.remove(proc)
             proc.stop(signal.SIGKILL)
 
 

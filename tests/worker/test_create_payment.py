@@ -1,0 +1,187 @@
+"""Create payment through real `paystep worker` processes on moto and the fake Stripe.
+
+GIVEN a fresh deployment and a Stripe that honours Idempotency-Key
+WHEN executions start and the worker takes their CreatePayment messages
+THEN each attempt has exactly one PaymentIntent, carrying its token, or the
+execution fails with the contract's error.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from typing import Any
+
+import pytest
+
+from statemachine import errors
+from statemachine.codec import decode_token
+from statemachine.models import PaymentOutcome, dump_json
+from tests.conftest import Deployer
+from tests.support.aws import start, wait_done
+from tests.support.fake_stripe import FakeStripe, Fault
+from tests.worker.support import FAST_RETRIES, Workers, eventually, queue_counts, queue_empty
+
+pytestmark = pytest.mark.usefixtures("stack")
+
+CREATE = "POST /v1/payment_intents"
+
+
+def order(**extra: Any) -> dict[str, Any]:
+    return {"order_id": f"ord_{uuid.uuid4().hex[:10]}", "amount": 1999, "currency": "usd", **extra}
+
+
+def take_message(sqs: Any, queue_url: str) -> dict[str, Any]:
+    """The next message, left in the queue but invisible for a minute."""
+    found: dict[str, Any] = eventually(
+        lambda: sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1, VisibilityTimeout=60
+        ).get("Messages", [None])[0],
+        what="a task message",
+    )
+    return found
+
+
+def test_the_same_message_three_times_at_once_makes_one_payment_intent(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh()
+    start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
+    original = take_message(sqs, deployed["queue_url"])
+    for _ in range(2):
+        sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=original["Body"])
+    sqs.change_message_visibility(
+        QueueUrl=deployed["queue_url"], ReceiptHandle=original["ReceiptHandle"], VisibilityTimeout=0
+    )
+    # Stripe's latency keeps all three calls in flight together: two workers, three copies.
+    fake_stripe.configure(latency_s=0.5)
+    for _ in range(2):
+        workers.start(deployed, fake_stripe.url, **FAST_RETRIES)
+
+    eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="all copies deleted")
+    creates = fake_stripe.requests(CREATE)
+    assert len(creates) >= 3
+    assert {r.idempotency_key for r in creates} == {creates[0].idempotency_key}
+    assert fake_stripe.stats()["conflicts"] + fake_stripe.stats()["replays"] >= 2
+    assert len(fake_stripe.intents()) == 1
+
+
+def test_a_worker_killed_after_the_stripe_call_leaves_one_payment_intent(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh()
+    arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
+    # Stripe makes the PaymentIntent, then the answer is held until the worker is dead.
+    fake_stripe.add_fault(Fault(kind="hold", hold_s=30))
+    first = workers.start(deployed, fake_stripe.url, PAYSTEP_WORKER_VISIBILITY_TIMEOUT_S="3")
+    eventually(lambda: fake_stripe.intents(), what="the PaymentIntent exists")
+    first.stop(signal.SIGKILL)
+    assert queue_counts(sqs, deployed["queue_url"]) == (0, 1), "not deleted: the task is pending"
+
+    workers.start(deployed, fake_stripe.url)
+    eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="redelivered and deleted")
+    creates = fake_stripe.requests(CREATE)
+    assert len(creates) == 2
+    assert creates[0].idempotency_key == creates[1].idempotency_key
+    assert creates[1].replayed and creates[1].status == 200
+    (intent,) = fake_stripe.intents()
+    assert intent["metadata"]["paystep_execution"] == arn
+    assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+
+
+def test_aws_length_tokens_survive_the_round_trip_through_metadata(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh("--payment-heartbeat-s", "0")
+    request = order(payment_method="pm_card_visa", metadata={f"k{i}": "v" * 500 for i in range(40)})
+    arn = start(sfn, deployed["state_machine_arn"], request)
+    # moto's tokens run 1,000-2,048 characters; add one of exactly 2,048 by hand.
+    longest = "A/b+" * 511 + "x=y="
+    assert len(longest) == 2048
+    synthetic = json.loads(take_message(sqs, deployed["queue_url"])["Body"])
+    real_token = synthetic["task_token"]
+    sqs.send_message(
+        QueueUrl=deployed["queue_url"],
+        MessageBody=json.dumps(
+            {**synthetic, "task_token": longest, "execution_id": synthetic["execution_id"] + "-x"}
+        ),
+    )
+    sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=json.dumps(synthetic))
+    workers.start(deployed, fake_stripe.url)
+
+    intents = eventually(lambda: len(fake_stripe.intents()) == 2 and fake_stripe.intents())
+    tokens = {decode_token(pi["metadata"]) for pi in intents}
+    assert tokens == {real_token, longest}
+    for intent in intents:
+        assert len(intent["metadata"]) <= 50
+        assert all(len(value) <= 500 for value in intent["metadata"].values())
+    # The token read back from Stripe resumes the execution, as the webhook will.
+    (paid,) = [pi for pi in intents if pi["metadata"]["paystep_execution"] == arn]
+    outcome = PaymentOutcome(
+        payment_intent_id=paid["id"], status="succeeded", amount_received=1999, currency="usd"
+    )
+    sfn.send_task_success(taskToken=decode_token(paid["metadata"]), output=dump_json(outcome))
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert json.loads(done["output"])["payment"]["payment_intent_id"] == paid["id"]
+
+
+def test_a_decline_fails_the_execution_as_declined(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, _ = aws
+    deployed = deploy_fresh("--max-attempts", "1")
+    workers.start(deployed, fake_stripe.url)
+    arn = start(
+        sfn, deployed["state_machine_arn"], order(payment_method="pm_card_chargeCustomerFail")
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
+    cause = json.loads(done["cause"])
+    assert cause["code"] == "card_declined"
+    assert cause["decline_code"] == "generic_decline"
+    assert cause["message"] == "Your card was declined."
+    assert cause["payment_intent_id"] == fake_stripe.intents()[0]["id"]
+
+
+def test_invalid_input_fails_the_execution_without_calling_stripe(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh()
+    workers.start(deployed, fake_stripe.url)
+    arn = start(
+        sfn,
+        deployed["state_machine_arn"],
+        {"order_id": "ord_bad", "amount": 0, "currency": "usd", "coupon": "FREE"},
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.INVALID_INPUT)
+    assert "amount" in done["cause"] and "coupon: unknown field" in done["cause"]
+    eventually(lambda: queue_empty(sqs, deployed["queue_url"]))
+    assert fake_stripe.stats()["requests"] == 0
+
+
+def test_a_customer_stripe_does_not_know_fails_the_execution_as_rejected(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, _ = aws
+    deployed = deploy_fresh()
+    workers.start(deployed, fake_stripe.url)
+    arn = start(
+        sfn,
+        deployed["state_machine_arn"],
+        order(customer="cus_missing42", payment_method="pm_card_visa"),
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.REJECTED)
+    assert json.loads(done["cause"]) == {
+        "code": "resource_missing",
+        "param": "customer",
+        "message": "No such customer: 'cus_missing42'",
+    }
+    assert len(fake_stripe.requests(CREATE)) == 1
