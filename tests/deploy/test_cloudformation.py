@@ -169,7 +169,18 @@ def test_webhook_role_only_answers_tasks(template: dict[str, Any]) -> None:
         assert statement["Resource"] == {"Ref": "PaymentStateMachine"}
 
 
-@pytest.mark.parametrize("role_name", ["WorkerRole", "WebhookRole"])
+def test_reconcile_role_only_answers_tasks(template: dict[str, Any]) -> None:
+    role = template["Resources"]["ReconcileRole"]
+    assert actions(role) == SEND_TASK
+    for statement in statements(role):
+        assert statement["Effect"] == "Allow"
+        assert statement["Resource"] == {"Ref": "PaymentStateMachine"}
+    assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
+        "Fn::GetAtt": ["ReconcileRole", "Arn"]
+    }
+
+
+@pytest.mark.parametrize("role_name", ["WorkerRole", "WebhookRole", "ReconcileRole"])
 def test_service_roles_trust_one_service_account(template: dict[str, Any], role_name: str) -> None:
     trust = template["Resources"][role_name]["Properties"]["AssumeRolePolicyDocument"]
     text, variables = trust["Fn::Sub"]
@@ -220,6 +231,7 @@ def test_default_service_accounts_match_the_manifests(
     assert {
         parameters["WorkerServiceAccount"]["Default"],
         parameters["WebhookServiceAccount"]["Default"],
+        parameters["ReconcileServiceAccount"]["Default"],
     } == accounts
     namespaces = {doc["metadata"]["namespace"] for doc in prod if doc["kind"] == "ServiceAccount"}
     assert namespaces == {parameters["Namespace"]["Default"]}
