@@ -6,17 +6,23 @@ and downloads the locked dependencies; later runs reuse both from PAYSTEP_PODMAN
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import http.server
 import json
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from typing import Any, Final
 
 import pytest
 
-from paystep.localstack import LocalStack, free_port
-from tests.deploy.podman import Podman
+from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port
+from tests.deploy.conftest import Manifest, one
+from tests.deploy.podman import Container, Podman
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -139,3 +145,83 @@ def test_worker_container_says_so_when_its_queue_is_unreachable(podman: Podman, 
                 return
             assert time.monotonic() < deadline, f"no word about the queue in 30 s:\n{logs}"
             time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def pushgateway() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """A stand-in Pushgateway on this machine: its URL and the (path, body) it received."""
+    received: list[tuple[str, bytes]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_PUT(self) -> None:
+            length = int(self.headers.get("Content-Length", "0"))
+            received.append((self.path, self.rfile.read(length)))
+            self.send_response(202)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", received
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def confirmed_payment_intent(stripe_base: str) -> str:
+    """A PaymentIntent paid at localstripe, so the window holds at least one event."""
+    body = urllib.parse.urlencode(
+        {"amount": 1999, "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
+    ).encode()
+    request = urllib.request.Request(f"{stripe_base}/v1/payment_intents", data=body)
+    auth = base64.b64encode(f"{LOCAL_STRIPE_KEY}:".encode()).decode()
+    request.add_header("Authorization", f"Basic {auth}")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        found: str = json.loads(response.read())["id"]
+    return found
+
+
+def wait_exit(container: Container, timeout_s: float = 120) -> int:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        running, code = container.state()
+        if not running:
+            return code
+        assert time.monotonic() < deadline, (
+            f"still running after {timeout_s} s:\n{container.logs()}"
+        )
+        time.sleep(0.5)
+
+
+def test_reconcile_container_runs_the_cronjobs_command(
+    podman: Podman, image: str, stack: LocalStack, manifests: dict[str, list[Manifest]]
+) -> None:
+    """The CronJob's exact arguments, in the image, locked down as the pod is."""
+    cron = one(manifests["prod"], "CronJob", "reconcile")
+    [spec] = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    stack.deploy("--name", f"rec{int(time.time())}")
+    assert stack.stripe_base
+    confirmed_payment_intent(stack.stripe_base)
+    env = {
+        key: value
+        for key, value in stack.env().items()
+        if key.startswith(("AWS_", "PAYSTEP_")) and key != "PAYSTEP_WEBHOOK_SECRETS"
+    }
+    with pushgateway() as (url, received):
+        env["PAYSTEP_PUSHGATEWAY_URL"] = url
+        with podman.container(image, spec["args"], env=env, host_network=True) as job:
+            code = wait_exit(job)
+            logs = job.logs()
+    assert code == 0, logs
+    assert "Traceback" not in logs, logs
+    done = [json.loads(line) for line in logs.splitlines() if '"reconcile.done"' in line]
+    assert len(done) == 1, logs
+    assert done[0]["events_seen"] >= 1 and done[0]["errors"] == 0, done
+    [(path, body)] = received
+    assert path == "/metrics/job/paystep-reconcile"
+    assert b"paystep_reconcile_last_run_timestamp_seconds" in body

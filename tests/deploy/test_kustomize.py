@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import Any, Final
 
@@ -18,12 +19,17 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from tests.deploy.conftest import OVERLAYS, Manifest, by_kind, one
 from tests.deploy.tools import INSTALL_HINT, REPO, explain, require_tool, run
+from webhook.reconcile import parse_duration
 
 KUBERNETES_VERSION: Final = "1.30"
 KEDA_KINDS: Final = {"ScaledObject", "TriggerAuthentication"}
 SECRET_NAME: Final = "paystep-secrets"
 ROLE_ARN: Final = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/[\w+=,.@/-]+$")
 WEBHOOK_PATH: Final = "/webhooks/stripe"
+WORKLOADS: Final = ("worker", "webhook", "reconcile")
+# Stripe retries a failed delivery for up to three days: reconciliation looks that far back.
+STRIPE_RETRY_WINDOW_S: Final = 72 * 3600
+IMDS: Final = "169.254.169.254/32"
 
 
 def keda_schema_dir() -> Path:
@@ -35,8 +41,53 @@ def config_of(docs: list[Manifest]) -> dict[str, str]:
     return data
 
 
-def containers(deployment: Manifest) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+def pod_spec(workload: Manifest) -> dict[str, Any]:
+    """The pod template's spec of a Deployment or a CronJob."""
+    spec = workload["spec"]
+    if workload["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    found: dict[str, Any] = spec["template"]["spec"]
+    return found
+
+
+def containers(workload: Manifest) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = pod_spec(workload)["containers"]
+    return found
+
+
+def workloads(docs: list[Manifest]) -> list[Manifest]:
+    return [*by_kind(docs, "Deployment"), *by_kind(docs, "CronJob")]
+
+
+def workload(docs: list[Manifest], component: str) -> Manifest:
+    kind = "CronJob" if component == "reconcile" else "Deployment"
+    return one(docs, kind, component)
+
+
+def every_minutes(schedule: str) -> int:
+    """The period of a `*/N * * * *` schedule, in minutes (the only form used here)."""
+    match = re.fullmatch(r"\*/(\d+) \* \* \* \*", schedule)
+    assert match, f"expected a `*/N * * * *` schedule, got {schedule!r}"
+    minutes = int(match.group(1))
+    assert 60 % minutes == 0, "N must divide the hour, or the gap at the hour is shorter"
+    return minutes
+
+
+def egress_ports(policy: Manifest) -> dict[str, set[int | str]]:
+    """Allowed destination ports by peer: a namespace name, `kube-dns`, or an ipBlock CIDR."""
+    found: dict[str, set[int | str]] = {}
+    for rule in policy["spec"].get("egress", []):
+        ports = {port["port"] for port in rule.get("ports", [])}
+        for peer in rule["to"]:
+            if "ipBlock" in peer:
+                block = peer["ipBlock"]
+                assert IMDS in block.get("except", []), "the node's metadata service stays shut"
+                key = block["cidr"]
+            elif "podSelector" in peer:
+                key = peer["podSelector"]["matchLabels"]["k8s-app"]
+            else:
+                key = peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+            found.setdefault(key, set()).update(ports)
     return found
 
 
@@ -179,13 +230,16 @@ def test_worker_outlives_its_shutdown_grace(
 def test_pods_are_locked_down(overlay: str, manifests: dict[str, list[Manifest]]) -> None:
     docs = manifests[overlay]
     config_name = one(docs, "ConfigMap")["metadata"]["name"]
-    for deployment in by_kind(docs, "Deployment"):
-        pod = deployment["spec"]["template"]["spec"]
+    assert {
+        found["metadata"]["labels"]["app.kubernetes.io/component"] for found in workloads(docs)
+    } == set(WORKLOADS)
+    for item in workloads(docs):
+        pod = pod_spec(item)
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
         assert pod["automountServiceAccountToken"] is False
-        for container in containers(deployment):
-            name = f"{deployment['metadata']['name']}/{container['name']}"
+        for container in containers(item):
+            name = f"{item['metadata']['name']}/{container['name']}"
             context = container["securityContext"]
             assert context["readOnlyRootFilesystem"] is True, name
             assert context["allowPrivilegeEscalation"] is False, name
@@ -193,7 +247,9 @@ def test_pods_are_locked_down(overlay: str, manifests: dict[str, list[Manifest]]
             assert context["runAsUser"] >= 10000, name
             assert {"cpu", "memory"} <= set(container["resources"]["requests"]), name
             assert "memory" in container["resources"]["limits"], name
-            assert "livenessProbe" in container, name
+            if item["kind"] == "Deployment":
+                # A Job's pod runs to completion instead; activeDeadlineSeconds bounds a hang.
+                assert "livenessProbe" in container, name
             assert "@sha256:" in container["image"] or ":" in container["image"].rsplit("/")[-1]
             assert container["envFrom"] == [{"configMapRef": {"name": config_name}}], name
             for env in container.get("env", []):
@@ -215,15 +271,14 @@ def test_service_accounts_carry_their_iam_roles(
 ) -> None:
     docs = manifests[overlay]
     roles = set()
-    for component in ("worker", "webhook"):
+    for component in WORKLOADS:
         account = one(docs, "ServiceAccount", component)
         role = account["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]
         assert ROLE_ARN.match(role), role
         roles.add(role)
-        deployment = one(docs, "Deployment", component)
-        pod = deployment["spec"]["template"]["spec"]
+        pod = pod_spec(workload(docs, component))
         assert pod["serviceAccountName"] == account["metadata"]["name"]
-    assert len(roles) == 2, "the worker and the webhook need different permissions"
+    assert len(roles) == len(WORKLOADS), "each workload has its own, narrowest, IAM role"
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -265,7 +320,7 @@ def test_ingress_exposes_only_the_stripe_path_over_tls(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_network_policies_cover_both_services(
+def test_network_policies_cover_every_workload(
     overlay: str, manifests: dict[str, list[Manifest]]
 ) -> None:
     docs = manifests[overlay]
@@ -274,7 +329,7 @@ def test_network_policies_cover_both_services(
         labels = policy["spec"]["podSelector"]["matchLabels"]
         covered[labels["app.kubernetes.io/component"]] = policy
         assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
-    assert set(covered) == {"worker", "webhook"}
+    assert set(covered) == set(WORKLOADS)
     webhook_sources = [
         peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
         for rule in covered["webhook"]["spec"]["ingress"]
@@ -287,3 +342,93 @@ def test_network_policies_cover_both_services(
         for peer in rule["from"]
     ]
     assert worker_sources == ["monitoring"]
+    # The reconcile job serves nothing, and reaches what the worker reaches plus the
+    # Pushgateway.
+    assert not covered["reconcile"]["spec"].get("ingress")
+    worker_egress = egress_ports(covered["worker"])
+    reconcile_egress = egress_ports(covered["reconcile"])
+    assert worker_egress == {"kube-dns": {53}, "0.0.0.0/0": {443}}
+    assert {peer: reconcile_egress[peer] for peer in worker_egress} == worker_egress
+    assert set(reconcile_egress) - set(worker_egress) <= {"monitoring"}
+
+
+# -- reconciliation ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_reconcile_runs_alone_and_ends_before_the_next_run(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    cron = one(manifests[overlay], "CronJob", "reconcile")
+    spec = cron["spec"]
+    period_s = every_minutes(spec["schedule"]) * 60
+    assert period_s == 600
+    assert spec["concurrencyPolicy"] == "Forbid", "two runs would send every callback twice"
+    assert not spec.get("suspend", False)
+    assert 0 < spec["startingDeadlineSeconds"] < period_s
+    assert spec["successfulJobsHistoryLimit"] >= 1
+    assert spec["failedJobsHistoryLimit"] >= 1
+    job = spec["jobTemplate"]["spec"]
+    # The deadline covers retries too: a run is over, one way or the other, before the
+    # next is due, so Forbid never has to skip one.
+    assert 0 < job["activeDeadlineSeconds"] < period_s
+    assert 0 <= job["backoffLimit"] <= 3
+    pod = pod_spec(cron)
+    assert pod["restartPolicy"] == "Never"
+    # Exit 2 (bad arguments or settings) fails the job at once instead of retrying.
+    [fail_job] = [rule for rule in job["podFailurePolicy"]["rules"] if rule["action"] == "FailJob"]
+    assert fail_job["onExitCodes"]["operator"] == "In"
+    assert fail_job["onExitCodes"]["values"] == [2]
+    assert fail_job["onExitCodes"]["containerName"] == containers(cron)[0]["name"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_reconcile_replays_stripes_retry_window_and_heartbeats(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    cron = one(docs, "CronJob", "reconcile")
+    [container] = containers(cron)
+    args = container["args"]
+    assert args[0] == "reconcile"
+    assert "--dry-run" not in args
+    assert "--heartbeat" in args
+    since_s = parse_duration(args[args.index("--since") + 1])
+    # Every event Stripe may still be retrying, and windows that overlap many times over,
+    # so a skipped or failed run loses nothing.
+    assert since_s >= STRIPE_RETRY_WINDOW_S
+    assert since_s >= 10 * every_minutes(cron["spec"]["schedule"]) * 60
+    # The same image, key and settings as the worker: only the arguments differ.
+    [worker] = containers(workload(docs, "worker"))
+    assert container["image"] == worker["image"]
+    assert container["envFrom"] == worker["envFrom"]
+    key = [env for env in container["env"] if env["name"] == "PAYSTEP_STRIPE_API_KEY"]
+    assert key == [env for env in worker["env"] if env["name"] == "PAYSTEP_STRIPE_API_KEY"]
+    assert key and key[0]["valueFrom"]["secretKeyRef"]["name"] == SECRET_NAME
+    assert "ports" not in container, "nothing connects to a reconcile run"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_reconcile_may_reach_its_pushgateway(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    docs = manifests[overlay]
+    url = config_of(docs).get("PAYSTEP_PUSHGATEWAY_URL", "")
+    policy = next(
+        doc
+        for doc in by_kind(docs, "NetworkPolicy")
+        if doc["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "reconcile"
+    )
+    egress = egress_ports(policy)
+    if not url:
+        assert "monitoring" not in egress, "no Pushgateway configured: nothing to let out"
+        return
+    parsed = urllib.parse.urlsplit(url)
+    assert parsed.scheme in ("http", "https") and parsed.hostname, url
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    # An in-cluster Service name (<service>.<namespace>.svc...): that namespace, that port.
+    labels = parsed.hostname.split(".")
+    if len(labels) >= 3 and labels[2] == "svc":
+        assert port in egress.get(labels[1], set()), f"{url} is not let out by {egress}"
+    else:
+        assert port == 443, f"{url}: only HTTPS leaves the cluster"
