@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # One image for every paystep process: `paystep worker`, `paystep webhook`, and the
-# one-off commands (`paystep deploy`, `paystep pay`, later `paystep reconcile`).
+# one-off commands (`paystep deploy`, `paystep pay`, `paystep reconcile`).
 #
 #   podman build -t paystep .      (or docker build)
 #   podman run --read-only --tmpfs /tmp paystep webhook
