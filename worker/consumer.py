@@ -20,6 +20,7 @@ from typing import Final
 import structlog
 
 from common.logging import token_hash
+from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.models import Task
 from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
@@ -32,6 +33,11 @@ log = structlog.get_logger("paystep.worker")
 
 Handler = Callable[[Task, Message], Awaitable[str]]
 
+FAILURE_OUTCOMES: Final = {
+    errors.DECLINED: "declined",
+    errors.REJECTED: "rejected",
+    errors.INVALID_INPUT: "invalid_input",
+}
 RECEIVE_ERROR_BACKOFF: Final = Backoff(base_s=1.0, max_s=30.0)
 # A poison message goes back at once: nothing will fix it, so the redrive policy
 # should move it to the dead-letter queue after maxReceiveCount receives, not hours.
@@ -214,7 +220,7 @@ class Consumer:
             already_closed=result is CallbackResult.ALREADY_CLOSED,
         )
         self._delete(message)
-        return error.rsplit(".", 1)[-1].lower()
+        return FAILURE_OUTCOMES.get(error, "failed")
 
     def _retry(self, message: Message, decision: Retry, exc: Exception) -> None:
         delay_s = self._backoff.delay_s(message.receive_count)

@@ -25,7 +25,6 @@ from common.clients import aws_config, aws_session, stripe_client
 from common.logging import configure_logging
 from common.metrics import start_metrics_server
 from statemachine.callbacks import Callbacks
-from statemachine.models import describe_validation_error
 from worker.classify import Backoff
 from worker.consumer import Consumer
 from worker.handlers import Handlers
@@ -49,7 +48,9 @@ def main(argv: Sequence[str]) -> int:
     try:
         settings = WorkerSettings()  # type: ignore[call-arg]  # fields come from the environment
     except ValidationError as exc:
-        print(f"paystep worker: settings: {describe_validation_error(exc)}", file=sys.stderr)
+        for error in exc.errors(include_url=False, include_input=False):
+            variable = "PAYSTEP_" + "_".join(str(part) for part in error["loc"]).upper()
+            print(f"paystep worker: {variable}: {error['msg']}", file=sys.stderr)
         return 2
     configure_logging(settings.log_format, settings.log_level)
     if args.check:

@@ -57,6 +57,15 @@ class Workers:
             proc.stop(signal.SIGKILL)
 
 
+def worker_env(deployment: dict[str, Any], proc: ManagedProcess) -> dict[str, str]:
+    """The settings a second command needs to reach a running worker (`--check`)."""
+    return {
+        "PAYSTEP_QUEUE_URL": deployment["queue_url"],
+        "PAYSTEP_STRIPE_API_KEY": LOCAL_STRIPE_KEY,
+        "PAYSTEP_METRICS_PORT": proc.urls["metrics"].rsplit(":", 1)[1],
+    }
+
+
 def eventually(
     check: Callable[[], Any], *, timeout_s: float = 30, interval_s: float = 0.2, what: str = ""
 ) -> Any:

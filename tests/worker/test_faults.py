@@ -8,7 +8,10 @@ THEN no task is lost, none is failed that a retry could finish, and the loop goe
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 import uuid
 from typing import Any
 
@@ -28,6 +31,7 @@ from tests.worker.support import (
     queue_counts,
     queue_empty,
     scrape,
+    worker_env,
 )
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -89,7 +93,7 @@ def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
     figures = scrape(worker)
     assert metric(figures, "paystep_worker_stripe_throttled_total") > 0
     assert metric(figures, "paystep_worker_stripe_limit") < 64, "the limit was cut"
-    for outcome in ("declined", "rejected", "invalidinput", "poison"):
+    for outcome in ("declined", "rejected", "invalid_input", "failed", "poison"):
         assert metric(figures, "paystep_worker_tasks_total", outcome=outcome) == 0
 
 
@@ -152,6 +156,14 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
     eventually(lambda: queue_counts(sqs, dlq)[0] == 2, timeout_s=60, what="poison in the DLQ")
     eventually(lambda: queue_empty(sqs, deployed["queue_url"]))
     assert healthy(worker)
+    check = subprocess.run(
+        [sys.executable, "-m", "worker", "--check"],
+        env={**os.environ, **worker_env(deployed, worker)},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stderr
     log_text = worker.log_path.read_text()
     assert secret not in log_text
     poison = [e for e in log_events(worker) if e["event"] == "message.poison"]
