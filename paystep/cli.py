@@ -51,6 +51,11 @@ def _parser() -> argparse.ArgumentParser:
         "--payment-heartbeat-s", type=int, help="heartbeat window of the payment wait (0: none)"
     )
     deploy.add_argument("--worker-task-timeout-s", type=int, help="cancel/refund task timeout")
+    deploy.add_argument(
+        "--settlement-poll-s",
+        type=int,
+        help="after a timeout, how often a processing payment is re-checked",
+    )
     deploy.add_argument("--output", choices=["text", "json"], default="text")
     deploy.set_defaults(handler=_deploy)
 
@@ -115,6 +120,7 @@ def _deploy(args: argparse.Namespace) -> int:
             "payment_timeout_s": args.payment_timeout_s,
             "payment_heartbeat_s": args.payment_heartbeat_s,
             "worker_task_timeout_s": args.worker_task_timeout_s,
+            "settlement_poll_s": args.settlement_poll_s,
         }.items()
         if value is not None
     }

@@ -47,6 +47,8 @@ class Tunables(BaseModel):
     # for the timeout alone.
     payment_heartbeat_s: int | None = Field(default=4 * 86_400, ge=1)
     worker_task_timeout_s: int = Field(default=86_400, ge=1, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
+    # After a timeout, a payment still `processing` is asked about again this often.
+    settlement_poll_s: int = Field(default=6 * 3600, ge=1, le=STEP_FUNCTIONS_MAX_TIMEOUT_S)
 
     @model_validator(mode="after")
     def _heartbeat_below_timeout(self) -> Self:
@@ -81,6 +83,7 @@ def render(resources_: Resources, tunables: Tunables | None = None) -> str:
     config["max_attempts"] = tunables.max_attempts
     config["payment_timeout_s"] = tunables.payment_timeout_s
     config["worker_task_timeout_s"] = tunables.worker_task_timeout_s
+    config["settlement_poll_s"] = tunables.settlement_poll_s
     if tunables.payment_heartbeat_s is None:
         del config["payment_heartbeat_s"]
         del definition["States"]["CreatePayment"]["HeartbeatSecondsPath"]

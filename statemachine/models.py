@@ -201,10 +201,12 @@ class CancelOutcome(Frozen):
     """SendTaskSuccess output of the cancel task.
 
     `succeeded` means the payment went through after all: the state machine goes
-    on to fulfilment with `payment`.
+    on to fulfilment with `payment`. `processing` means it is still settling (a
+    bank debit can take two weeks): nothing was canceled, and the state machine
+    asks again after its settlement wait.
     """
 
-    outcome: Literal["canceled", "succeeded", "not_found"]
+    outcome: Literal["canceled", "succeeded", "not_found", "processing"]
     payment_intent_id: PaymentIntentId | None = None
     payment: PaymentOutcome | None = None
 

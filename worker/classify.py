@@ -24,7 +24,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from statemachine import errors
 from statemachine.callbacks import CallbackError
-from worker.errors import PoisonMessage, RetryLater, TaskFailure
+from worker.errors import PoisonMessage, TaskFailure
 
 # https://docs.stripe.com/error-codes: answers that a later attempt can change.
 TRANSIENT_STRIPE_CODES: Final = frozenset(
@@ -68,8 +68,6 @@ def classify(exc: BaseException) -> Decision:
             return DeadLetter(exc.reason)
         case TaskFailure():
             return FailTask(exc.error, exc.cause)
-        case RetryLater():
-            return Retry(str(exc))
         case stripe.CardError():
             return FailTask(errors.DECLINED, _card_cause(exc))
         case stripe.StripeError():

@@ -23,7 +23,3 @@ class TaskFailure(Exception):
         super().__init__(f"{error}: {cause}")
         self.error = error
         self.cause = cause
-
-
-class RetryLater(Exception):
-    """Not an error: the outcome is not known yet (a payment still processing)."""

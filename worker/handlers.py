@@ -35,13 +35,14 @@ from statemachine.models import (
     Task,
     describe_validation_error,
 )
-from worker.errors import RetryLater, TaskFailure
+from worker.errors import TaskFailure
 from worker.queue import Message
 from worker.stripe_api import ATTEMPT_KEY, EXECUTION_KEY, ORDER_KEY, StripeApi
 
 log = structlog.get_logger("paystep.worker")
 
 PAID: Final = frozenset({"succeeded", "requires_capture"})
+PENDING: Final = frozenset({"processing", "requires_action"})
 LIVE_REFUNDS: Final = frozenset({"succeeded", "pending", "requires_action"})
 
 
@@ -100,6 +101,11 @@ class Handlers:
             status=intent.status,
             replayed=replayed,
         )
+        if intent.status in PENDING:
+            # The outcome comes later (a bank debit settling, a customer authenticating):
+            # a heartbeat now tells a HeartbeatSeconds window the payment is under way.
+            await self.callbacks.heartbeat(task.task_token)
+            log.info("payment_intent.heartbeat", payment_intent=intent.id, status=intent.status)
         return "replayed" if replayed else "created"
 
     async def cancel_payment(self, task: CancelPaymentTask) -> str:
@@ -110,8 +116,12 @@ class Handlers:
             outcome = CancelOutcome(
                 outcome="succeeded", payment_intent_id=paid.id, payment=_payment_outcome(paid)
             )
-        elif any(pi.status == "processing" for pi in intents):
-            raise RetryLater("the PaymentIntent is processing; its outcome is not known yet")
+        elif (
+            processing := next((pi for pi in intents if pi.status == "processing"), None)
+        ) is not None:
+            # A bank debit can settle weeks later: neither cancel (Stripe refuses while
+            # processing) nor hold the message until the DLQ; the state machine asks again.
+            outcome = CancelOutcome(outcome="processing", payment_intent_id=processing.id)
         elif not intents:
             outcome = CancelOutcome(outcome="not_found")
         else:

@@ -55,8 +55,10 @@ def fast(deploy_fresh: Deployer) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def impatient(deploy_fresh: Deployer) -> dict[str, Any]:
-    """The payment wait times out after 2 s."""
-    return deploy_fresh("--payment-timeout-s", "2", "--payment-heartbeat-s", "0")
+    """The payment wait times out after 2 s; a processing payment is asked about every 1 s."""
+    return deploy_fresh(
+        "--payment-timeout-s", "2", "--payment-heartbeat-s", "0", "--settlement-poll-s", "1"
+    )
 
 
 def test_success_records_order_takes_stock_and_publishes_receipt(fast: dict[str, Any]) -> None:
@@ -172,6 +174,34 @@ def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, An
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"])["payment"]["payment_intent_id"] == "pi_after_all"
     assert order_row(ddb, impatient["orders_table"], request["order_id"])["status"] == "paid"
+
+
+def test_timeout_while_processing_asks_again_until_settled(impatient: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    request = _order()
+    arn = start(sfn, impatient["state_machine_arn"], request)
+    receive_task(sqs, impatient["queue_url"], "create_payment")
+    first = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    sfn.send_task_success(
+        taskToken=first["task_token"],
+        output=json.dumps({"outcome": "processing", "payment_intent_id": "pi_slow"}),
+    )
+    second = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    assert second["attempt"] == 1 and second["task_token"] != first["task_token"]
+    payment = json.loads(_paid("pi_slow"))
+    sfn.send_task_success(
+        taskToken=second["task_token"],
+        output=json.dumps(
+            {"outcome": "succeeded", "payment_intent_id": "pi_slow", "payment": payment}
+        ),
+    )
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert states_entered(sfn, arn).count("AwaitSettlement") == 1
+    assert (
+        order_row(ddb, impatient["orders_table"], request["order_id"])["payment_intent_id"]
+        == "pi_slow"
+    )
 
 
 def test_out_of_stock_refunds_restocks_and_fails(fast: dict[str, Any]) -> None:

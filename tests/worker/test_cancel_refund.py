@@ -21,7 +21,7 @@ from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
-from tests.support.aws import put_stock, receive_task, start, wait_done
+from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
 from tests.support.fake_stripe import FakeStripe
 from tests.worker.support import FAST_RETRIES, Workers, eventually
 
@@ -39,7 +39,9 @@ def fake() -> Iterator[FakeStripe]:
 @pytest.fixture(scope="module")
 def impatient(deploy_fresh: Deployer, stack: LocalStack, fake: FakeStripe) -> Iterator[Any]:
     """A deployment whose payment wait times out after 3 s, and its worker."""
-    deployed = deploy_fresh("--payment-timeout-s", "3", "--payment-heartbeat-s", "0")
+    deployed = deploy_fresh(
+        "--payment-timeout-s", "3", "--payment-heartbeat-s", "0", "--settlement-poll-s", "1"
+    )
     started = Workers(stack)
     yield deployed, started
     started.stop_all()
@@ -84,11 +86,13 @@ def test_cancel_finds_the_payment_succeeded_after_all(impatient: Any, fake: Fake
     if not workers.started:
         workers.start(deployed, fake.url, **FAST_RETRIES)
     searches = len(fake.requests(SEARCH))
-    # Bank debits stay `processing` for days: the cancel waits for the outcome.
+    # Bank debits stay `processing` for days: the cancel cancels nothing and the state
+    # machine asks again after its settlement wait, until the outcome is known.
     arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_sepa_debit"))
     (intent,) = eventually(lambda: intents_of(fake, arn), what="the PaymentIntent")
     assert intent["status"] == "processing"
-    eventually(lambda: len(fake.requests(SEARCH)) > searches + 1, what="the cancel task retried")
+    eventually(lambda: len(fake.requests(SEARCH)) > searches + 1, what="the cancel asked again")
+    assert "AwaitSettlement" in states_entered(sfn, arn)
     assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
     fake.update_payment_intent(
         intent["id"], status="succeeded", amount_received=1999, latest_charge="ch_after_all"

@@ -12,7 +12,7 @@ from botocore.exceptions import EndpointConnectionError
 from statemachine import errors
 from statemachine.callbacks import CallbackError
 from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
-from worker.errors import PoisonMessage, RetryLater, TaskFailure
+from worker.errors import PoisonMessage, TaskFailure
 
 
 def stripe_error(cls: type[stripe.StripeError], status: int, **error: Any) -> stripe.StripeError:
@@ -75,7 +75,6 @@ def test_refusals_fail_the_task_as_rejected(status: int, code: str) -> None:
         EndpointConnectionError(endpoint_url="http://sqs"),
         TimeoutError(),
         ConnectionResetError(),
-        RetryLater("processing"),
     ],
     ids=lambda exc: type(exc).__name__,
 )

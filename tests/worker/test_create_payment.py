@@ -9,6 +9,7 @@ execution fails with the contract's error.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import uuid
 from typing import Any
@@ -21,6 +22,7 @@ from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
 from tests.support.fake_stripe import FakeStripe, Fault
+from tests.support.sfn_proxy import SfnProxy
 from tests.worker.support import FAST_RETRIES, Workers, eventually, queue_counts, queue_empty
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -185,3 +187,26 @@ def test_a_customer_stripe_does_not_know_fails_the_execution_as_rejected(
         "message": "No such customer: 'cus_missing42'",
     }
     assert len(fake_stripe.requests(CREATE)) == 1
+
+
+@pytest.mark.parametrize(
+    ("payment_method", "heartbeats"), [("pm_sepa_debit", 1), ("pm_card_visa", 0)]
+)
+def test_a_pending_payment_sends_one_heartbeat_a_settled_one_none(
+    deploy_fresh: Deployer,
+    workers: Workers,
+    fake_stripe: FakeStripe,
+    aws: tuple[Any, Any],
+    payment_method: str,
+    heartbeats: int,
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh()
+    with SfnProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
+        workers.start(deployed, fake_stripe.url, AWS_ENDPOINT_URL=proxy.url)
+        arn = start(sfn, deployed["state_machine_arn"], order(payment_method=payment_method))
+        eventually(lambda: fake_stripe.intents(), what="the PaymentIntent")
+        # The message is deleted only once the handler (heartbeat included) is done.
+        eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="the task done")
+        assert proxy.forwarded["SendTaskHeartbeat"] == heartbeats
+    assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
