@@ -1,0 +1,159 @@
+"""`make bench` / `python -m bench [--quick]`: every figure of what a payment costs.
+
+Runs the worker, webhook and pipeline benchmarks one after the other (never side by
+side: they would measure each other), each as its own process writing its own
+results file, then merges them into `bench/results.json`, writes the table
+`bench/results.md` and the plot `bench/throughput.png` (worker throughput against
+tasks in flight, paystep and the naive consumer on the same axes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Final
+
+HERE: Final = Path(__file__).parent
+RUNS: Final = (
+    ("bench.worker_bench", HERE / "results-worker.json"),
+    ("bench.webhook_bench", HERE / "results-webhook.json"),
+    ("bench.pipeline_bench", HERE / "results-pipeline.json"),
+)
+STRIPE_LATENCY_S: Final = 0.2
+
+# (key, figure, how, target, check)
+TABLE: Final = (
+    ("stripe_calls_per_payment", "Stripe API calls per successful card payment",
+     "counted at a proxy before the Stripe emulator, full local stack", "1", lambda v, _: v == 1),
+    ("sqs_requests_per_task", "SQS requests per task under load",
+     "counted at the SQS endpoint, worker benchmark", "<= 0.25", lambda v, _: v <= 0.25),
+    ("state_transitions_per_payment", "Step Functions state transitions per successful payment",
+     "execution history on the local stack (one item)", "report", None),
+    ("usd_per_million_payments", "USD per million payments ($0.025 per 1,000 transitions)",
+     "transitions x price", "report", None),
+    ("worker_tasks_per_s", "worker tasks/s at 16 / 64 / 256 in flight (Stripe 200 ms)",
+     "worker benchmark", ">= 90% of in-flight / latency", lambda v, _: all(
+         float(rate) >= 0.9 * int(level) / STRIPE_LATENCY_S for level, rate in v.items())),
+    ("speedup_vs_naive", "speed-up over the naive consumer at 64 in flight",
+     "worker benchmark, same run", ">= 20x", lambda v, _: v >= 20),
+    ("worker_cpu_ms_per_task", "worker CPU per task", "process CPU time / tasks", "<= 1 ms",
+     lambda v, _: v <= 1),
+    ("worker_peak_rss_mb", "worker peak RSS (256 in flight)", "worker benchmark", "<= 150 MB",
+     lambda v, _: v <= 150),
+    ("webhook_events_per_s", "webhook verified events/s on one core", "webhook benchmark",
+     ">= 1,000/s", lambda v, _: v >= 1000),
+    ("webhook_p99_ms", "webhook p99 at 200 events/s", "webhook benchmark", "< 20 ms",
+     lambda v, _: v < 20),
+    ("pipeline_overhead_ms_median", "pipeline overhead, start to SUCCEEDED minus Stripe's and "
+     "the webhook delivery's own delays", "end to end on the local stack", "< 100 ms median",
+     lambda v, _: v < 100),
+)  # fmt: skip
+
+
+def _machine() -> dict[str, Any]:
+    model = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "measured_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, dict):
+        return " / ".join(_format(v) for v in value.values())
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    return str(value)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    machine = results["machine"]
+    lines = [
+        f"Measured {machine['measured_at']} on {machine['cpu']}, {machine['cores']} cores, "
+        f"Python {machine['python']}{' (quick run)' if results['quick'] else ''}.",
+        "",
+        "| figure | how | target | measured | met |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for key, figure, how, target, check in TABLE:
+        value = results.get(key)
+        met = "-" if check is None or value is None else ("yes" if check(value, results) else "no")
+        lines.append(f"| {figure} | {how} | {target} | {_format(value)} | {met} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = sorted(int(level) for level in results["worker_tasks_per_s"])
+    paystep = [results["worker_tasks_per_s"][str(level)] for level in levels]
+    naive = [results["naive_tasks_per_s"]] * len(levels)
+    ideal = [level / STRIPE_LATENCY_S for level in levels]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(levels, ideal, linestyle=":", color="grey", label="in flight / Stripe latency")
+    ax.plot(levels, paystep, marker="o", label="paystep worker")
+    ax.plot(levels, naive, marker="s", label="naive consumer (one at a time)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xticks(levels, [str(level) for level in levels])
+    ax.set_xlabel("tasks in flight")
+    ax.set_ylabel("tasks/s (Stripe latency 200 ms)")
+    ax.set_title("Worker throughput against tasks in flight")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a reduced run (under a minute)")
+    args = parser.parse_args(argv)
+    results: dict[str, Any] = {"quick": args.quick, "machine": _machine(), "runs": {}}
+    failed = []
+    for module, output in RUNS:
+        begun = time.monotonic()
+        print(f"== {module}{' --quick' if args.quick else ''}", flush=True)
+        command = [sys.executable, "-m", module, *(["--quick"] if args.quick else [])]
+        if subprocess.run(command, check=False).returncode != 0:
+            failed.append(module)
+        figures = json.loads(output.read_text())
+        results["runs"][module] = {"seconds": round(time.monotonic() - begun, 1), **figures}
+        # The pipeline run's Stripe count is the one on the real stack: it wins.
+        results.update({k: v for k, v in figures.items() if k in dict.fromkeys(t[0] for t in TABLE)
+                        or k == "naive_tasks_per_s"})  # fmt: skip
+    (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (HERE / "results.md").write_text(table)
+    plot(results, HERE / "throughput.png")
+    print()
+    print(table)
+    print(f"wrote {HERE / 'results.json'}, {HERE / 'results.md'}, {HERE / 'throughput.png'}")
+    if failed:
+        print(f"benchmarks that reported failures: {failed}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
