@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -178,7 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     payments = 5 if args.quick else args.payments
-    saved = dict(os.environ)
     with LocalStack(Path(tempfile.mkdtemp(prefix="paystep-bench-")), workers=1) as stack:
         stack.start_aws()
         direct = stack.start_stripe()
@@ -187,14 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             stack.deploy(*DEMO_DEPLOY_ARGS)
             stack.start_webhook()
             stack.start_worker()
-            os.environ.update(
-                {k: v for k, v in stack.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
-            )
-            try:
+            with stack.environment():
                 results = asyncio.run(_measure(stack, direct, calls, payments))
-            finally:
-                os.environ.clear()
-                os.environ.update(saved)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     for key, value in results.items():
         print(f"{key}: {value}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import tempfile
@@ -27,11 +26,6 @@ def _say(out: IO[str], text: str) -> None:
 
 def _workdir(prefix: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=prefix))
-
-
-def _use_stack_environment(stack: LocalStack) -> None:
-    """Point this process's AWS SDK at the stack (the scenarios run in-process)."""
-    os.environ.update({k: v for k, v in stack.env().items() if k.startswith(("AWS_", "PAYSTEP_"))})
 
 
 def _start(stack: LocalStack, out: IO[str], *deploy_args: str) -> None:
@@ -98,8 +92,8 @@ def demo(workers: int = 2, out: IO[str] = sys.stdout) -> int:
             _say(sys.stderr, f"paystep demo: the local stack did not start: {exc}")
             _say(sys.stderr, f"logs: {stack.workdir}")
             return 1
-        _use_stack_environment(stack)
-        results = asyncio.run(_run_all(stack, demo_scenarios(DEMO_MAX_ATTEMPTS), sys.stderr))
+        with stack.environment():
+            results = asyncio.run(_run_all(stack, demo_scenarios(DEMO_MAX_ATTEMPTS), sys.stderr))
         _say(out, "")
         _say(out, table(results))
         failed = [r for r in results if r.problems]

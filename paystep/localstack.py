@@ -201,6 +201,19 @@ class LocalStack:
         env.update(extra)
         return env
 
+    @contextlib.contextmanager
+    def environment(self) -> Iterator[None]:
+        """Point this process's AWS SDK and paystep settings at the stack, then restore."""
+        saved = dict(os.environ)
+        os.environ.update(
+            {k: v for k, v in self.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
+        )
+        try:
+            yield
+        finally:
+            os.environ.clear()
+            os.environ.update(saved)
+
     def exports(self) -> Iterator[str]:
         """`export` lines for another terminal."""
         base = set(os.environ.items())

@@ -8,7 +8,6 @@ state machine on that shared stack.
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,16 +25,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     with LocalStack(tmp_path_factory.mktemp("stack")) as local:
         local.start_aws()
         local.start_stripe()
-        saved = dict(os.environ)
         # In-process clients (aioboto3, boto3) of the tests talk to the same stack.
-        os.environ.update(
-            {k: v for k, v in local.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
-        )
-        try:
+        with local.environment():
             yield local
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

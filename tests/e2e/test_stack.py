@@ -29,17 +29,10 @@ SCENARIOS = {s.name: s for s in demo_scenarios(DEMO_MAX_ATTEMPTS)}
 
 @pytest.fixture(scope="module")
 def full_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    saved = dict(os.environ)
     with LocalStack(tmp_path_factory.mktemp("e2e"), workers=2) as stack:
         stack.start(*DEMO_DEPLOY_ARGS)
-        os.environ.update(
-            {k: v for k, v in stack.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
-        )
-        try:
+        with stack.environment():
             yield stack
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def _clients(stack: LocalStack) -> Stack:

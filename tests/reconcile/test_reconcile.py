@@ -8,7 +8,6 @@ keeps waiting until `paystep reconcile` replays the events.
 from __future__ import annotations
 
 import asyncio
-import os
 import subprocess
 import sys
 import time
@@ -27,20 +26,13 @@ IBAN_ASYNC_FAILURE = "DE62370400440532013001"
 
 @pytest.fixture(scope="module")
 def no_webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    saved = dict(os.environ)
     with LocalStack(tmp_path_factory.mktemp("reconcile"), workers=1) as stack:
         stack.start_aws()
         stack.start_stripe()
         stack.deploy("--max-attempts", "1")
         stack.start_worker()
-        os.environ.update(
-            {k: v for k, v in stack.env().items() if k.startswith(("AWS_", "PAYSTEP_"))}
-        )
-        try:
+        with stack.environment():
             yield stack
-        finally:
-            os.environ.clear()
-            os.environ.update(saved)
 
 
 def _reconcile(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
