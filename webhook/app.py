@@ -55,14 +55,21 @@ def create_app(
 
 
 def sfn_config(settings: WebhookSettings) -> AioConfig:
-    """Adaptive retries, few attempts and short timeouts: Stripe redelivers what fails."""
+    """Few attempts and short timeouts: Stripe redelivers what fails, with its own backoff.
+
+    Standard retries, not adaptive: adaptive mode makes every call wait for a
+    client-side send token once Step Functions throttled, with no bound but a rate
+    that falls to 0.5 calls/s, so under throttling each event waited its turn for
+    tens of seconds, past Stripe's delivery timeout. A prompt 503 is the backoff
+    signal that works here: Stripe spreads its redeliveries over hours.
+    """
     timeouts = AioConfig(
         connect_timeout=settings.webhook_sfn_timeout_s,
         read_timeout=settings.webhook_sfn_timeout_s,
     )
     # botocore's `retries.max_attempts` counts the retries, not the first attempt.
     retries = settings.webhook_sfn_attempts - 1
-    merged: AioConfig = aws_config(retry_mode="adaptive", max_attempts=retries).merge(timeouts)
+    merged: AioConfig = aws_config(retry_mode="standard", max_attempts=retries).merge(timeouts)
     return merged
 
 
