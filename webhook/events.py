@@ -118,6 +118,10 @@ def parse_event(event: str | bytes | Mapping[str, Any] | stripe.StripeObject) ->
             event = json.loads(event)
         except ValueError as exc:
             raise MalformedEvent("body is not JSON") from exc
+        except RecursionError as exc:
+            # json.loads recurses once per level of nesting: a body of brackets well under
+            # the size limit exhausts the stack. No Stripe event nests anywhere near that.
+            raise MalformedEvent("body is nested too deeply to be an event") from exc
     if not isinstance(event, Mapping):
         raise MalformedEvent("body is not a JSON object")
     try:
