@@ -98,7 +98,14 @@ async def receive_event(request: web.Request) -> web.Response:
     if request.content_length is not None and request.content_length > limit:
         # Refuse before reading: the body is not Stripe's, however it is signed.
         raise web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length)
-    body = await request.read()  # aiohttp enforces client_max_size for chunked bodies
+    try:
+        body = await request.read()  # aiohttp enforces client_max_size for chunked bodies
+    except web.RequestPayloadError as exc:
+        # aiohttp decodes a Content-Encoding while it reads; a body that does not decode
+        # (or a chunked stream that breaks off) is no event, and no retry will change it.
+        metrics.signature_failures.labels("unreadable_body").inc()
+        log.warning("webhook.body_unreadable", error=str(exc).strip()[:200])
+        return _error(400, "unreadable_body")
     secrets = [secret.get_secret_value() for secret in settings.webhook_secrets]
     try:
         text = signature.verify(
