@@ -54,7 +54,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def serve(settings: WebhookSettings) -> int:
     metrics = WebhookMetrics.create()
     app = create_app(settings, metrics=metrics)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=settings.webhook_shutdown_grace_s)
+    # lingering_time=0: a request refused before its body is read (413 on a declared size,
+    # 404, 405) closes its connection at once. aiohttp's default keeps reading and
+    # discarding such a body for 10 s, holding a task and its buffers per connection even
+    # after the peer has gone, so a flood of them grows the process by ~10 KiB each.
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        shutdown_timeout=settings.webhook_shutdown_grace_s,
+        lingering_time=0,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
