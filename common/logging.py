@@ -40,5 +40,9 @@ def configure_logging(log_format: LogFormat = "json", level: str = "info") -> No
 
 
 def token_hash(token: str) -> str:
-    """A short, stable, non-reversible name for a task token, fit for logs."""
-    return hashlib.sha256(token.encode()).hexdigest()[:12]
+    """A short, stable, non-reversible name for a task token, fit for logs.
+
+    Any string, since it names what arrived before anything vouched for it: a JSON
+    `\\udc80` escape decodes to a lone surrogate, which strict UTF-8 cannot encode.
+    """
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:12]
