@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from pydantic import ValidationError
 
@@ -23,18 +22,16 @@ def decode(message: Message) -> Task:
     try:
         return TASK_ADAPTER.validate_json(message.body)
     except ValidationError as exc:
-        raw = _loads(message.body)
-        if raw is None:
+        try:
+            raw = json.loads(message.body)
+        except ValueError:
             raise PoisonMessage("body is not JSON") from None
+        except RecursionError:
+            # json.loads recurses once per level of nesting, and 256 KiB of brackets is far
+            # deeper than the stack: without this the message retried as an unexpected error.
+            raise PoisonMessage("body is JSON nested too deeply to be a task") from None
         token = raw.get("task_token") if isinstance(raw, dict) else None
         raise PoisonMessage(
             f"not a paystep task: {describe_validation_error(exc)}",
             token_hash=token_hash(token) if isinstance(token, str) and token else None,
         ) from None
-
-
-def _loads(body: str) -> Any | None:
-    try:
-        return json.loads(body)
-    except ValueError:
-        return None
