@@ -1,0 +1,90 @@
+"""Step Functions throttles the webhook's callbacks: 503 to Stripe, the redelivery lands.
+
+The webhook's answer to one throttled event is covered in `tests/webhook/test_faults.py`;
+this is the whole stack: the webhook process calls Step Functions through a proxy
+that throttles every SendTask* in storms, and the events come from the Stripe emulator
+through a relay that redelivers what is not answered 2xx, as Stripe does.
+
+GIVEN storms of ThrottlingException on every SendTask* attempt of the webhook, longer
+than its attempts take together, with calm between them
+WHEN payments of every kind run
+THEN the throttled events are answered 503 at once (not held past the sender's
+timeout), delivered again, and every payment ends as its payment method
+dictates: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from paystep.localstack import LocalStack
+from tests.faults.conftest import SOAK, clients
+from tests.faults.harness import Payments, fault_seed, mix, start_webhook, start_worker, summary
+from tests.support.sfn_proxy import SfnProxy
+from tests.support.webhook_relay import WebhookRelay
+from tests.worker.support import Workers
+
+# A storm outlasts the webhook's three attempts (standard retries back off up to 2 s, then
+# 4 s), so an event that meets its start is answered 503; a calm as long lets the
+# redeliveries (0.5, 1, 2, 4, 8 s apart) land.
+STORM_S = 8.0
+CALM_S = 8.0
+
+
+def _storms(proxy: SfnProxy, stop: threading.Event) -> None:
+    while True:
+        proxy.throttle(times=1_000_000)
+        stopping = stop.wait(STORM_S)
+        proxy.clear()
+        if stopping or stop.wait(CALM_S):
+            return
+
+
+@pytest.mark.parametrize("count", [24, pytest.param(150, marks=SOAK)])
+def test_throttled_callbacks_are_answered_503_and_redelivered(
+    local: LocalStack, workers: Workers, count: int
+) -> None:
+    assert local.stripe_base and local.deployment and local.aws_endpoint
+    seed = fault_seed()
+    with SfnProxy(local.aws_endpoint) as sfn:
+        webhook = start_webhook(local, env={"AWS_ENDPOINT_URL": sfn.url})
+        with WebhookRelay(webhook.urls["webhook"], seed=seed) as relay:
+            local.register_webhook(relay.url)
+            for _ in range(2):
+                start_worker(workers, local.stripe_base)
+            stop = threading.Event()
+            storms = threading.Thread(target=_storms, args=(sfn, stop), daemon=True)
+            storms.start()
+
+            async def scenario() -> None:
+                async with clients(local) as stack:
+                    payments = Payments(stack, f"sfn throttling x{count}")
+                    await payments.start_all(mix(count), over_s=count * 0.2)
+                    stop.set()
+                    figures = await payments.check(timeout_s=90 + count)
+                    await asyncio.to_thread(relay.wait_idle)
+                    delivered, statuses = relay.stats(), relay.answers()
+                    figures.extra.update(
+                        seed=seed,
+                        throttled_calls=sum(sfn.injected.values()),
+                        events=delivered.get("events", 0),
+                        answers=statuses,
+                        redeliveries=delivered.get("retries", 0),
+                        given_up=delivered.get("given_up", 0),
+                        unanswered=delivered.get("unanswered", 0),
+                    )
+                    print(figures.line())
+                    assert figures.errors == [], summary(figures)
+                    assert statuses.get(503, 0) > 0, "no callback was throttled to the end"
+                    assert set(statuses) <= {200, 503}, f"answers {statuses}"
+                    assert delivered.get("unanswered", 0) == 0, "deliveries held past the timeout"
+                    assert delivered.get("given_up", 0) == 0
+
+            try:
+                asyncio.run(scenario())
+            finally:
+                stop.set()
+                storms.join(5)

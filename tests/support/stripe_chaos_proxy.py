@@ -1,0 +1,265 @@
+"""A fault-injecting proxy in front of a Stripe emulator that honours `Idempotency-Key`.
+
+localstripe runs the payments but ignores idempotency keys; real Stripe replays
+the stored answer of a key. This proxy adds what Stripe does and what a bad
+network does, between the worker and the emulator:
+
+- Idempotency (https://docs.stripe.com/api/idempotent_requests): the first POST
+  with a key is forwarded and its answer stored once the emulator ran it (any
+  status below 500 but 409 and 429); the same key and body replay it with
+  `Idempotent-Replayed: true`; the same key with another body answers 400
+  `idempotency_error`. Requests with the same key are serialised: the second
+  waits for the first and replays its answer.
+- `error_rate`: answer 500 `api_error` without forwarding (nothing stored).
+- `lost_answer_rate`: forward, let the emulator act (the key is stored), then
+  hold the answer for `lost_answer_hold_s` and close the connection: the client
+  times out on a request that succeeded, the case that charges twice when keys
+  are not honoured. `lose_first_answers` loses the answers of the first POSTs
+  with a key for certain, so a short run meets the case too.
+- `burst_chance` / `burst_length`: a request starts a burst of 429 `rate_limit`
+  answers for itself and the next `burst_length - 1` requests.
+- `latency_s`: every forwarded `/v1/` request waits this long first, as Stripe's
+  own confirm takes a moment: a process killed meanwhile leaves it in flight.
+
+Faults are drawn from a seeded random generator and apply to `/v1/` only. It
+runs on its own thread and loop, so sync and async tests can both use it:
+
+    with StripeChaosProxy(stack.stripe_base, error_rate=0.1, seed=7) as proxy:
+        worker env PAYSTEP_STRIPE_API_BASE=proxy.url; ...; proxy.stats()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+import threading
+from collections import Counter
+from dataclasses import dataclass
+from typing import Self
+
+import aiohttp
+from aiohttp import web
+
+HOP_BY_HOP = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+)
+NOT_STORED_STATUSES = frozenset({409, 429})
+
+
+@dataclass(frozen=True)
+class _Stored:
+    fingerprint: str
+    status: int
+    body: bytes
+    headers: dict[str, str]
+
+
+class StripeChaosProxy:
+    def __init__(
+        self,
+        upstream: str,
+        *,
+        error_rate: float = 0.0,
+        lost_answer_rate: float = 0.0,
+        lost_answer_hold_s: float = 3.0,
+        lose_first_answers: int = 0,
+        burst_chance: float = 0.0,
+        burst_length: int = 10,
+        latency_s: float = 0.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.upstream = upstream.rstrip("/")
+        self.error_rate = error_rate
+        self.lost_answer_rate = lost_answer_rate
+        self.lost_answer_hold_s = lost_answer_hold_s
+        self._lose_first = lose_first_answers
+        self.burst_chance = burst_chance
+        self.burst_length = burst_length
+        self.latency_s = latency_s
+        self._random = random.Random(seed)
+        self._host = host
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._burst_left = 0
+        self._stored: dict[str, _Stored] = {}
+        self._key_locks: dict[str, asyncio.Lock] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._runner: web.AppRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.url = ""
+
+    # -- control -------------------------------------------------------------------------
+
+    def quiet(self) -> None:
+        """No more faults; idempotency goes on."""
+        with self._lock:
+            self.error_rate = self.lost_answer_rate = self.burst_chance = 0.0
+            self._burst_left = self._lose_first = 0
+
+    def stats(self) -> dict[str, int]:
+        """Requests, forwarded, replayed, key_waits, error_500, lost_answer, rate_limited, bursts."""
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
+    def _draw(self) -> tuple[str | None, bool]:
+        """The fault before forwarding (None, "rate_limit", "error") and whether to lose the answer."""
+        with self._lock:
+            lose = self._random.random() < self.lost_answer_rate
+            if self._burst_left > 0:
+                self._burst_left -= 1
+                return "rate_limit", lose
+            if self._random.random() < self.burst_chance:
+                self._counts["bursts"] += 1
+                self._burst_left = self.burst_length - 1
+                return "rate_limit", lose
+            if self._random.random() < self.error_rate:
+                return "error", lose
+            return None, lose
+
+    def _take_first_loss(self, status: int) -> bool:
+        with self._lock:
+            if self._lose_first > 0 and status < 300:
+                self._lose_first -= 1
+                return True
+            return False
+
+    # -- the server ----------------------------------------------------------------------
+
+    def start(self) -> str:
+        self._thread.start()
+        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self.url
+
+    def stop(self) -> None:
+        if self._thread.is_alive():
+            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+        self._loop.close()
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    async def _start(self) -> str:
+        self._session = aiohttp.ClientSession(
+            auto_decompress=False, connector=aiohttp.TCPConnector(limit=200)
+        )
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # A client that gave up must not cancel the emulator call it started: Stripe
+        # finishes what it received.
+        self._runner = web.AppRunner(
+            app, access_log=None, handler_cancellation=False, shutdown_timeout=1.0
+        )
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self._host, 0, backlog=1024)
+        await site.start()
+        port = self._runner.addresses[0][1]
+        return f"http://{self._host}:{port}"
+
+    async def _stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self._count("requests")
+        if not request.path.startswith("/v1/"):
+            status, payload, headers = await self._forward(request, body)
+            return web.Response(status=status, body=payload, headers=headers)
+        fault, lose = self._draw()
+        if fault == "rate_limit":
+            self._count("rate_limited")
+            return _stripe_error(
+                429, "invalid_request_error", "Request rate limit exceeded.", "rate_limit"
+            )
+        if fault == "error":
+            self._count("error_500")
+            return _stripe_error(500, "api_error", "An unknown error occurred (injected).")
+        if self.latency_s:
+            await asyncio.sleep(self.latency_s)
+        key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
+        if key is None:
+            status, payload, headers = await self._forward(request, body)
+        else:
+            status, payload, headers = await self._idempotent(key, request, body)
+            lose = lose or self._take_first_loss(status)
+        if lose and status < 500:
+            self._count("lost_answer")
+            await asyncio.sleep(self.lost_answer_hold_s)
+            if request.transport is not None:
+                request.transport.abort()
+            raise asyncio.CancelledError
+        return web.Response(status=status, body=payload, headers=headers)
+
+    async def _idempotent(
+        self, key: str, request: web.Request, body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        fingerprint = hashlib.sha256(
+            request.method.encode() + b" " + request.path_qs.encode() + b"\n" + body
+        ).hexdigest()
+        lock = self._key_locks.setdefault(key, asyncio.Lock())
+        if lock.locked():
+            self._count("key_waits")
+        async with lock:
+            stored = self._stored.get(key)
+            if stored is not None:
+                if stored.fingerprint != fingerprint:
+                    self._count("idempotency_mismatch")
+                    return (
+                        400,
+                        _error_body(
+                            "idempotency_error",
+                            "Keys for idempotent requests can only be used with the same "
+                            "parameters they were first used with.",
+                        ),
+                        {"Content-Type": "application/json"},
+                    )
+                self._count("replayed")
+                return stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"}
+            status, payload, headers = await self._forward(request, body)
+            if status < 500 and status not in NOT_STORED_STATUSES:
+                self._stored[key] = _Stored(fingerprint, status, payload, headers)
+            return status, payload, {**headers, "Idempotency-Key": key}
+
+    async def _forward(
+        self, request: web.Request, body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        self._count("forwarded")
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(
+            request.method, self.upstream + request.path_qs, headers=headers, data=body
+        ) as upstream:
+            payload = await upstream.read()
+            reply = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
+            return upstream.status, payload, reply
+
+
+def _error_body(type_: str, message: str, code: str | None = None) -> bytes:
+    error: dict[str, str] = {"type": type_, "message": message}
+    if code is not None:
+        error["code"] = code
+    return json.dumps({"error": error}).encode()
+
+
+def _stripe_error(status: int, type_: str, message: str, code: str | None = None) -> web.Response:
+    return web.Response(
+        status=status,
+        body=_error_body(type_, message, code),
+        headers={"Content-Type": "application/json"},
+    )
