@@ -10,6 +10,12 @@
   token while the execution runs on; AWS answers `TaskTimedOut` ("Provided task
   does not exist anymore"), which is what duplicate Stripe events must meet.
   The same for a task that timed out, where moto answers as if the call had worked.
+- An outcome that comes before the wait began: moto sends the SQS message, then
+  arms the task's heartbeat, then waits on the heartbeat alone. A worker that
+  answers within that moment (invalid input needs no Stripe call) set the outcome
+  on an endpoint without a heartbeat yet, so the wait slept until the heartbeat
+  timed out (four days by default) and then reported a heartbeat timeout. The
+  new heartbeat is woken at once when the outcome is already there.
 
 Then it runs the ordinary moto server.
 
@@ -83,6 +89,25 @@ def _close_answered_tasks() -> None:
     CallbackPoolManager.heartbeat = heartbeat_while_open  # type: ignore[method-assign]
 
 
+def _keep_early_outcomes() -> None:
+    from moto.stepfunctions.parser.asl.eval.callback.callback import (
+        CallbackEndpoint,
+        HeartbeatEndpoint,
+    )
+
+    setup = CallbackEndpoint.setup_heartbeat_endpoint
+
+    def setup_after_outcome(self: CallbackEndpoint, heartbeat_seconds: int) -> HeartbeatEndpoint:
+        heartbeat: HeartbeatEndpoint = setup(self, heartbeat_seconds)
+        # notify() sets the event and then wakes the heartbeat it finds; this sets the
+        # heartbeat and then looks at the event: whichever runs second wakes the wait.
+        if self._notify_event.is_set():
+            heartbeat.notify()  # type: ignore[no-untyped-call]
+        return heartbeat
+
+    CallbackEndpoint.setup_heartbeat_endpoint = setup_after_outcome  # type: ignore[method-assign]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paystep.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -97,6 +122,7 @@ def main(argv: list[str] | None = None) -> None:
         states.long_uid = aws_length_token  # type: ignore[attr-defined]
     _keep_failure_cause()
     _close_answered_tasks()
+    _keep_early_outcomes()
     from moto.server import main as moto_main
 
     moto_main(["-H", args.host, "-p", str(args.port)])
