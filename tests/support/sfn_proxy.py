@@ -18,10 +18,11 @@ import threading
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Self
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.threaded_server import ThreadedServer
 
 # The Step Functions JSON protocol names the operation in this header.
 TARGET_HEADER = "X-Amz-Target"
@@ -42,19 +43,14 @@ class _Rule:
     delay_s: float = 0.0
 
 
-class SfnProxy:
+class SfnProxy(ThreadedServer):
     def __init__(self, upstream: str, host: str = "127.0.0.1") -> None:
+        super().__init__(host)
         self.upstream = upstream.rstrip("/")
-        self._host = host
         self._rules: list[_Rule] = []
         self._lock = threading.Lock()
         self.forwarded: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
     # -- faults --------------------------------------------------------------------------
 
@@ -105,41 +101,13 @@ class SfnProxy:
 
     # -- the server ----------------------------------------------------------------------
 
-    def start(self) -> str:
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self.url
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(auto_decompress=False)
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _start(self) -> str:
-        self._session = aiohttp.ClientSession(auto_decompress=False)
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        return f"http://{self._host}:{port}"
-
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+        return app
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         operation = request.headers.get(TARGET_HEADER, "").removeprefix(TARGET_PREFIX)

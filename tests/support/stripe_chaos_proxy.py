@@ -37,10 +37,12 @@ import random
 import threading
 from collections import Counter
 from dataclasses import dataclass
-from typing import Self
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+
+from tests.support.threaded_server import ThreadedServer
 
 HOP_BY_HOP = frozenset(
     {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
@@ -56,7 +58,10 @@ class _Stored:
     headers: dict[str, str]
 
 
-class StripeChaosProxy:
+class StripeChaosProxy(ThreadedServer):
+    # Calls held to lose their answer finish before the server goes.
+    stop_timeout_s = 30.0
+
     def __init__(
         self,
         upstream: str,
@@ -71,6 +76,7 @@ class StripeChaosProxy:
         seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__(host)
         self.upstream = upstream.rstrip("/")
         self.error_rate = error_rate
         self.lost_answer_rate = lost_answer_rate
@@ -80,17 +86,11 @@ class StripeChaosProxy:
         self.burst_length = burst_length
         self.latency_s = latency_s
         self._random = random.Random(seed)
-        self._host = host
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._burst_left = 0
         self._stored: dict[str, _Stored] = {}
         self._key_locks: dict[str, asyncio.Lock] = {}
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
     # -- control -------------------------------------------------------------------------
 
@@ -133,47 +133,23 @@ class StripeChaosProxy:
 
     # -- the server ----------------------------------------------------------------------
 
-    def start(self) -> str:
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self.url
-
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _start(self) -> str:
-        self._session = aiohttp.ClientSession(
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
             auto_decompress=False, connector=aiohttp.TCPConnector(limit=200)
         )
+
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("*", "/{tail:.*}", self._handle)
+        return app
+
+    def _runner_options(self) -> dict[str, Any]:
         # A client that gave up must not cancel the emulator call it started: Stripe
         # finishes what it received.
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=False, shutdown_timeout=1.0
-        )
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0, backlog=1024)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        return f"http://{self._host}:{port}"
+        return {"handler_cancellation": False, "shutdown_timeout": 1.0}
 
-    async def _stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
+    def _site_options(self) -> dict[str, Any]:
+        return {"backlog": 1024}
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()

@@ -29,15 +29,19 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from typing import Self
 
 import aiohttp
 from aiohttp import web
 
+from tests.support.threaded_server import ThreadedServer
+
 FORWARDED_HEADERS = ("Content-Type", "Stripe-Signature")
 
 
-class WebhookRelay:
+class WebhookRelay(ThreadedServer):
+    stop_timeout_s = 30.0
+    url_path = "/relay"
+
     def __init__(
         self,
         target: str,
@@ -51,6 +55,7 @@ class WebhookRelay:
         seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
+        super().__init__(host)
         self.target = target
         self.copies = copies
         self.max_delay_s = max_delay_s
@@ -59,7 +64,6 @@ class WebhookRelay:
         self.retry_delays_s = tuple(retry_delays_s)
         self.answer_timeout_s = answer_timeout_s
         self._random = random.Random(seed)
-        self._host = host
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
@@ -67,11 +71,6 @@ class WebhookRelay:
         self._latest_delivered = -1
         self._pending = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-        self._runner: web.AppRunner | None = None
-        self._session: aiohttp.ClientSession | None = None
-        self.url = ""
 
     # -- figures -------------------------------------------------------------------------
 
@@ -98,46 +97,18 @@ class WebhookRelay:
 
     # -- the server ----------------------------------------------------------------------
 
-    def start(self) -> str:
-        self._thread.start()
-        self.url = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self.url
+    def _new_session(self) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.answer_timeout_s))
 
-    def stop(self) -> None:
-        if self._thread.is_alive():
-            asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(30)
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-        self._loop.close()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    async def _start(self) -> str:
-        self._session = aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=self.answer_timeout_s)
-        )
+    def _app(self) -> web.Application:
         app = web.Application(client_max_size=4 * 1024 * 1024)
         app.router.add_post("/{tail:.*}", self._receive)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0)
-        await site.start()
-        port = self._runner.addresses[0][1]
-        return f"http://{self._host}:{port}/relay"
+        return app
 
-    async def _stop(self) -> None:
+    async def _before_stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._runner is not None:
-            await self._runner.cleanup()
-        if self._session is not None:
-            await self._session.close()
 
     async def _receive(self, request: web.Request) -> web.Response:
         body = await request.read()
