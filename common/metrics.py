@@ -7,6 +7,8 @@ its job; each service passes its own check).
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -54,3 +56,12 @@ async def start_metrics_server(
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
     return runner
+
+
+def probe(url: str, timeout_s: float = 5.0) -> int:
+    """Exit status of a `--check` command: 0 when `url` answers 200, else 1."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            return 0 if response.status == 200 else 1
+    except (urllib.error.URLError, OSError):
+        return 1

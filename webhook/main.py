@@ -12,8 +12,6 @@ import argparse
 import asyncio
 import signal
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 
 import structlog
@@ -21,7 +19,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from common.logging import configure_logging
-from common.metrics import start_metrics_server
+from common.metrics import probe, start_metrics_server
 from statemachine.models import describe_validation_error
 from webhook.app import READINESS, WEBHOOK_PATH, create_app
 from webhook.metrics import WebhookMetrics
@@ -95,9 +93,4 @@ async def serve(settings: WebhookSettings) -> int:
 
 
 def check(settings: WebhookSettings) -> int:
-    url = f"http://127.0.0.1:{settings.webhook_port}/readyz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, TimeoutError):
-        return 1
+    return probe(f"http://127.0.0.1:{settings.webhook_port}/readyz")

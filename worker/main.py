@@ -11,8 +11,6 @@ import asyncio
 import signal
 import ssl
 import sys
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
@@ -23,7 +21,7 @@ from pydantic import ValidationError
 
 from common.clients import aws_config, aws_session, stripe_client
 from common.logging import configure_logging
-from common.metrics import start_metrics_server
+from common.metrics import probe, start_metrics_server
 from statemachine.callbacks import Callbacks
 from worker.classify import Backoff
 from worker.consumer import Consumer
@@ -59,12 +57,7 @@ def main(argv: Sequence[str]) -> int:
 
 
 def check(settings: WorkerSettings) -> int:
-    url = f"http://127.0.0.1:{settings.metrics_port}/healthz"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return 0 if response.status == 200 else 1
-    except (urllib.error.URLError, OSError):
-        return 1
+    return probe(f"http://127.0.0.1:{settings.metrics_port}/healthz")
 
 
 async def run(settings: WorkerSettings) -> int:

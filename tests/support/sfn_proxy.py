@@ -28,9 +28,6 @@ from tests.support.threaded_server import ThreadedServer
 TARGET_HEADER = "X-Amz-Target"
 TARGET_PREFIX = "AWSStepFunctions."
 SEND_TASK_OPERATIONS = ("SendTaskSuccess", "SendTaskFailure", "SendTaskHeartbeat")
-HOP_BY_HOP = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
-)
 
 
 @dataclass
@@ -122,11 +119,5 @@ class SfnProxy(ThreadedServer):
         if rule is not None:
             await asyncio.sleep(rule.delay_s)
         self.forwarded[operation or request.path] += 1
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body
-        ) as upstream:
-            payload = await upstream.read()
-            reply = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return web.Response(status=upstream.status, body=payload, headers=reply)
+        status, payload, reply = await self.forward(self.upstream, request, body)
+        return web.Response(status=status, body=payload, headers=reply)

@@ -44,9 +44,6 @@ from aiohttp import web
 
 from tests.support.threaded_server import ThreadedServer
 
-HOP_BY_HOP = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
-)
 NOT_STORED_STATUSES = frozenset({409, 429})
 
 
@@ -216,14 +213,7 @@ class StripeChaosProxy(ThreadedServer):
         self, request: web.Request, body: bytes
     ) -> tuple[int, bytes, dict[str, str]]:
         self._count("forwarded")
-        assert self._session is not None
-        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
-        async with self._session.request(
-            request.method, self.upstream + request.path_qs, headers=headers, data=body
-        ) as upstream:
-            payload = await upstream.read()
-            reply = {k: v for k, v in upstream.headers.items() if k.lower() not in HOP_BY_HOP}
-            return upstream.status, payload, reply
+        return await self.forward(self.upstream, request, body)
 
 
 def _error_body(type_: str, message: str, code: str | None = None) -> bytes:

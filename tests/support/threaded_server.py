@@ -9,10 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from typing import Any, Self
+from typing import Any, Final, Self
 
 import aiohttp
 from aiohttp import web
+
+# Headers that belong to one connection, not to the request being relayed.
+HOP_BY_HOP: Final = frozenset(
+    {"host", "content-length", "transfer-encoding", "connection", "keep-alive", "accept-encoding"}
+)
 
 
 class ThreadedServer:
@@ -43,6 +48,19 @@ class ThreadedServer:
 
     async def _before_stop(self) -> None:
         return None
+
+    async def forward(
+        self, upstream: str, request: web.Request, body: bytes
+    ) -> tuple[int, bytes, dict[str, str]]:
+        """Send `request` on to `upstream` unchanged: its status, body and headers."""
+        assert self._session is not None
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_BY_HOP}
+        async with self._session.request(
+            request.method, upstream + request.path_qs, headers=headers, data=body
+        ) as answer:
+            payload = await answer.read()
+            reply = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            return answer.status, payload, reply
 
     # -- the server ----------------------------------------------------------------------
 
