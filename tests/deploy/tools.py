@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Mapping, Sequence
@@ -48,18 +49,29 @@ def run(
     cwd: Path = REPO,
     env: Mapping[str, str] | None = None,
     input_text: str | None = None,
-    timeout_s: float = 300,
+    timeout_s: float = 240,
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    """Runs a tool in its own process group; a tool that outlives `timeout_s` fails
+    the test with what it printed, and its whole group (forked helpers too) is killed,
+    so a hang cannot hold the pipes open past the test's own timeout."""
+    with subprocess.Popen(
         list(argv),
         cwd=cwd,
         env=None if env is None else dict(env),
-        input=input_text,
-        capture_output=True,
+        stdin=subprocess.PIPE if input_text is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=timeout_s,
-        check=False,
-    )
+        start_new_session=True,
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(input_text, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            stdout, stderr = process.communicate()
+            hung = subprocess.CompletedProcess(process.args, -9, stdout, stderr)
+            pytest.fail(f"no answer within {timeout_s:.0f} s: {explain(hung)}", pytrace=False)
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 
 
 def explain(result: subprocess.CompletedProcess[str], tail_chars: int = 6000) -> str:
