@@ -153,6 +153,10 @@ class CancelPaymentTask(Frozen):
     execution_id: ExecutionId
     attempt: StrictInt = Field(ge=1)
 
+    def idempotency_key(self, payment_intent_id: str) -> str:
+        """One cancel per PaymentIntent of this execution, however often the task runs."""
+        return _idempotency_key("cancel", self.execution_id, payment_intent_id)
+
 
 class RefundPaymentTask(Frozen):
     """Fulfilment failed: refund the payment in full, once."""

@@ -9,7 +9,6 @@ same message end in one PaymentIntent, one cancel, one refund.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -128,7 +127,7 @@ class Handlers:
             for intent in intents:
                 if intent.status != "canceled":
                     await self.stripe.cancel_payment_intent(
-                        intent.id, idempotency_key=_key("cancel", task.execution_id, intent.id)
+                        intent.id, idempotency_key=task.idempotency_key(intent.id)
                     )
                     log.info("payment_intent.canceled", payment_intent=intent.id)
             outcome = CancelOutcome(outcome="canceled", payment_intent_id=intents[0].id)
@@ -240,9 +239,3 @@ def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:
         currency=intent.currency,
         latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,
     )
-
-
-def _key(*parts: str) -> str:
-    """An idempotency key for a write that `statemachine.models` has no key for."""
-    digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
-    return f"paystep-{parts[0]}-{digest[:40]}"

@@ -131,3 +131,17 @@ def test_idempotency_key_is_per_execution_state_and_attempt() -> None:
     assert first.idempotency_key != other.idempotency_key
     long_arn = CreatePaymentTask.model_validate(_create(execution_id="a" * 2000))
     assert len(long_arn.idempotency_key) <= 255
+
+
+def test_cancel_key_is_per_execution_and_payment_intent_not_attempt() -> None:
+    def cancel(execution_id: str = "arn:e", attempt: int = 1) -> CancelPaymentTask:
+        return CancelPaymentTask(
+            type="cancel_payment", task_token="t", execution_id=execution_id, attempt=attempt
+        )
+
+    key = cancel().idempotency_key("pi_1")
+    assert key == cancel(attempt=2).idempotency_key("pi_1")
+    assert key != cancel().idempotency_key("pi_2")
+    assert key != cancel(execution_id="arn:other").idempotency_key("pi_1")
+    assert key.startswith("paystep-cancel-")
+    assert len(cancel(execution_id="a" * 2048).idempotency_key("pi_" + "x" * 250)) <= 255
