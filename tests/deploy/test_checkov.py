@@ -6,14 +6,16 @@ the base as if they were complete objects and reports what the overlays fix. The
 base alone is not deployable (its AWS values come from an overlay), so it is only
 checked through the overlays, one checkov run per overlay: given several overlays
 whose base it does not scan, checkov 3.3 renders them in parallel into one shared
-folder, and the interleaved files make its forked workers fail and hang. Every skip is written next to what it skips, with a
-reason, and `test_every_skip_has_a_reason` holds that.
+folder, and the interleaved files make its forked workers fail and hang. Every
+skip is written next to what it skips, with a reason, and
+`test_every_skip_has_a_reason` holds that.
 """
 
 from __future__ import annotations
 
 import re
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,10 +29,14 @@ SKIP_ANNOTATION: Final = re.compile(r"^checkov\.io/skip\d+$")
 SKIP_VALUE: Final = re.compile(r"^CKV2?_[A-Z0-9_]+=\S.{20,}", re.DOTALL)
 
 
-def checkov(*args: str) -> str:
+def run_checkov(*args: str) -> subprocess.CompletedProcess[str]:
     require_tool("kubectl")  # without it the kustomize framework skips silently
     tool = require_tool("checkov")
-    result = run([tool, "--skip-download", "--compact", "--quiet", *args], timeout_s=180)
+    return run([tool, "--skip-download", "--compact", "--quiet", *args], timeout_s=180)
+
+
+def checkov(*args: str) -> str:
+    result = run_checkov(*args)
     assert result.returncode == 0, explain(result)
     return result.stdout
 
@@ -81,8 +87,7 @@ def test_a_failing_check_fails_the_run(tmp_path: Path) -> None:
         "spec": {"template": {"spec": {"hostNetwork": True}}},
     }
     patches.write_text(patches.read_text("utf-8") + "---\n" + yaml.safe_dump(host_network))
-    tool = require_tool("checkov")
-    argv = [tool, "--skip-download", "--compact", "--quiet", "--framework", "kustomize"]
-    result = run([*argv, "--directory", str(k8s / "overlays" / "dev")], timeout_s=180)
+    overlay = str(k8s / "overlays" / "dev")
+    result = run_checkov("--directory", overlay, "--framework", "kustomize")
     assert result.returncode == 1, explain(result)
     assert "CKV_K8S_19" in result.stdout, explain(result)
