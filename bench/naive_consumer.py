@@ -1,7 +1,7 @@
 """The naive consumer the worker is measured against: one message at a time, all blocking.
 
 Receive one message (sync boto3), create its PaymentIntent (sync stripe-python,
-same parameters, metadata and idempotency key as the worker), delete it, repeat.
+the worker's own parameters, metadata and idempotency key), delete it, repeat.
 It does the same work per task as the worker, so the ratio of the two is what
 concurrency, batching and the asyncio clients buy.
 
@@ -20,8 +20,8 @@ import time
 import boto3
 import stripe
 
-from statemachine.codec import encode_token
 from statemachine.models import TASK_ADAPTER, CreatePaymentTask
+from worker.handlers import payment_intent_params
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,25 +47,7 @@ def main(argv: list[str] | None = None) -> None:
         for message in answer.get("Messages", []):
             task = TASK_ADAPTER.validate_json(message["Body"])
             assert isinstance(task, CreatePaymentTask)
-            request = task.payment_request()
-            metadata = encode_token(
-                task.task_token,
-                {
-                    **request.metadata,
-                    "order_id": request.order_id,
-                    "paystep_execution": task.execution_id,
-                    "paystep_attempt": str(task.attempt),
-                },
-            )
-            params: stripe.params.PaymentIntentCreateParams = {
-                "amount": request.amount,
-                "currency": request.currency,
-                "metadata": metadata,
-            }
-            if request.payment_method:
-                params["payment_method"] = request.payment_method
-                params["confirm"] = True
-                params["off_session"] = True
+            params = payment_intent_params(task, task.payment_request())
             client.v1.payment_intents.create(params, {"idempotency_key": task.idempotency_key})
             sqs.delete_message(QueueUrl=args.queue_url, ReceiptHandle=message["ReceiptHandle"])
             requests += 1

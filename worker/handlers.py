@@ -65,7 +65,7 @@ class Handlers:
         """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""
         request = _payment_request(task)
         structlog.contextvars.bind_contextvars(order_id=request.order_id)
-        metadata = _metadata(task, request)
+        params = payment_intent_params(task, request)
         if self.clock() - message.sent_at_s > self.idempotency_horizon_s:
             # Stripe may have pruned the idempotency key of a create sent this long ago:
             # the key alone no longer guards against a second PaymentIntent.
@@ -75,19 +75,6 @@ class Handlers:
             existing = await self.stripe.find_attempt(task.execution_id, task.attempt)
             if existing:
                 return _adopt(existing)
-        params: stripe.params.PaymentIntentCreateParams = {
-            "amount": request.amount,
-            "currency": request.currency,
-            "metadata": metadata,
-        }
-        if request.customer:
-            params["customer"] = request.customer
-        if request.payment_method:
-            params["payment_method"] = request.payment_method
-            params["confirm"] = True
-            params["off_session"] = True
-        # receipt_email stays out: the receipt goes out through SNS after fulfilment (and
-        # localstripe refuses the parameter).
         intent = await self.stripe.create_payment_intent(
             params, idempotency_key=task.idempotency_key
         )
@@ -177,6 +164,28 @@ def _payment_request(task: CreatePaymentTask) -> PaymentRequest:
         return task.payment_request()
     except ValidationError as exc:
         raise TaskFailure(errors.INVALID_INPUT, describe_validation_error(exc)) from None
+
+
+def payment_intent_params(
+    task: CreatePaymentTask, request: PaymentRequest
+) -> stripe.params.PaymentIntentCreateParams:
+    """The one PaymentIntent create of a task; raises `TaskFailure` for what Stripe cannot hold.
+
+    A payment method is confirmed server-side, off-session. receipt_email stays out:
+    the receipt goes out through SNS after fulfilment (and localstripe refuses it).
+    """
+    params: stripe.params.PaymentIntentCreateParams = {
+        "amount": request.amount,
+        "currency": request.currency,
+        "metadata": _metadata(task, request),
+    }
+    if request.customer:
+        params["customer"] = request.customer
+    if request.payment_method:
+        params["payment_method"] = request.payment_method
+        params["confirm"] = True
+        params["off_session"] = True
+    return params
 
 
 def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str]:
