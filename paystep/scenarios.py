@@ -160,6 +160,19 @@ class Stack:
                 raise RuntimeError(f"Stripe {method} {path}: {response.status} {body}")
             return body
 
+    async def sepa_payment_method(self, iban: str = IBAN_ASYNC_SUCCESS) -> str:
+        """A SEPA debit PaymentMethod whose payments settle later, as bank debits do
+        (with Stripe's test IBANs: later succeeded, or later failed)."""
+        method = await self.stripe(
+            "POST",
+            "/v1/payment_methods",
+            type="sepa_debit",
+            **{"sepa_debit[iban]": iban, "billing_details[name]": "Ada Lovelace",
+               "billing_details[email]": "ada@example.com"},
+        )  # fmt: skip
+        method_id: str = method["id"]
+        return method_id
+
     async def payment_intents_of(self, order_id: str) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = []
         after = ""
@@ -325,14 +338,7 @@ def _check_declined(max_attempts: int) -> Step:
 
 
 async def _sepa_method(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
-    method = await stack.stripe(
-        "POST",
-        "/v1/payment_methods",
-        type="sepa_debit",
-        **{"sepa_debit[iban]": IBAN_ASYNC_SUCCESS, "billing_details[name]": "Ada Lovelace",
-           "billing_details[email]": "ada@example.com"},
-    )  # fmt: skip
-    request["payment_method"] = method["id"]
+    request["payment_method"] = await stack.sepa_payment_method()
 
 
 async def _confirm_later(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from paystep.localstack import LocalStack, ManagedProcess, free_port, wait_http
-from paystep.scenarios import IBAN_ASYNC_SUCCESS, Stack
+from paystep.scenarios import Stack
 from tests.worker.support import Workers
 
 MAX_ATTEMPTS: Final = 2
@@ -208,14 +208,7 @@ class Payments:
         if kind.payment_method:
             request["payment_method"] = kind.payment_method
         if kind.sepa:
-            method = await self.clients.stripe(
-                "POST",
-                "/v1/payment_methods",
-                type="sepa_debit",
-                **{"sepa_debit[iban]": IBAN_ASYNC_SUCCESS, "billing_details[name]": "Ada",
-                   "billing_details[email]": "ada@example.com"},
-            )  # fmt: skip
-            request["payment_method"] = method["id"]
+            request["payment_method"] = await self.clients.sepa_payment_method()
             request["currency"] = "eur"
         if kind.out_of_stock:
             sku = f"sku_none_{order_id}"

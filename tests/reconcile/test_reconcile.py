@@ -81,11 +81,7 @@ async def _describe(stack: LocalStack, arn: str, wait: bool = True) -> dict[str,
 
 async def _sepa(stack: LocalStack, iban: str) -> str:
     async with _clients(stack) as clients:
-        method = await clients.stripe(
-            "POST", "/v1/payment_methods", type="sepa_debit",
-            **{"sepa_debit[iban]": iban, "billing_details[name]": "Ada", "billing_details[email]": "a@example.com"},
-        )  # fmt: skip
-        return str(method["id"])
+        return await clients.sepa_payment_method(iban)
 
 
 def test_lost_success_is_finished_by_reconcile_and_a_rerun_changes_nothing(
