@@ -19,14 +19,16 @@ from moto.stepfunctions.parser.asl.eval.callback.callback import (
 from paystep import moto_server
 
 
-def test_an_outcome_sent_before_the_heartbeat_is_armed_ends_the_wait(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # Restore moto's own method after the test: the patch is the moto server's.
+@pytest.fixture(autouse=True)
+def early_outcomes_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The moto server's patch, applied here; moto's own method is restored afterwards."""
     monkeypatch.setattr(
         CallbackEndpoint, "setup_heartbeat_endpoint", CallbackEndpoint.setup_heartbeat_endpoint
     )
     moto_server._keep_early_outcomes()
+
+
+def test_an_outcome_sent_before_the_heartbeat_is_armed_ends_the_wait() -> None:
     endpoint = CallbackEndpoint("token")
     endpoint.notify(CallbackOutcomeFailure("token", "Payment.InvalidInput", "amount"))
 
@@ -36,13 +38,7 @@ def test_an_outcome_sent_before_the_heartbeat_is_armed_ends_the_wait(
     assert isinstance(endpoint.get_outcome(), CallbackOutcomeFailure)
 
 
-def test_an_outcome_sent_while_the_heartbeat_waits_still_wakes_it(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(
-        CallbackEndpoint, "setup_heartbeat_endpoint", CallbackEndpoint.setup_heartbeat_endpoint
-    )
-    moto_server._keep_early_outcomes()
+def test_an_outcome_sent_while_the_heartbeat_waits_still_wakes_it() -> None:
     endpoint = CallbackEndpoint("token")
     heartbeat = endpoint.setup_heartbeat_endpoint(heartbeat_seconds=30)
     later = threading.Timer(
