@@ -45,6 +45,13 @@ def _paid(pi: str, amount: int = 1999) -> str:
     )
 
 
+def _found_paid(pi: str) -> str:
+    """The cancel task's answer when the PaymentIntent had succeeded after all."""
+    return json.dumps(
+        {"outcome": "succeeded", "payment_intent_id": pi, "payment": json.loads(_paid(pi))}
+    )
+
+
 @pytest.fixture(scope="module")
 def fast(deploy_fresh: Deployer) -> dict[str, Any]:
     """Declines retried after 1 s (then 2 s), three attempts, no heartbeat window."""
@@ -163,13 +170,7 @@ def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, An
     arn = start(sfn, impatient["state_machine_arn"], request)
     receive_task(sqs, impatient["queue_url"], "create_payment")
     cancel = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
-    payment = json.loads(_paid("pi_after_all"))
-    sfn.send_task_success(
-        taskToken=cancel["task_token"],
-        output=json.dumps(
-            {"outcome": "succeeded", "payment_intent_id": "pi_after_all", "payment": payment}
-        ),
-    )
+    sfn.send_task_success(taskToken=cancel["task_token"], output=_found_paid("pi_after_all"))
     done = wait_done(sfn, arn)
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"])["payment"]["payment_intent_id"] == "pi_after_all"
@@ -188,13 +189,7 @@ def test_timeout_while_processing_asks_again_until_settled(impatient: dict[str, 
     )
     second = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
     assert second["attempt"] == 1 and second["task_token"] != first["task_token"]
-    payment = json.loads(_paid("pi_slow"))
-    sfn.send_task_success(
-        taskToken=second["task_token"],
-        output=json.dumps(
-            {"outcome": "succeeded", "payment_intent_id": "pi_slow", "payment": payment}
-        ),
-    )
+    sfn.send_task_success(taskToken=second["task_token"], output=_found_paid("pi_slow"))
     done = wait_done(sfn, arn)
     assert done["status"] == "SUCCEEDED", done
     assert states_entered(sfn, arn).count("AwaitSettlement") == 1
