@@ -24,7 +24,7 @@ RUN pip install --require-hashes --only-binary=:all: --no-deps -r requirements.l
 
 # The project itself, without resolving anything again: the lock is the whole set.
 COPY pyproject.toml README.md ./
-COPY common ./common
+COPY paystep_common ./paystep_common
 COPY statemachine ./statemachine
 COPY worker ./worker
 COPY webhook ./webhook

@@ -34,8 +34,8 @@ import aiohttp
 from aiohttp import web
 
 from paystep.demo import DEMO_DEPLOY_ARGS, DEMO_MAX_ATTEMPTS
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep.scenarios import Stack, demo_scenarios, run
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.scenarios import Stack, demo_scenarios, run
 
 # localstripe's webhooks.py sleeps 1 s before each delivery.
 EMULATOR_WEBHOOK_DELAY_S: Final = 1.0

@@ -1,7 +1,7 @@
 """How many verified Stripe events one webhook process handles, and how fast it answers.
 
 The webhook runs as its real process (`python -m webhook`) pinned to one core,
-with Step Functions answered by `bench/fake_sfn.py`; the load comes from this
+with Step Functions answered by `paystep_local/fake_sfn.py`; the load comes from this
 process on the other core(s). Every event is signed as Stripe signs it, carries
 an AWS-length task token split over PaymentIntent metadata, and goes the whole
 way: size check, signature, parse, the event table, SendTask* through aioboto3
@@ -44,7 +44,7 @@ from typing import Any, Final
 import aiohttp
 import stripe
 
-from paystep.localstack import free_port, wait_http
+from paystep_local.localstack import free_port, wait_http
 from statemachine.codec import encode_token
 
 RESULTS: Final = Path(__file__).with_name("results-webhook.json")
@@ -170,7 +170,7 @@ def start(workdir: Path, webhook_core: int, load_cores: set[int]) -> Processes:
         "PAYSTEP_LOG_FORMAT": "json",
     }
     fake = subprocess.Popen(
-        [sys.executable, "-m", "bench.fake_sfn", "--port", str(fake_port)],
+        [sys.executable, "-m", "paystep_local.fake_sfn", "--port", str(fake_port)],
         env=env,
         preexec_fn=lambda: os.sched_setaffinity(0, load_cores),
     )

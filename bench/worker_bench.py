@@ -1,7 +1,7 @@
 """Worker throughput and cost per task against a Stripe that takes 200 ms, and the naive ratio.
 
-Processes: the fake Stripe (`python -m tests.support.fake_stripe --latency-s 0.2`) and
-the SQS fake (`python -m bench.fake_sqs`; moto slows down as a queue grows) share
+Processes: the fake Stripe (`python -m paystep_local.fake_stripe --latency-s 0.2`) and
+the SQS fake (`python -m paystep_local.fake_sqs`; moto slows down as a queue grows) share
 one core with this process; the worker under test (`python -m worker`, its real
 entry point, JSON logs to a file) gets the other core to itself.
 
@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from paystep.localstack import free_port, wait_http
+from paystep_local.localstack import free_port, wait_http
 
 RESULTS: Final = Path(__file__).with_name("results-worker.json")
 STRIPE_LATENCY_S: Final = 0.2
@@ -190,14 +190,14 @@ def _services(workdir: Path, worker_cores: set[int], other_cores: set[int]) -> I
                 [
                     sys.executable,
                     "-m",
-                    "tests.support.fake_stripe",
+                    "paystep_local.fake_stripe",
                     "--port",
                     str(stripe_port),
                     "--latency-s",
                     str(STRIPE_LATENCY_S),
                 ],
             ),
-            ("fake_sqs", [sys.executable, "-m", "bench.fake_sqs", "--port", str(sqs_port)]),
+            ("fake_sqs", [sys.executable, "-m", "paystep_local.fake_sqs", "--port", str(sqs_port)]),
         )
     ]
     try:

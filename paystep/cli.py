@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 from pydantic import ValidationError
 
-from common.logging import configure_logging
+from paystep_common.logging import configure_logging
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -93,7 +93,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _local(command: str, workers: int) -> int:
-    from paystep import demo
+    try:
+        from paystep import demo
+    except ModuleNotFoundError as exc:
+        # The local doubles (paystep_local, moto, localstripe) are dev tooling, not in the image.
+        print(
+            f"paystep {command}: the local stack is not installed ({exc.name}); "
+            "install paystep with its dev extra: pip install 'paystep[dev]'",
+            file=sys.stderr,
+        )
+        return 2
 
     return demo.demo(workers) if command == "demo" else demo.dev(workers)
 

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Final
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack, StackError
-from paystep.scenarios import Observed, Scenario, Stack, demo_scenarios, run
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, StackError
+from paystep_local.scenarios import Observed, Scenario, Stack, demo_scenarios, run
 
 DEMO_MAX_ATTEMPTS: Final = 3
 DEMO_DEPLOY_ARGS: Final = ("--max-attempts", str(DEMO_MAX_ATTEMPTS), "--retry-backoff-s", "1")

@@ -11,7 +11,7 @@ from typing import IO, Any, Final
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
-from common.clients import aws_config, aws_session
+from paystep_common.clients import aws_config, aws_session
 from statemachine.models import PaymentRequest, describe_validation_error
 
 POLL_INTERVAL_S: Final = 0.5

@@ -3,7 +3,7 @@
 A callback on a task that is already closed (duplicate delivery, an event that
 arrives after the execution moved on) is an expected outcome, not an error: it
 answers `CallbackResult.ALREADY_CLOSED`. Throttling is retried by the SDK client
-(create it with `common.clients.aws_config(retry_mode="adaptive")`); anything
+(create it with `paystep_common.clients.aws_config(retry_mode="adaptive")`); anything
 still failing after that raises `CallbackError`.
 """
 

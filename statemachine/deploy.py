@@ -14,7 +14,7 @@ import structlog
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from common.clients import aws_config, aws_session
+from paystep_common.clients import aws_config, aws_session
 from statemachine.asl import Resources, Tunables, render
 
 log = structlog.get_logger("paystep.deploy")

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
 
 Deployer = Callable[..., dict[str, Any]]
 

@@ -18,7 +18,7 @@ import structlog
 from aiobotocore.config import AioConfig
 from aiohttp import web
 
-from common.clients import aws_config, aws_session
+from paystep_common.clients import aws_config, aws_session
 from statemachine.callbacks import CallbackError, Callbacks
 from webhook import signature
 from webhook.events import MalformedEvent, StripeEvent, parse_event

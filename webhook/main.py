@@ -18,8 +18,8 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from common.logging import configure_logging
-from common.metrics import probe, start_metrics_server
+from paystep_common.logging import configure_logging
+from paystep_common.metrics import probe, start_metrics_server
 from statemachine.models import describe_validation_error
 from webhook.app import READINESS, WEBHOOK_PATH, create_app
 from webhook.metrics import WebhookMetrics

@@ -20,7 +20,7 @@ import stripe
 import structlog
 from pydantic import ValidationError
 
-from common.logging import token_hash
+from paystep_common.logging import token_hash
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, decode_token

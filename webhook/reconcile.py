@@ -33,9 +33,9 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 from pydantic import ValidationError
 
-from common.clients import aws_config, aws_session, stripe_client
-from common.logging import configure_logging, token_hash
-from common.settings import StripeSettings
+from paystep_common.clients import aws_config, aws_session, stripe_client
+from paystep_common.logging import configure_logging, token_hash
+from paystep_common.settings import StripeSettings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, decode_token
 from statemachine.models import describe_validation_error

@@ -7,7 +7,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
-from common.settings import PaystepSettings
+from paystep_common.settings import PaystepSettings
 
 # Stripe events are a few KiB; a PaymentIntent with 50 metadata values of 500
 # characters stays far below this. Anything larger is not from Stripe.

@@ -19,7 +19,7 @@ from typing import Final
 
 import structlog
 
-from common.logging import token_hash
+from paystep_common.logging import token_hash
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.models import Task

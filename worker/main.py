@@ -19,9 +19,9 @@ import stripe
 import structlog
 from pydantic import ValidationError
 
-from common.clients import aws_config, aws_session, stripe_client
-from common.logging import configure_logging
-from common.metrics import probe, start_metrics_server
+from paystep_common.clients import aws_config, aws_session, stripe_client
+from paystep_common.logging import configure_logging
+from paystep_common.metrics import probe, start_metrics_server
 from statemachine.callbacks import Callbacks
 from worker.classify import Backoff
 from worker.consumer import Consumer

@@ -6,7 +6,7 @@ import json
 
 from pydantic import ValidationError
 
-from common.logging import token_hash
+from paystep_common.logging import token_hash
 from statemachine.models import TASK_ADAPTER, Task, describe_validation_error
 from worker.errors import PoisonMessage
 from worker.queue import Message

@@ -6,7 +6,7 @@ from typing import Final
 
 from pydantic import Field
 
-from common.settings import StripeSettings
+from paystep_common.settings import StripeSettings
 
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
 SQS_MAX_VISIBILITY_TIMEOUT_S: Final = 43_200

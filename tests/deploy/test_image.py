@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import pytest
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port
 from tests.deploy.conftest import Manifest, one
 from tests.deploy.podman import Container, Podman
 

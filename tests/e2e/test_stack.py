@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 
 from paystep.demo import DEMO_DEPLOY_ARGS, DEMO_MAX_ATTEMPTS
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep.scenarios import Observed, Scenario, Stack, demo_scenarios, run
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.scenarios import Observed, Scenario, Stack, demo_scenarios, run
 
 SCENARIOS = {s.name: s for s in demo_scenarios(DEMO_MAX_ATTEMPTS)}
 

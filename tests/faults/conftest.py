@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep.scenarios import Stack
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.scenarios import Stack
 from tests.faults.harness import DEPLOY_ARGS
 from tests.worker.support import Workers
 

@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from paystep.localstack import LocalStack, ManagedProcess, free_port, wait_http
-from paystep.scenarios import Stack
+from paystep_local.localstack import LocalStack, ManagedProcess, free_port, wait_http
+from paystep_local.scenarios import Stack
 from tests.worker.support import Workers
 
 MAX_ATTEMPTS: Final = 2

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from paystep.localstack import LocalStack, ManagedProcess
+from paystep_local.localstack import LocalStack, ManagedProcess
+from paystep_local.stripe_chaos_proxy import StripeChaosProxy
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import (
     Payments,
@@ -29,7 +30,6 @@ from tests.faults.harness import (
     start_worker,
     summary,
 )
-from tests.support.stripe_chaos_proxy import StripeChaosProxy
 from tests.worker.support import Workers
 
 WORKERS = 2

@@ -14,7 +14,8 @@ import asyncio
 
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
+from paystep_local.stripe_chaos_proxy import StripeChaosProxy
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import (
     WORKER_ENV,
@@ -25,7 +26,6 @@ from tests.faults.harness import (
     start_worker,
     summary,
 )
-from tests.support.stripe_chaos_proxy import StripeChaosProxy
 from tests.worker.support import Workers
 
 # The worker gives up on an answer after this; the proxy holds a lost one longer.

@@ -32,11 +32,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
+from paystep_local.signing import signature_header
 from statemachine.codec import encode_token
 from tests.faults.conftest import SOAK
 from tests.faults.harness import rss_kib, start_webhook
-from tests.support.signing import signature_header
 from tests.worker.support import Workers, eventually, log_events
 
 WEBHOOK_PATH: Final = "/webhooks/stripe"

@@ -26,11 +26,11 @@ from typing import Final
 import aiohttp
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
+from paystep_local.signing import signature_header
 from statemachine.codec import encode_token
 from tests.faults.conftest import SOAK
 from tests.faults.harness import rss_kib, start_webhook
-from tests.support.signing import signature_header
 
 CONNECTIONS: Final = 50
 DISTINCT_EVENTS: Final = 600

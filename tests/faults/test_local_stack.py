@@ -16,7 +16,7 @@ from moto.stepfunctions.parser.asl.eval.callback.callback import (
     CallbackOutcomeFailure,
 )
 
-from paystep import moto_server
+from paystep_local import moto_server
 
 
 @pytest.fixture(autouse=True)

@@ -25,8 +25,8 @@ import boto3
 import pytest
 
 from paystep.demo import DEMO_DEPLOY_ARGS, DEMO_MAX_ATTEMPTS
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep.scenarios import Stack, demo_scenarios, run
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.scenarios import Stack, demo_scenarios, run
 from tests.faults.harness import reconcile, start_webhook, start_worker
 from tests.worker.support import Workers, eventually, queue_counts
 

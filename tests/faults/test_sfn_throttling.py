@@ -20,11 +20,11 @@ import threading
 
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
+from paystep_local.sfn_proxy import SfnProxy
+from paystep_local.webhook_relay import WebhookRelay
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import Payments, fault_seed, mix, start_webhook, start_worker, summary
-from tests.support.sfn_proxy import SfnProxy
-from tests.support.webhook_relay import WebhookRelay
 from tests.worker.support import Workers
 
 # A storm outlasts the webhook's three attempts (standard retries back off up to 2 s, then

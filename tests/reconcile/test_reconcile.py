@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep.scenarios import IBAN_ASYNC_SUCCESS, Stack
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.scenarios import IBAN_ASYNC_SUCCESS, Stack
 from webhook.reconcile import parse_duration
 
 IBAN_ASYNC_FAILURE = "DE62370400440532013001"

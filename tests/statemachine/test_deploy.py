@@ -8,7 +8,7 @@ from typing import Any
 
 import boto3
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
 from statemachine.deploy import MAX_RECEIVE_COUNT
 
 

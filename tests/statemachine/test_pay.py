@@ -12,7 +12,7 @@ from typing import Any
 import boto3
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.localstack import LocalStack
 from tests.conftest import Deployer
 from tests.support.aws import receive_task
 

@@ -15,9 +15,9 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from pydantic import SecretStr
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.signing import signed
 from statemachine.codec import encode_token
-from tests.support.signing import signed
 from webhook.app import create_app
 from webhook.settings import WebhookSettings
 

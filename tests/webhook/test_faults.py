@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from common.clients import aws_session
-from paystep.localstack import LocalStack
-from tests.support.sfn_proxy import SfnProxy
+from paystep_common.clients import aws_session
+from paystep_local.localstack import LocalStack
+from paystep_local.sfn_proxy import SfnProxy
 from tests.webhook.conftest import (
     Webhook,
     describe,

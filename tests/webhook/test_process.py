@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 
-from common.logging import token_hash
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port, wait_http
+from paystep_common.logging import token_hash
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port, wait_http
+from paystep_local.sfn_proxy import SfnProxy
+from paystep_local.signing import signed
 from statemachine.codec import encode_token
-from tests.support.sfn_proxy import SfnProxy
-from tests.support.signing import signed
 from tests.webhook.conftest import Waiting, event, payment_intent, start_waiting, wait_done
 
 pytestmark = pytest.mark.timeout(120)

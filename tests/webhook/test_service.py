@@ -15,8 +15,8 @@ from typing import Any
 import boto3
 import pytest
 
-from paystep.localstack import LocalStack
-from tests.support.signing import body_of, signature_header, signed
+from paystep_local.localstack import LocalStack
+from paystep_local.signing import body_of, signature_header, signed
 from tests.webhook.conftest import (
     OTHER_SECRET,
     SECRET,

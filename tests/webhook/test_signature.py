@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from tests.support.signing import signature_header
+from paystep_local.signing import signature_header
 from webhook import signature
 
 SECRET = "whsec_" + "c3" * 16

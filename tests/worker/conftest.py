@@ -12,8 +12,8 @@ from typing import Any
 import boto3
 import pytest
 
-from paystep.localstack import LocalStack
-from tests.support.fake_stripe import FakeStripe
+from paystep_local.fake_stripe import FakeStripe
+from paystep_local.localstack import LocalStack
 from tests.worker.support import Workers
 
 

@@ -12,7 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack, ManagedProcess, free_port, wait_http
+from paystep_local.localstack import (
+    LOCAL_STRIPE_KEY,
+    LocalStack,
+    ManagedProcess,
+    free_port,
+    wait_http,
+)
 
 FAST_RETRIES = {
     "PAYSTEP_WORKER_RETRY_BASE_S": "1",

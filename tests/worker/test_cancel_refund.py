@@ -16,13 +16,13 @@ from typing import Any
 import boto3
 import pytest
 
-from paystep.localstack import LocalStack
+from paystep_local.fake_stripe import FakeStripe
+from paystep_local.localstack import LocalStack
 from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
-from tests.support.fake_stripe import FakeStripe
 from tests.worker.support import FAST_RETRIES, Workers, eventually
 
 pytestmark = pytest.mark.usefixtures("stack")

@@ -15,8 +15,8 @@ import aiohttp
 import pytest
 import stripe
 
+from paystep_local.fake_stripe import FakeStripe, Fault
 from statemachine.codec import decode_token, encode_token
-from tests.support.fake_stripe import FakeStripe, Fault
 
 CARD = {"amount": 1999, "currency": "usd", "payment_method": "pm_card_visa", "confirm": True}
 

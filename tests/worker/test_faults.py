@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from common.logging import token_hash
+from paystep_common.logging import token_hash
+from paystep_local.fake_stripe import FakeStripe, Fault
 from tests.conftest import Deployer
 from tests.support.aws import start
-from tests.support.fake_stripe import FakeStripe, Fault
 from tests.worker.support import (
     FAST_RETRIES,
     Workers,

@@ -11,7 +11,7 @@ from typing import Any
 
 import stripe
 
-from paystep.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from common.logging import token_hash
+from paystep_common.logging import token_hash
 from statemachine.models import CreatePaymentTask
 from worker.errors import PoisonMessage
 from worker.leases import Leases

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import stripe
 
+from paystep_local.fake_stripe import FakeStripe, Fault
 from statemachine import errors
 from statemachine.callbacks import CallbackResult
 from statemachine.models import CreatePaymentTask
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
-from tests.support.fake_stripe import FakeStripe, Fault
 from tests.worker.support import Workers, eventually, log_events, metric, queue_empty, scrape
 from worker.errors import TaskFailure
 from worker.handlers import Handlers

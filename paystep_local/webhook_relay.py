@@ -15,7 +15,8 @@ emulator 200 at once and delivers the same bytes with the same
 
 `stats()` counts events received, deliveries made, retries, copies unanswered
 and given up, and inversions (a copy delivered after a copy of an event that
-arrived later); `answers()` counts deliveries by the status they got. It runs on its own thread and loop:
+arrived later); `answers()` counts deliveries by the status they got. It runs
+on its own thread and loop:
 
     with WebhookRelay(webhook_url, copies=3, max_delay_s=1.0, late_share=0.3) as relay:
         stack.register_webhook(relay.url); ...; relay.wait_idle(); relay.answers()
@@ -33,7 +34,7 @@ from collections.abc import Sequence
 import aiohttp
 from aiohttp import web
 
-from tests.support.threaded_server import ThreadedServer
+from paystep_local.threaded_server import ThreadedServer
 
 FORWARDED_HEADERS = ("Content-Type", "Stripe-Signature")
 

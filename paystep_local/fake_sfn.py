@@ -6,7 +6,7 @@ each request with `{}` and costs a few microseconds per call, so the service
 under test is what gets measured. Tokens starting with `closed-` answer
 `TaskTimedOut`, as a duplicate event would meet.
 
-    python bench/fake_sfn.py --port 9999
+    python paystep_local/fake_sfn.py --port 9999
 """
 
 from __future__ import annotations

@@ -42,7 +42,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from tests.support.threaded_server import ThreadedServer
+from paystep_local.threaded_server import ThreadedServer
 
 NOT_STORED_STATUSES = frozenset({409, 429})
 
@@ -98,7 +98,8 @@ class StripeChaosProxy(ThreadedServer):
             self._burst_left = self._lose_first = 0
 
     def stats(self) -> dict[str, int]:
-        """Requests, forwarded, replayed, key_waits, error_500, lost_answer, rate_limited, bursts."""
+        """Counts: requests, forwarded, replayed, key_waits, error_500, lost_answer,
+        rate_limited, bursts."""
         with self._lock:
             return dict(self._counts)
 
@@ -107,7 +108,8 @@ class StripeChaosProxy(ThreadedServer):
             self._counts[name] += n
 
     def _draw(self) -> tuple[str | None, bool]:
-        """The fault before forwarding (None, "rate_limit", "error") and whether to lose the answer."""
+        """The fault before forwarding (None, "rate_limit", "error"), and whether to lose
+        the answer."""
         with self._lock:
             lose = self._random.random() < self.lost_answer_rate
             if self._burst_left > 0:

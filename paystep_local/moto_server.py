@@ -19,7 +19,7 @@
 
 Then it runs the ordinary moto server.
 
-    python -m paystep.moto_server --port 5000 [--short-tokens]
+    python -m paystep_local.moto_server --port 5000 [--short-tokens]
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def _keep_early_outcomes() -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paystep.moto_server")
+    parser = argparse.ArgumentParser(prog="python -m paystep_local.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--short-tokens", action="store_true", help="keep moto's UUID tokens")

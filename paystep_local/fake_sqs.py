@@ -6,7 +6,7 @@ deque of visible messages plus a heap of invisible ones, so receive, delete and
 visibility changes cost the same at any depth. It counts every request by
 operation, which gives the SQS requests per task of a run.
 
-    python -m bench.fake_sqs --port 9324
+    python -m paystep_local.fake_sqs --port 9324
 
 Point clients at it with `AWS_ENDPOINT_URL_SQS=http://127.0.0.1:9324`. Supported:
 CreateQueue, GetQueueUrl, GetQueueAttributes, SendMessage, SendMessageBatch,
@@ -349,7 +349,7 @@ class FakeSqs:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.fake_sqs")
+    parser = argparse.ArgumentParser(prog="python -m paystep_local.fake_sqs")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     args = parser.parse_args(argv)

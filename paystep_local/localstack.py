@@ -120,7 +120,7 @@ class LocalStack:
 
     def start_aws(self) -> str:
         port = free_port()
-        argv = [sys.executable, "-m", "paystep.moto_server", "--port", str(port)]
+        argv = [sys.executable, "-m", "paystep_local.moto_server", "--port", str(port)]
         if not self.aws_length_tokens:
             argv.append("--short-tokens")
         proc = self.spawn("moto", argv, env={"MOTO_PORT": str(port)})

@@ -12,7 +12,7 @@ import aioboto3
 import stripe
 from aiobotocore.config import AioConfig
 
-from common.settings import StripeSettings
+from paystep_common.settings import StripeSettings
 
 RetryMode = Literal["standard", "adaptive"]
 

@@ -15,7 +15,7 @@ Run it in-process:
 
 or as a process (other suites, benchmarks):
 
-    python -m tests.support.fake_stripe --port 12111 [--latency-s 0.2] [--jitter-s 0.05]
+    python -m paystep_local.fake_stripe --port 12111 [--latency-s 0.2] [--jitter-s 0.05]
         [--rate-limit-per-s 25] [--same-key-in-flight conflict|wait]
 
 It prints `listening on http://127.0.0.1:PORT` once it serves.
@@ -963,7 +963,7 @@ def _clause_matches(intent: dict[str, Any], clause: tuple[str | None, str | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.support.fake_stripe")
+    parser = argparse.ArgumentParser(prog="python -m paystep_local.fake_stripe")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--latency-s", type=float, default=0.0)

@@ -21,7 +21,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from common.clients import aws_config, aws_session
+from paystep_common.clients import aws_config, aws_session
 
 POLL_S: Final = 0.25
 SCENARIO_TIMEOUT_S: Final = 120.0

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import aiohttp
 from aiohttp import web
 
-from tests.support.threaded_server import ThreadedServer
+from paystep_local.threaded_server import ThreadedServer
 
 # The Step Functions JSON protocol names the operation in this header.
 TARGET_HEADER = "X-Amz-Target"
