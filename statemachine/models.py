@@ -1,6 +1,7 @@
 """Typed models of everything that crosses the Step Functions boundary.
 
-- `PaymentRequest`: the execution input (the contract in DESIGN.md).
+- `PaymentRequest`: the execution input, the JSON a caller passes to StartExecution
+  (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html).
 - `CreatePaymentTask`, `CancelPaymentTask`, `RefundPaymentTask`: the SQS task
   messages the state machine sends, a union discriminated by `type`.
 - `PaymentOutcome`, `CancelOutcome`, `RefundOutcome`: what the services send back
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -179,16 +180,6 @@ Task = Annotated[
 ]
 TASK_ADAPTER: Final[TypeAdapter[Task]] = TypeAdapter(Task)
 
-PaymentIntentStatus = Literal[
-    "requires_payment_method",
-    "requires_confirmation",
-    "requires_action",
-    "processing",
-    "requires_capture",
-    "canceled",
-    "succeeded",
-]
-
 
 class PaymentOutcome(Frozen):
     """SendTaskSuccess output of the payment wait (the `payment` of the execution output)."""
@@ -243,7 +234,3 @@ def describe_validation_error(exc: ValidationError) -> str:
 def dump_json(model: BaseModel) -> str:
     """Compact JSON of a model without null fields, as sent to Step Functions."""
     return model.model_dump_json(exclude_none=True)
-
-
-def as_dict(model: BaseModel) -> dict[str, Any]:
-    return model.model_dump(mode="json", exclude_none=True)

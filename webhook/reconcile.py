@@ -25,7 +25,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final
 
 import stripe
@@ -86,7 +86,6 @@ class Summary:
     would_send: int = 0
     heartbeats: int = 0
     errors: int = 0
-    by_type: dict[str, int] = field(default_factory=dict)
 
     def line(self, dry_run: bool) -> str:
         sent = (
@@ -161,7 +160,6 @@ async def _replay_one(
     event: StripeEvent, callbacks: Callbacks, summary: Summary, *, dry_run: bool
 ) -> None:
     summary.events_seen += 1
-    summary.by_type[event.type] = summary.by_type.get(event.type, 0) + 1
     bound = log.bind(event_id=event.id, event_type=event.type)
     try:
         if dry_run:
@@ -313,11 +311,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     summary = asyncio.run(
         reconcile(settings, since_s, dry_run=args.dry_run, heartbeat=args.heartbeat)
     )
-    log.info(
-        "reconcile.done",
-        dry_run=args.dry_run,
-        **{k: v for k, v in vars(summary).items() if k != "by_type"},
-    )
+    log.info("reconcile.done", dry_run=args.dry_run, **vars(summary))
     _push_metrics(settings, summary)
     print(summary.line(args.dry_run))
     return 1 if summary.errors else 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 import stripe
 
@@ -115,8 +115,3 @@ class StripeApi:
             self._metrics.stripe_seconds.labels(operation, result).observe(
                 time.perf_counter() - started
             )
-
-
-def metadata_of(intent: stripe.PaymentIntent) -> dict[str, Any]:
-    raw: dict[str, Any] = intent.metadata.to_dict() if intent.metadata else {}
-    return raw
