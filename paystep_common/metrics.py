@@ -1,8 +1,12 @@
 """The side port of every long-running process: Prometheus metrics and probes.
 
-Kept off the public port (the webhook's ingress never routes here): `/metrics`,
-`/healthz` (the process is alive and its loop turns) and `/readyz` (it can do
-its job; each service passes its own check).
+`/metrics`, `/healthz` (the process is alive and its loop turns) and `/readyz`
+(it can do its job; each service passes its own check). Metrics are served on
+this port only. The worker has no other port, so Kubernetes probes it here. The
+webhook answers `/healthz` and `/readyz` on its public port too (`webhook.app`),
+and Kubernetes probes it there, so a pod whose public listener stops answering
+is restarted and taken out of the Service. Neither port is reachable from
+outside the cluster: the ingress routes `/webhooks/stripe` alone.
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """A small, fast SQS for benchmarks, speaking the AWS JSON 1.0 protocol botocore uses for SQS.
 
-moto's SQS slows down as a queue grows past about a thousand messages (RECIPES.md),
-which would measure moto instead of the worker. This one keeps each queue as a
-deque of visible messages plus a heap of invisible ones, so receive, delete and
-visibility changes cost the same at any depth. It counts every request by
-operation, which gives the SQS requests per task of a run.
+moto's SQS keeps a queue's messages in one list that every receive and delete scans
+(https://github.com/getmoto/moto/blob/master/moto/sqs/models.py), so it slows down as
+a queue grows past about a thousand messages, which would measure moto instead of
+the worker. This one keeps each queue as a deque of visible messages plus a heap of
+invisible ones, so receive, delete and visibility changes cost the same at any depth.
+It counts every request by operation, which gives the SQS requests per task of a run.
 
     python -m paystep_local.fake_sqs --port 9324
 

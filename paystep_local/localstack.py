@@ -126,7 +126,9 @@ class LocalStack:
         proc = self.spawn("moto", argv, env={"MOTO_PORT": str(port)})
         endpoint = f"http://127.0.0.1:{port}"
         wait_http(f"{endpoint}/moto-api/", process=proc.process)
-        # State machines created before this call never execute (see RECIPES.md).
+        # moto executes state machines only with this config on: it switches Step Functions
+        # to a separate, executing backend, so machines created before it never execute
+        # (https://docs.getmoto.org/en/latest/docs/services/stepfunctions.html).
         http_post(
             f"{endpoint}/moto-api/config",
             json.dumps({"stepfunctions": {"execute_state_machine": True}}).encode(),

@@ -2,8 +2,14 @@
 
 A task token runs to 2048 characters; a Stripe metadata value holds 500. The token
 is split over `paystep_token_0`, `paystep_token_1`, ... with the number of parts
-in `paystep_token_parts`, so a truncated or tampered set is detected instead of
-being reassembled into a wrong token.
+in `paystep_token_parts` (https://docs.stripe.com/api/metadata). Decoding checks
+the shape of the set, not its content: a part count that is not 1 to
+`MAX_TOKEN_KEYS`, or a missing or empty part, is a `TokenCodecError` rather than a
+shorter token. A part whose text was changed or cut, a count lowered to match
+fewer parts, or parts beyond the count pass unnoticed; the token reassembled from
+them is wrong, and Step Functions answers `InvalidToken` or `TaskDoesNotExist` to
+its callback
+(https://docs.aws.amazon.com/step-functions/latest/apireference/API_SendTaskSuccess.html).
 """
 
 from __future__ import annotations
