@@ -1,4 +1,9 @@
-"""The `paystep` command: one subcommand per job, each loading its own settings."""
+"""The `paystep` command: one subcommand per job, each loading its own settings.
+
+A subcommand reads its settings with `load_settings` and configures logging from
+them once, before doing anything: the services (worker, webhook, reconcile) in
+their own `main`, the others here.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pydantic import ValidationError
 
 from paystep_common.logging import configure_logging
+from paystep_common.settings import PaystepSettings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -24,10 +30,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         # The services parse their own options (argparse's REMAINDER stops at a leading --flag).
         args.args = [*rest, *args.args]
-    configure_logging(
-        "console" if os.environ.get("PAYSTEP_LOG_FORMAT") == "console" else "json",
-        os.environ.get("PAYSTEP_LOG_LEVEL", "info"),
-    )
     handler: Handler = args.handler
     try:
         return handler(args)
@@ -57,7 +59,7 @@ def _parser() -> argparse.ArgumentParser:
         help="after a timeout, how often a processing payment is re-checked",
     )
     deploy.add_argument("--output", choices=["text", "json"], default="text")
-    deploy.set_defaults(handler=_deploy)
+    deploy.set_defaults(handler=_with_logging("deploy", _deploy))
 
     pay = commands.add_parser("pay", help="start a payment execution")
     pay.add_argument("--input", dest="input_json", help="the whole execution input as JSON")
@@ -72,14 +74,14 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--state-machine-arn", default=os.environ.get("PAYSTEP_STATE_MACHINE_ARN"))
     pay.add_argument("--execution-name", help="default: the order id")
     pay.add_argument("--wait", action="store_true", help="follow the execution to its end")
-    pay.set_defaults(handler=_pay)
+    pay.set_defaults(handler=_with_logging("pay", _pay))
 
     demo = commands.add_parser("demo", help="run sample payments on the embedded local stack")
     demo.add_argument("--workers", type=int, default=2)
-    demo.set_defaults(handler=lambda args: _local("demo", args.workers))
+    demo.set_defaults(handler=_with_logging("demo", lambda args: _local("demo", args.workers)))
     dev = commands.add_parser("dev", help="run the embedded local stack until Ctrl-C")
     dev.add_argument("--workers", type=int, default=1)
-    dev.set_defaults(handler=lambda args: _local("dev", args.workers))
+    dev.set_defaults(handler=_with_logging("dev", lambda args: _local("dev", args.workers)))
 
     for name, module, text in (
         ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
@@ -90,6 +92,16 @@ def _parser() -> argparse.ArgumentParser:
         service.add_argument("args", nargs=argparse.REMAINDER)
         service.set_defaults(handler=_delegate(module))
     return parser
+
+
+def _with_logging(command: str, handler: Handler) -> Handler:
+    """`handler` run after the logging settings are read and applied."""
+
+    def configured(args: argparse.Namespace) -> int:
+        configure_logging(load_settings(PaystepSettings, command))
+        return handler(args)
+
+    return configured
 
 
 def _local(command: str, workers: int) -> int:

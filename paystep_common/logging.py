@@ -1,5 +1,8 @@
 """structlog configured once per process: JSON lines by default, console for people.
 
+Every command calls `configure_logging` once, at its entry point, with the settings
+it has just loaded (`PAYSTEP_LOG_FORMAT`, `PAYSTEP_LOG_LEVEL`).
+
 Task tokens are capabilities: logs carry `token_hash(token)`, never the token.
 """
 
@@ -8,19 +11,18 @@ from __future__ import annotations
 import hashlib
 import logging
 import sys
-from typing import Literal
 
 import structlog
 
-LogFormat = Literal["json", "console"]
+from paystep_common.settings import PaystepSettings
 
 
-def configure_logging(log_format: LogFormat = "json", level: str = "info") -> None:
+def configure_logging(settings: PaystepSettings) -> None:
     """Route structlog (and stdlib logging) to stderr as one event per line."""
-    numeric_level = logging.getLevelNamesMapping()[level.upper()]
+    numeric_level = logging.getLevelNamesMapping()[settings.log_level.upper()]
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
-        if log_format == "json"
+        if settings.log_format == "json"
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(

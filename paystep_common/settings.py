@@ -1,15 +1,37 @@
 """Settings shared by every paystep process, read once from `PAYSTEP_*` variables.
 
+Every command reads its settings through `load_settings`, so a bad setting is
+reported the same way everywhere: one line per variable, named as it is set in
+the environment, and exit status 2, as for a bad argument.
+
 AWS settings (region, endpoint, credentials) deliberately stay in the standard AWS
 SDK environment; nothing here duplicates them.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import sys
+import typing
+from collections.abc import Sequence
+from typing import Any, Final, Literal, TypeVar
 
-from pydantic import SecretStr
+from pydantic import SecretBytes, SecretStr, ValidationError
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EXIT_BAD_SETTINGS: Final = 2  # the status argparse uses for bad arguments
+_ECHO_MAX_CHARS: Final = 60
+_EXPECTED: Final = {
+    "int_parsing": "an integer",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_parsing": "a number",
+    "float_type": "a number",
+    "bool_parsing": "true or false",
+    "bool_type": "true or false",
+}
+
+S = TypeVar("S", bound="PaystepSettings")
 
 
 class PaystepSettings(BaseSettings):
@@ -27,3 +49,65 @@ class StripeSettings(PaystepSettings):
     stripe_api_key: SecretStr
     stripe_api_base: str | None = None
     stripe_timeout_s: float = 30.0
+
+
+class SettingsError(SystemExit):
+    """The process cannot start with these settings: exit status 2.
+
+    A `SystemExit`, so it ends the process from any entry point (`paystep ...`,
+    `python -m worker`) without a traceback, and no `except Exception` swallows it.
+    """
+
+    def __init__(self, command: str, problems: Sequence[str]) -> None:
+        super().__init__(EXIT_BAD_SETTINGS)
+        self.command = command
+        self.problems = tuple(problems)
+
+    def report(self) -> str:
+        """`paystep worker: PAYSTEP_QUEUE_URL: field required`, one line per problem."""
+        return "".join(f"paystep {self.command}: {problem}\n" for problem in self.problems)
+
+
+def load_settings(cls: type[S], command: str) -> S:
+    """`cls` read from the environment; on a bad setting, report it and exit 2."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        error = SettingsError(command, describe(cls, exc))
+    sys.stderr.write(error.report())
+    raise error
+
+
+def env_name(cls: type[PaystepSettings], field: str) -> str:
+    """The variable a field is read from: `queue_url` → `PAYSTEP_QUEUE_URL`."""
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def describe(cls: type[PaystepSettings], exc: ValidationError) -> list[str]:
+    """One line per bad variable; the value is echoed unless the field holds a secret."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        info = cls.model_fields.get(field)
+        secret = info is None or _holds_secret(info.annotation)
+        text = _message(error)
+        if not secret and isinstance(error["input"], str):
+            text += f", got {error['input'][:_ECHO_MAX_CHARS]!r}"
+        problems.append(f"{env_name(cls, field)}: {text}" if field else text)
+    return problems
+
+
+def _message(error: ErrorDetails) -> str:
+    kind = error["type"]
+    if kind == "missing":
+        return "field required"
+    if kind in _EXPECTED:
+        return f"expected {_EXPECTED[kind]}"
+    message = error["msg"].removeprefix("Value error, ")
+    return message.replace("Input should be ", "should be ", 1)
+
+
+def _holds_secret(annotation: Any) -> bool:
+    if annotation in (SecretStr, SecretBytes):
+        return True
+    return any(_holds_secret(arg) for arg in typing.get_args(annotation))

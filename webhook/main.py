@@ -11,16 +11,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from collections.abc import Sequence
 
 import structlog
 from aiohttp import web
-from pydantic import ValidationError
 
 from paystep_common.logging import configure_logging
 from paystep_common.metrics import probe, start_metrics_server
-from statemachine.models import describe_validation_error
+from paystep_common.settings import load_settings
 from webhook.app import READINESS, WEBHOOK_PATH, create_app
 from webhook.metrics import WebhookMetrics
 from webhook.settings import WebhookSettings
@@ -38,14 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="ask a running webhook on this host whether it is ready; exit 0 if so",
     )
     args = parser.parse_args(argv)
-    try:
-        settings = WebhookSettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as exc:
-        print(f"paystep webhook: {describe_validation_error(exc)}", file=sys.stderr)
-        return 2
+    settings = load_settings(WebhookSettings, "webhook")
+    configure_logging(settings)
     if args.check:
         return check(settings)
-    configure_logging(settings.log_format, settings.log_level)
     return asyncio.run(serve(settings))
 
 

@@ -13,7 +13,7 @@ HeartbeatSeconds on the payment wait only catches payments that are truly stuck.
 
 Exit status: 0 when every event was handled or deliberately skipped, 1 when an
 error could not be got past (Stripe or Step Functions still failing after their
-retries), 2 for bad arguments.
+retries), 2 for bad arguments or settings.
 """
 
 from __future__ import annotations
@@ -31,14 +31,12 @@ from typing import Any, Final
 import stripe
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
-from pydantic import ValidationError
 
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.logging import configure_logging, token_hash
-from paystep_common.settings import StripeSettings
+from paystep_common.settings import StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, decode_token
-from statemachine.models import describe_validation_error
 from webhook.events import MalformedEvent, StripeEvent, parse_event
 from webhook.mapping import EVENT_TABLE, Ignore, Result, handle_event, plan
 
@@ -302,12 +300,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         since_s = parse_duration(args.since)
-        settings = ReconcileSettings()  # type: ignore[call-arg]
     except ValueError as exc:
-        message = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
-        print(f"paystep reconcile: {message}", file=sys.stderr)
+        print(f"paystep reconcile: {exc}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_format, settings.log_level)
+    settings = load_settings(ReconcileSettings, "reconcile")
+    configure_logging(settings)
     summary = asyncio.run(
         reconcile(settings, since_s, dry_run=args.dry_run, heartbeat=args.heartbeat)
     )

@@ -10,18 +10,17 @@ import argparse
 import asyncio
 import signal
 import ssl
-import sys
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 
 import aiohttp
 import stripe
 import structlog
-from pydantic import ValidationError
 
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.logging import configure_logging
 from paystep_common.metrics import probe, start_metrics_server
+from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
 from worker.classify import Backoff
 from worker.consumer import Consumer
@@ -43,14 +42,8 @@ def main(argv: Sequence[str]) -> int:
         "--check", action="store_true", help="probe the local worker's /healthz and exit"
     )
     args = parser.parse_args(list(argv))
-    try:
-        settings = WorkerSettings()  # type: ignore[call-arg]  # fields come from the environment
-    except ValidationError as exc:
-        for error in exc.errors(include_url=False, include_input=False):
-            variable = "PAYSTEP_" + "_".join(str(part) for part in error["loc"]).upper()
-            print(f"paystep worker: {variable}: {error['msg']}", file=sys.stderr)
-        return 2
-    configure_logging(settings.log_format, settings.log_level)
+    settings = load_settings(WorkerSettings, "worker")
+    configure_logging(settings)
     if args.check:
         return check(settings)
     return asyncio.run(run(settings))

@@ -1,0 +1,119 @@
+"""Every command reports a bad setting the same way, and every setting is documented.
+
+GIVEN a command started with a bad or missing `PAYSTEP_*` variable, WHEN it starts,
+THEN it writes `paystep COMMAND: VARIABLE: problem` to stderr, one line per
+variable, no traceback, and exits 2 before doing anything else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Final
+
+import pytest
+
+from paystep_common.settings import PaystepSettings, SettingsError, env_name, load_settings
+from webhook.reconcile import ReconcileSettings
+from webhook.settings import WebhookSettings
+from worker.settings import WorkerSettings
+
+SETTINGS: Final[tuple[type[PaystepSettings], ...]] = (
+    PaystepSettings,
+    WorkerSettings,
+    WebhookSettings,
+    ReconcileSettings,
+)
+LOG_LEVEL_LINE: Final = (
+    "PAYSTEP_LOG_LEVEL: should be 'debug', 'info', 'warning' or 'error', got 'verbose'"
+)
+WORKER_ENV: Final = {"PAYSTEP_STRIPE_API_KEY": "sk_test_1", "PAYSTEP_WORKER_CONCURRENCY": "abc"}
+WORKER_LINES: Final = (
+    "paystep worker: PAYSTEP_QUEUE_URL: field required",
+    "paystep worker: PAYSTEP_WORKER_CONCURRENCY: expected an integer, got 'abc'",
+)
+WEBHOOK_ENV: Final = {"PAYSTEP_WEBHOOK_PORT": "0"}
+WEBHOOK_LINES: Final = (
+    "paystep webhook: PAYSTEP_WEBHOOK_SECRETS: field required",
+    "paystep webhook: PAYSTEP_WEBHOOK_PORT: should be greater than or equal to 1, got '0'",
+)
+
+COMMANDS: Final = [
+    pytest.param(["-m", "paystep", "worker"], WORKER_ENV, WORKER_LINES, id="paystep worker"),
+    pytest.param(["-m", "worker"], WORKER_ENV, WORKER_LINES, id="python -m worker"),
+    pytest.param(["-m", "paystep", "webhook"], WEBHOOK_ENV, WEBHOOK_LINES, id="paystep webhook"),
+    pytest.param(["-m", "webhook", "--check"], WEBHOOK_ENV, WEBHOOK_LINES, id="webhook --check"),
+    pytest.param(
+        ["-m", "paystep", "reconcile", "--since", "1h"],
+        {"PAYSTEP_RECONCILE_CONCURRENCY": "many"},
+        (
+            "paystep reconcile: PAYSTEP_STRIPE_API_KEY: field required",
+            "paystep reconcile: PAYSTEP_RECONCILE_CONCURRENCY: expected an integer, got 'many'",
+        ),
+        id="paystep reconcile",
+    ),
+    *(
+        pytest.param(
+            ["-m", "paystep", *argv],
+            {"PAYSTEP_LOG_LEVEL": "verbose"},
+            (f"paystep {argv[0]}: {LOG_LEVEL_LINE}",),
+            id=f"paystep {argv[0]}",
+        )
+        for argv in (["deploy"], ["pay", "--order-id", "o1"], ["demo"], ["dev"])
+    ),
+]
+
+
+@pytest.mark.parametrize(("argv", "env", "lines"), COMMANDS)
+def test_a_bad_setting_is_reported_by_its_variable_and_exits_2(
+    argv: list[str], env: dict[str, str], lines: tuple[str, ...]
+) -> None:
+    clean = {name: value for name, value in os.environ.items() if not name.startswith("PAYSTEP_")}
+
+    result = subprocess.run(
+        [sys.executable, *argv],
+        env={**clean, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert tuple(result.stderr.splitlines()) == lines
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("PAYSTEP_WORKER_SHUTDOWN_GRACE_S", "soon", "expected a number, got 'soon'"),
+        ("PAYSTEP_LOG_FORMAT", "xml", "should be 'json' or 'console', got 'xml'"),
+        ("PAYSTEP_WORKER_POLL_WAIT_S", "21", "should be less than or equal to 20, got '21'"),
+    ],
+)
+def test_each_problem_names_the_variable_and_the_value(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], variable: str,
+    value: str, problem: str,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/q")
+    monkeypatch.setenv("PAYSTEP_STRIPE_API_KEY", "sk_test_1")
+    monkeypatch.setenv(variable, value)
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(WorkerSettings, "worker")
+
+    assert caught.value.code == 2
+    assert caught.value.problems == (f"{variable}: {problem}",)
+    assert capsys.readouterr().err == f"paystep worker: {variable}: {problem}\n"
+
+
+def test_every_setting_is_in_the_readme(repo_root: Path) -> None:
+    readme = (repo_root / "README.md").read_text("utf-8")
+    documented = set(re.findall(r"`(PAYSTEP_[A-Z0-9_]+)`", readme))
+
+    variables = {env_name(cls, field) for cls in SETTINGS for field in cls.model_fields}
+
+    assert variables - documented == set()
