@@ -9,7 +9,7 @@ import pytest
 import stripe
 from botocore.exceptions import EndpointConnectionError
 
-from statemachine import errors
+from statemachine import causes, errors
 from statemachine.callbacks import CallbackError
 from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
 from worker.errors import PoisonMessage, TaskFailure
@@ -36,11 +36,11 @@ def test_card_error_fails_the_task_as_declined_with_codes() -> None:
     decision = classify(exc)
     assert isinstance(decision, FailTask)
     assert decision.error == errors.DECLINED
-    assert json.loads(decision.cause) == {
+    assert causes.parse(decision.cause) == {
+        "payment_intent_id": "pi_123",
         "code": "card_declined",
         "decline_code": "insufficient_funds",
         "message": "Your card has insufficient funds.",
-        "payment_intent_id": "pi_123",
     }
 
 
@@ -55,7 +55,24 @@ def test_refusals_fail_the_task_as_rejected(status: int, code: str) -> None:
     decision = classify(exc)
     assert isinstance(decision, FailTask)
     assert decision.error == errors.REJECTED
-    assert json.loads(decision.cause)["code"] == code
+    assert causes.parse(decision.cause) == {
+        "code": code,
+        "param": "customer",
+        "message": "No such customer",
+    }
+
+
+def test_a_refusal_after_the_payment_intent_was_made_names_it() -> None:
+    exc = stripe_error(
+        stripe.InvalidRequestError,
+        400,
+        code="payment_method_unactivated",
+        message="The payment method is not activated.",
+        payment_intent={"id": "pi_made", "object": "payment_intent"},
+    )
+    decision = classify(exc)
+    assert isinstance(decision, FailTask)
+    assert causes.parse(decision.cause)["payment_intent_id"] == "pi_made"
 
 
 @pytest.mark.parametrize(
@@ -91,7 +108,7 @@ def test_unknown_errors_retry_and_are_flagged_unexpected() -> None:
 
 
 def test_task_failures_and_poison() -> None:
-    assert classify(TaskFailure(errors.INVALID_INPUT, "amount: bad")) == FailTask(
+    assert classify(TaskFailure(causes.invalid_input("amount: bad"))) == FailTask(
         errors.INVALID_INPUT, "amount: bad"
     )
     assert classify(PoisonMessage("body is not JSON")) == DeadLetter("body is not JSON")
