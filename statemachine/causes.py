@@ -29,42 +29,27 @@ class Failure:
     cause: str
 
 
-class PaymentError(Protocol):
-    """Why a payment failed: a CardError's `error`, a PaymentIntent's `last_payment_error`."""
+class StripeErrorFields(Protocol):
+    """Stripe's error object: a StripeError's `error`, a PaymentIntent's `last_payment_error`.
+
+    `decline_code` and `param` are read too, where the object has them.
+    """
 
     @property
     def code(self) -> str | None: ...
-
-    @property
-    def decline_code(self) -> str | None: ...
-
-    @property
-    def message(self) -> str | None: ...
-
-
-class RequestError(Protocol):
-    """Why Stripe refused a request: an InvalidRequestError's `error`."""
-
-    @property
-    def code(self) -> str | None: ...
-
-    @property
-    def param(self) -> str | None: ...
 
     @property
     def message(self) -> str | None: ...
 
 
 def declined(
-    payment_intent_id: str | None, error: PaymentError | None, *, event_id: str | None = None
+    payment_intent_id: str | None, error: StripeErrorFields | None, *, event_id: str | None = None
 ) -> Failure:
     """`Payment.Declined`: the PaymentIntent's payment failed, with Stripe's codes."""
     return _json_failure(
         errors.DECLINED,
         payment_intent_id=payment_intent_id,
-        code=_field(error, "code"),
-        decline_code=_field(error, "decline_code"),
-        message=_field(error, "message"),
+        **_read(error, "code", "decline_code", "message"),
         event_id=event_id,
     )
 
@@ -81,14 +66,12 @@ def canceled(
     )
 
 
-def rejected(payment_intent_id: str | None, error: RequestError | None) -> Failure:
+def rejected(payment_intent_id: str | None, error: StripeErrorFields | None) -> Failure:
     """`Payment.Rejected`: Stripe refused the request (an unknown customer, a bad parameter)."""
     return _json_failure(
         errors.REJECTED,
         payment_intent_id=payment_intent_id,
-        code=_field(error, "code"),
-        param=_field(error, "param"),
-        message=_field(error, "message"),
+        **_read(error, "code", "param", "message"),
     )
 
 
@@ -110,8 +93,8 @@ def _json_failure(error: str, **cause: str | None) -> Failure:
     return Failure(error, json.dumps(present, separators=(",", ":")))
 
 
-def _field(error: object, name: str) -> str | None:
+def _read(error: StripeErrorFields | None, *names: str) -> dict[str, str | None]:
     # Stripe leaves out what does not apply (no decline_code on an incorrect_cvc), and a
     # StripeObject raises AttributeError for a key its JSON did not carry.
-    value = getattr(error, name, None)
-    return None if value is None else str(value)
+    values = {name: getattr(error, name, None) for name in names}
+    return {name: None if value is None else str(value) for name, value in values.items()}

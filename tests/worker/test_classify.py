@@ -45,34 +45,36 @@ def test_card_error_fails_the_task_as_declined_with_codes() -> None:
 
 
 @pytest.mark.parametrize(
-    ("status", "code"),
-    [(400, "resource_missing"), (404, "resource_missing"), (400, "parameter_unknown")],
+    ("status", "code", "payment_intent"),
+    [
+        (400, "resource_missing", None),
+        (404, "resource_missing", None),
+        (400, "parameter_unknown", None),
+        # A confirm refused after the create made the PaymentIntent: the cause names it.
+        (400, "payment_method_unactivated", {"id": "pi_made", "object": "payment_intent"}),
+    ],
 )
-def test_refusals_fail_the_task_as_rejected(status: int, code: str) -> None:
+def test_refusals_fail_the_task_as_rejected(
+    status: int, code: str, payment_intent: dict[str, str] | None
+) -> None:
     exc = stripe_error(
-        stripe.InvalidRequestError, status, code=code, param="customer", message="No such customer"
+        stripe.InvalidRequestError,
+        status,
+        code=code,
+        param="customer",
+        message="No such customer",
+        payment_intent=payment_intent,
     )
     decision = classify(exc)
     assert isinstance(decision, FailTask)
     assert decision.error == errors.REJECTED
+    named = {"payment_intent_id": payment_intent["id"]} if payment_intent else {}
     assert causes.parse(decision.cause) == {
+        **named,
         "code": code,
         "param": "customer",
         "message": "No such customer",
     }
-
-
-def test_a_refusal_after_the_payment_intent_was_made_names_it() -> None:
-    exc = stripe_error(
-        stripe.InvalidRequestError,
-        400,
-        code="payment_method_unactivated",
-        message="The payment method is not activated.",
-        payment_intent={"id": "pi_made", "object": "payment_intent"},
-    )
-    decision = classify(exc)
-    assert isinstance(decision, FailTask)
-    assert causes.parse(decision.cause)["payment_intent_id"] == "pi_made"
 
 
 @pytest.mark.parametrize(
