@@ -10,7 +10,6 @@ by now, Step Functions says so and nothing changes.
 from __future__ import annotations
 
 import enum
-import json
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -21,7 +20,7 @@ import structlog
 from pydantic import ValidationError
 
 from paystep_common.logging import token_hash
-from statemachine import errors
+from statemachine import causes
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, decode_token
 from statemachine.models import PaymentOutcome, describe_validation_error
@@ -43,8 +42,7 @@ class Succeed:
 
 @dataclass(frozen=True)
 class Fail:
-    error: str
-    cause: str
+    failure: causes.Failure
     action: Literal["fail"] = "fail"
 
 
@@ -105,24 +103,11 @@ def _capturable(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
 
 
 def _payment_failed(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
-    error = pi.last_payment_error
-    cause = {
-        "payment_intent_id": pi.id,
-        "event_id": event.id,
-        "code": error.code if error else None,
-        "decline_code": error.decline_code if error else None,
-        "message": error.message if error else None,
-    }
-    return Fail(errors.DECLINED, _cause_json(cause))
+    return Fail(causes.declined(pi.id, pi.last_payment_error, event_id=event.id))
 
 
 def _canceled(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
-    cause = {
-        "payment_intent_id": pi.id,
-        "event_id": event.id,
-        "cancellation_reason": pi.cancellation_reason,
-    }
-    return Fail(errors.CANCELED, _cause_json(cause))
+    return Fail(causes.canceled(pi.id, pi.cancellation_reason, event_id=event.id))
 
 
 def _heartbeat(_event: StripeEvent, _pi: PaymentIntentSnapshot) -> Callback:
@@ -202,8 +187,8 @@ async def _send(callbacks: Callbacks, token: str, callback: Callback) -> Callbac
     match callback:
         case Succeed(output=output):
             return await callbacks.succeed(token, output)
-        case Fail(error=error, cause=cause):
-            return await callbacks.fail(token, error, cause)
+        case Fail(failure=failure):
+            return await callbacks.fail(token, failure.error, failure.cause)
         case Heartbeat():
             return await callbacks.heartbeat(token)
 
@@ -222,10 +207,6 @@ def _outcome(
         latest_charge=pi.latest_charge,
         event_id=event.id,
     )
-
-
-def _cause_json(cause: Mapping[str, object]) -> str:
-    return json.dumps({key: value for key, value in cause.items() if value is not None})
 
 
 def _context(pi: PaymentIntentSnapshot) -> dict[str, str]:

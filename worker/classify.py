@@ -13,7 +13,6 @@ dead-letter queue rather than failing customers' payments.
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from typing import Final
 import stripe
 from botocore.exceptions import BotoCoreError, ClientError
 
-from statemachine import errors
+from statemachine import causes
 from statemachine.callbacks import CallbackError
 from worker.errors import PoisonMessage, TaskFailure
 
@@ -67,9 +66,9 @@ def classify(exc: BaseException) -> Decision:
         case PoisonMessage():
             return DeadLetter(exc.reason)
         case TaskFailure():
-            return FailTask(exc.error, exc.cause)
+            return _fail(exc.failure)
         case stripe.CardError():
-            return FailTask(errors.DECLINED, _card_cause(exc))
+            return _fail(causes.declined(_payment_intent_id(exc), exc.error))
         case stripe.StripeError():
             return _classify_stripe(exc)
         case CallbackError():
@@ -104,7 +103,7 @@ def _classify_stripe(exc: stripe.StripeError) -> Decision:
         case _ if status >= 500 or status == 0:
             return Retry(f"stripe: server error {status}")
         case stripe.InvalidRequestError():
-            return FailTask(errors.REJECTED, _refusal_cause(exc))
+            return _fail(causes.rejected(_payment_intent_id(exc), exc.error))
         case _:
             return Retry(f"stripe: {type(exc).__name__} ({status})", expected=False)
 
@@ -117,25 +116,14 @@ def _code(exc: stripe.StripeError) -> str | None:
     return exc.code
 
 
-def _card_cause(exc: stripe.CardError) -> str:
-    error = exc.error
-    intent = error.payment_intent if error is not None else None
-    return json.dumps(
-        {
-            "code": exc.code,
-            "decline_code": error.decline_code if error is not None else None,
-            "message": exc.user_message,
-            "payment_intent_id": intent.id if intent is not None else None,
-        },
-        separators=(",", ":"),
-    )
+def _payment_intent_id(exc: stripe.StripeError) -> str | None:
+    # The PaymentIntent a confirm created before it failed, when there is one.
+    intent = exc.error.payment_intent if exc.error is not None else None
+    return intent.id if intent is not None else None
 
 
-def _refusal_cause(exc: stripe.InvalidRequestError) -> str:
-    return json.dumps(
-        {"code": exc.code, "param": exc.param, "message": exc.user_message},
-        separators=(",", ":"),
-    )
+def _fail(failure: causes.Failure) -> FailTask:
+    return FailTask(failure.error, failure.cause)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from statemachine.causes import Failure
+
 
 class PoisonMessage(Exception):
     """The message is not a task this worker can run (not JSON, no usable token).
@@ -17,9 +19,8 @@ class PoisonMessage(Exception):
 
 
 class TaskFailure(Exception):
-    """The task cannot succeed and retrying will not change that: fail it with `error`."""
+    """The task cannot succeed and retrying will not change that: fail it with `failure`."""
 
-    def __init__(self, error: str, cause: str) -> None:
-        super().__init__(f"{error}: {cause}")
-        self.error = error
-        self.cause = cause
+    def __init__(self, failure: Failure) -> None:
+        super().__init__(f"{failure.error}: {failure.cause}")
+        self.failure = failure

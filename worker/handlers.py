@@ -9,7 +9,6 @@ same message end in one PaymentIntent, one cancel, one refund.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ import stripe
 import structlog
 from pydantic import ValidationError
 
-from statemachine import errors
+from statemachine import causes
 from statemachine.callbacks import CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, encode_token
 from statemachine.models import (
@@ -163,7 +162,7 @@ def _payment_request(task: CreatePaymentTask) -> PaymentRequest:
     try:
         return task.payment_request()
     except ValidationError as exc:
-        raise TaskFailure(errors.INVALID_INPUT, describe_validation_error(exc)) from None
+        raise TaskFailure(causes.invalid_input(describe_validation_error(exc))) from None
 
 
 def payment_intent_params(
@@ -192,9 +191,10 @@ def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str
     """Caller metadata, order, execution, attempt, and the token split by the codec."""
     if len(task.execution_id) > STRIPE_METADATA_VALUE_MAX_CHARS:
         raise TaskFailure(
-            errors.INVALID_INPUT,
-            f"metadata: the execution id is {len(task.execution_id)} characters, "
-            f"Stripe holds {STRIPE_METADATA_VALUE_MAX_CHARS}",
+            causes.invalid_input(
+                f"metadata: the execution id is {len(task.execution_id)} characters, "
+                f"Stripe holds {STRIPE_METADATA_VALUE_MAX_CHARS}"
+            )
         )
     try:
         return encode_token(
@@ -207,7 +207,7 @@ def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str
             },
         )
     except TokenCodecError as exc:
-        raise TaskFailure(errors.INVALID_INPUT, f"metadata: {exc}") from None
+        raise TaskFailure(causes.invalid_input(f"metadata: {exc}")) from None
 
 
 def _adopt(intents: list[stripe.PaymentIntent]) -> str:
@@ -220,20 +220,7 @@ def _adopt(intents: list[stripe.PaymentIntent]) -> str:
         return "adopted"
     # It was declined and the failure never reached Step Functions: report it now, or the
     # execution would wait for a webhook that already came.
-    error = declined[0].last_payment_error
-    assert error is not None
-    raise TaskFailure(
-        errors.DECLINED,
-        json.dumps(
-            {
-                "code": error.code,
-                "decline_code": error.decline_code,
-                "message": error.message,
-                "payment_intent_id": declined[0].id,
-            },
-            separators=(",", ":"),
-        ),
-    )
+    raise TaskFailure(causes.declined(declined[0].id, declined[0].last_payment_error))
 
 
 def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import pytest
 import stripe
 
+from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.codec import PARTS_KEY
 from statemachine.models import PaymentOutcome
@@ -26,6 +26,7 @@ from webhook.mapping import (
 )
 
 TOKEN = "T" * 1500 + "end"
+EVENT_ID = "evt_planned"
 WAITING = Waiting("arn:aws:states:us-east-1:1:execution:m:ord_1", "ord_1", TOKEN, 1)
 
 
@@ -49,14 +50,15 @@ class FakeCallbacks:
         return await self._answer(("succeed", token, output))
 
     async def fail(self, token: str, error: str, cause: str) -> CallbackResult:
-        return await self._answer(("fail", token, (error, json.loads(cause))))
+        return await self._answer(("fail", token, (error, causes.parse(cause))))
 
     async def heartbeat(self, token: str) -> CallbackResult:
         return await self._answer(("heartbeat", token, None))
 
 
 def planned(event_type: str, **pi_fields: Any) -> Plan | Ignore:
-    return plan(parse_event(event(event_type, payment_intent(WAITING, **pi_fields))))
+    evt = event(event_type, payment_intent(WAITING, **pi_fields))
+    return plan(parse_event({**evt, "id": EVENT_ID}))
 
 
 def test_succeeded_plans_success_with_the_payment_of_the_snapshot() -> None:
@@ -113,20 +115,28 @@ def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:
     )
 
     assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
-    assert decision.callback.error == "Payment.Declined"
-    cause = json.loads(decision.callback.cause)
-    assert (cause["code"], cause["decline_code"], cause["message"]) == (
-        "card_declined",
-        "stolen_card",
-        "Your card was declined.",
-    )
+    assert decision.callback.failure.error == errors.DECLINED
+    assert causes.parse(decision.callback.failure.cause) == {
+        "payment_intent_id": decision.payment_intent.id,
+        "code": "card_declined",
+        "decline_code": "stolen_card",
+        "message": "Your card was declined.",
+        "event_id": EVENT_ID,
+    }
 
 
 def test_canceled_plans_a_canceled_failure() -> None:
-    decision = planned("payment_intent.canceled", status="canceled")
+    decision = planned(
+        "payment_intent.canceled", status="canceled", cancellation_reason="abandoned"
+    )
 
     assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
-    assert decision.callback.error == "Payment.Canceled"
+    assert decision.callback.failure.error == errors.CANCELED
+    assert causes.parse(decision.callback.failure.cause) == {
+        "payment_intent_id": decision.payment_intent.id,
+        "cancellation_reason": "abandoned",
+        "event_id": EVENT_ID,
+    }
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import stripe
 from botocore.exceptions import EndpointConnectionError
 
-from statemachine import errors
+from statemachine import causes, errors
 from statemachine.callbacks import CallbackError
 from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
 from worker.errors import PoisonMessage, TaskFailure
@@ -36,26 +36,45 @@ def test_card_error_fails_the_task_as_declined_with_codes() -> None:
     decision = classify(exc)
     assert isinstance(decision, FailTask)
     assert decision.error == errors.DECLINED
-    assert json.loads(decision.cause) == {
+    assert causes.parse(decision.cause) == {
+        "payment_intent_id": "pi_123",
         "code": "card_declined",
         "decline_code": "insufficient_funds",
         "message": "Your card has insufficient funds.",
-        "payment_intent_id": "pi_123",
     }
 
 
 @pytest.mark.parametrize(
-    ("status", "code"),
-    [(400, "resource_missing"), (404, "resource_missing"), (400, "parameter_unknown")],
+    ("status", "code", "payment_intent"),
+    [
+        (400, "resource_missing", None),
+        (404, "resource_missing", None),
+        (400, "parameter_unknown", None),
+        # A confirm refused after the create made the PaymentIntent: the cause names it.
+        (400, "payment_method_unactivated", {"id": "pi_made", "object": "payment_intent"}),
+    ],
 )
-def test_refusals_fail_the_task_as_rejected(status: int, code: str) -> None:
+def test_refusals_fail_the_task_as_rejected(
+    status: int, code: str, payment_intent: dict[str, str] | None
+) -> None:
     exc = stripe_error(
-        stripe.InvalidRequestError, status, code=code, param="customer", message="No such customer"
+        stripe.InvalidRequestError,
+        status,
+        code=code,
+        param="customer",
+        message="No such customer",
+        payment_intent=payment_intent,
     )
     decision = classify(exc)
     assert isinstance(decision, FailTask)
     assert decision.error == errors.REJECTED
-    assert json.loads(decision.cause)["code"] == code
+    named = {"payment_intent_id": payment_intent["id"]} if payment_intent else {}
+    assert causes.parse(decision.cause) == {
+        **named,
+        "code": code,
+        "param": "customer",
+        "message": "No such customer",
+    }
 
 
 @pytest.mark.parametrize(
@@ -91,7 +110,7 @@ def test_unknown_errors_retry_and_are_flagged_unexpected() -> None:
 
 
 def test_task_failures_and_poison() -> None:
-    assert classify(TaskFailure(errors.INVALID_INPUT, "amount: bad")) == FailTask(
+    assert classify(TaskFailure(causes.invalid_input("amount: bad"))) == FailTask(
         errors.INVALID_INPUT, "amount: bad"
     )
     assert classify(PoisonMessage("body is not JSON")) == DeadLetter("body is not JSON")

@@ -16,7 +16,7 @@ from typing import Any
 
 import stripe
 
-from statemachine import errors
+from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.models import Task
 from worker.classify import Backoff
@@ -253,7 +253,7 @@ async def test_task_failure_is_reported_then_deleted() -> None:
     callbacks = RecordingCallbacks()
 
     async def handler(task: Task, message: Message) -> str:
-        raise TaskFailure(errors.INVALID_INPUT, "amount: Input should be greater than 0")
+        raise TaskFailure(causes.invalid_input("amount: Input should be greater than 0"))
 
     worker = consumer(sqs, handler, callbacks=callbacks)
     loop = asyncio.create_task(worker.run())
@@ -269,7 +269,7 @@ async def test_a_failure_step_functions_did_not_take_is_retried() -> None:
     callbacks = RecordingCallbacks(fail_error=CallbackError("throttled", code="Throttling"))
 
     async def handler(task: Task, message: Message) -> str:
-        raise TaskFailure(errors.DECLINED, "{}")
+        raise TaskFailure(causes.declined(None, None))
 
     worker = consumer(sqs, handler, callbacks=callbacks)
     loop = asyncio.create_task(worker.run())

@@ -22,7 +22,7 @@ import pytest
 import stripe
 
 from paystep_local.fake_stripe import FakeStripe, Fault
-from statemachine import errors
+from statemachine import causes, errors
 from statemachine.callbacks import CallbackResult
 from statemachine.models import CreatePaymentTask
 from tests.conftest import Deployer
@@ -189,6 +189,6 @@ async def test_a_day_old_message_reports_a_decline_nobody_reported() -> None:
     stub, callbacks = StubStripe(found=[declined]), StubCallbacks()
     with pytest.raises(TaskFailure) as failure:
         await handlers(stub, callbacks, now).create_payment(task, sent(24 * HOUR_S, now))
-    assert failure.value.error == errors.DECLINED
-    assert json.loads(failure.value.cause)["decline_code"] == "insufficient_funds"
+    assert failure.value.failure.error == errors.DECLINED
+    assert causes.parse(failure.value.failure.cause)["decline_code"] == "insufficient_funds"
     assert stub.calls == ["search"]

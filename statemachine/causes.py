@@ -1,0 +1,100 @@
+"""Every failure the worker and the webhook report: a contract error name and its cause.
+
+A decline reaches Step Functions from the worker (a CardError on create, or a
+declined PaymentIntent found when a late message is adopted) or from the
+webhook (`payment_intent.payment_failed`), whichever comes first; that one is
+what the execution ends with and what the decline notice publishes. So each
+error has one builder here, fed with Stripe's own fields, and every JSON cause
+follows one rule: keys in the builder's order, None values left out, compact
+separators. The webhook adds the `event_id` it acted on, last.
+
+`Payment.InvalidInput` keeps a plain-text cause that names the field, as the
+README promises callers.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from statemachine import errors
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """What SendTaskFailure sends: `error` from `statemachine.errors`, `cause` saying why."""
+
+    error: str
+    cause: str
+
+
+class StripeErrorFields(Protocol):
+    """Stripe's error object: a StripeError's `error`, a PaymentIntent's `last_payment_error`.
+
+    `decline_code` and `param` are read too, where the object has them.
+    """
+
+    @property
+    def code(self) -> str | None: ...
+
+    @property
+    def message(self) -> str | None: ...
+
+
+def declined(
+    payment_intent_id: str | None, error: StripeErrorFields | None, *, event_id: str | None = None
+) -> Failure:
+    """`Payment.Declined`: the PaymentIntent's payment failed, with Stripe's codes."""
+    return _json_failure(
+        errors.DECLINED,
+        payment_intent_id=payment_intent_id,
+        **_read(error, "code", "decline_code", "message"),
+        event_id=event_id,
+    )
+
+
+def canceled(
+    payment_intent_id: str, cancellation_reason: str | None, *, event_id: str | None = None
+) -> Failure:
+    """`Payment.Canceled`: the PaymentIntent was canceled (by whom: `cancellation_reason`)."""
+    return _json_failure(
+        errors.CANCELED,
+        payment_intent_id=payment_intent_id,
+        cancellation_reason=cancellation_reason,
+        event_id=event_id,
+    )
+
+
+def rejected(payment_intent_id: str | None, error: StripeErrorFields | None) -> Failure:
+    """`Payment.Rejected`: Stripe refused the request (an unknown customer, a bad parameter)."""
+    return _json_failure(
+        errors.REJECTED,
+        payment_intent_id=payment_intent_id,
+        **_read(error, "code", "param", "message"),
+    )
+
+
+def invalid_input(reason: str) -> Failure:
+    """`Payment.InvalidInput`: `reason` names the field; no Stripe call was made."""
+    return Failure(errors.INVALID_INPUT, reason)
+
+
+def parse(cause: str) -> dict[str, Any]:
+    """The fields of a JSON cause built here; raises `ValueError` for any other text."""
+    fields = json.loads(cause)
+    if not isinstance(fields, dict):
+        raise ValueError(f"a cause is a JSON object, got {type(fields).__name__}")
+    return fields
+
+
+def _json_failure(error: str, **cause: str | None) -> Failure:
+    present = {key: value for key, value in cause.items() if value is not None}
+    return Failure(error, json.dumps(present, separators=(",", ":")))
+
+
+def _read(error: StripeErrorFields | None, *names: str) -> dict[str, str | None]:
+    # Stripe leaves out what does not apply (no decline_code on an incorrect_cvc), and a
+    # StripeObject raises AttributeError for a key its JSON did not carry.
+    values = {name: getattr(error, name, None) for name in names}
+    return {name: None if value is None else str(value) for name, value in values.items()}
