@@ -37,19 +37,6 @@ ALARM_TOPIC: Final = "AlarmTopic"
 ALERT_TOPIC_POLICY: Final = "ErrorAlertsTopicPolicy"
 
 
-@dataclass(frozen=True)
-class Block:
-    """Generated lines between a begin and an end marker line of one file."""
-
-    path: Path
-    begin: str
-    end: str
-    source: str
-    """What the block is made from, for the message when it is stale."""
-    render: Callable[[int], str]
-    """The block's lines, given the indent of the begin marker."""
-
-
 def as_yaml(document: dict[str, Any], indent: int) -> str:
     text = yaml.safe_dump(
         document,
@@ -167,6 +154,19 @@ def errors_table(indent: int) -> str:
     rows = ["| error | when |", "| --- | --- |"]
     rows += [f"| `{error.name}` | {error.when} |" for error in ERRORS]
     return "".join(" " * indent + row + "\n" for row in rows)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Generated lines between a begin and an end marker line of one file."""
+
+    path: Path
+    begin: str
+    end: str
+    source: str
+    """What the block is made from, for the message when it is stale."""
+    render: Callable[[int], str]
+    """The block's lines, given the indent of the begin marker."""
 
 
 BLOCKS: Final = (
