@@ -3,15 +3,32 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint bench bench-quick clean
+.PHONY: demo dev test lint lock bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Exactly the pinned, hashed set (the image installs requirements.lock, the runtime
+# part of it), then the project itself with nothing resolved again.
+$(VENV)/.installed: requirements-dev.lock requirements.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $@
+
+# Both locks from pyproject.toml, for the image's platform (Debian bookworm, x86_64).
+# The runtime lock is wheels only (the image never compiles); the dev lock is the
+# runtime lock plus the dev extra, constrained to the very same runtime pins. A pin
+# already in a lock is kept unless pyproject.toml rules it out: `make lock` after
+# editing dependencies, `make lock LOCK_FLAGS=--upgrade` to move every pin to the
+# newest release that fits (LOCK_FLAGS='--upgrade-package stripe' for one).
+UV_COMPILE := $(BIN)/uv pip compile pyproject.toml --quiet --generate-hashes \
+	--python-version 3.11 --python-platform x86_64-manylinux_2_36 \
+	--custom-compile-command 'make lock' $(LOCK_FLAGS)
+
+lock: $(VENV)/.installed
+	$(UV_COMPILE) --only-binary :all: -o requirements.lock
+	$(UV_COMPILE) --extra dev --constraint requirements.lock -o requirements-dev.lock
 
 demo: $(VENV)/.installed
 	$(BIN)/paystep demo

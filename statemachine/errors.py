@@ -1,31 +1,54 @@
 """Error names an execution can end with (the `error` of a failed execution).
 
-These strings are part of the contract: callers match on them.
+These strings are part of the contract: callers match on them. `ERRORS` is the one
+list of them: `deploy/aws/build.py` writes the README's table of failed-execution
+errors and the CloudFormation alerts of the errors a person must act on from it.
 """
 
+from dataclasses import dataclass
 from typing import Final
 
 INVALID_INPUT: Final = "Payment.InvalidInput"
-"""The execution input fails validation; no Stripe call was made."""
-
 REJECTED: Final = "Payment.Rejected"
-"""Stripe refused the request (unknown customer, bad payment method, ...)."""
-
 DECLINED: Final = "Payment.Declined"
-"""The payment failed and no retry is left."""
-
 CANCELED: Final = "Payment.Canceled"
-"""The PaymentIntent was canceled."""
-
 TIMED_OUT: Final = "Payment.TimedOut"
-"""No outcome before the wait's timeout; the PaymentIntent was canceled."""
-
 UNFULFILLABLE: Final = "Order.Unfulfillable"
-"""The payment succeeded but fulfilment failed; the payment was refunded."""
-
 REFUND_FAILED: Final = "Payment.RefundFailed"
-"""Fulfilment failed and the refund could not be made: a person must act."""
 
-CONTRACT_ERRORS: Final = frozenset(
-    {INVALID_INPUT, REJECTED, DECLINED, CANCELED, TIMED_OUT, UNFULFILLABLE, REFUND_FAILED}
+
+@dataclass(frozen=True)
+class ContractError:
+    name: str
+    when: str
+    """When an execution ends with it, as the README's table says it (Markdown)."""
+    alert: bool = False
+    """A person must act: every such failure notifies the alarm topic."""
+
+
+ERRORS: Final = (
+    ContractError(
+        INVALID_INPUT, "the input fails validation (the cause names the field); no Stripe call"
+    ),
+    ContractError(
+        REJECTED, "Stripe refused the request (unknown customer, bad payment method, ...)"
+    ),
+    ContractError(DECLINED, "the payment failed and no retry is left"),
+    ContractError(CANCELED, "the PaymentIntent was canceled"),
+    ContractError(
+        TIMED_OUT, "no outcome before the wait's timeout; the PaymentIntent was canceled"
+    ),
+    ContractError(
+        UNFULFILLABLE,
+        "the payment succeeded but fulfilment failed (out of stock, order already paid); "
+        "it was refunded",
+    ),
+    ContractError(
+        REFUND_FAILED,
+        "fulfilment failed and the refund could not be made: a person must act",
+        alert=True,
+    ),
 )
+"""Every contract error, in the order the README lists them."""
+
+CONTRACT_ERRORS: Final = frozenset(error.name for error in ERRORS)

@@ -1,34 +1,45 @@
-"""Write the payment state machine's definition into the CloudFormation template.
+"""Write what is derived from the contract into the template and the README.
 
 `statemachine/payment.asl.json` is the one source of the flow. The template carries
 it as `Definition:` (YAML, so cfn-lint validates it as ASL, which it cannot do inside
 a `DefinitionString: !Sub` string), between two marker comments; its `${...}`
 placeholders are filled by `DefinitionSubstitutions` at deploy time.
 
-    python deploy/aws/build.py           # rewrite the block
-    python deploy/aws/build.py --check   # exit 1 if the template is out of date (CI)
+`statemachine/errors.py` is the one list of the errors an execution ends with. From
+it come the README's table of them and, for each error a person must act on, an
+EventBridge rule that sends every such failure to the alarm topic.
+
+    python deploy/aws/build.py           # rewrite the generated blocks
+    python deploy/aws/build.py --check   # exit 1 if one is out of date (CI)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from statemachine.asl import load_definition
+from statemachine.errors import ERRORS, ContractError
 
-TEMPLATE: Final = Path(__file__).resolve().parent / "paystep.yaml"
-BEGIN: Final = "# BEGIN GENERATED DEFINITION"
-END: Final = "# END GENERATED DEFINITION"
+REPO: Final = Path(__file__).resolve().parents[2]
+TEMPLATE: Final = REPO / "deploy" / "aws" / "paystep.yaml"
+README: Final = REPO / "README.md"
+STATE_MACHINE: Final = "PaymentStateMachine"
+ALARM_TOPIC: Final = "AlarmTopic"
+ALERT_TOPIC_POLICY: Final = "ErrorAlertsTopicPolicy"
 
 
-def definition_block(definition: dict[str, Any], indent: int) -> str:
-    """`Definition:` and the document as YAML, indented to sit under `Properties:`."""
+def as_yaml(document: dict[str, Any], indent: int) -> str:
     text = yaml.safe_dump(
-        {"Definition": definition},
+        document,
         sort_keys=False,
         default_flow_style=False,
         allow_unicode=True,
@@ -38,35 +49,186 @@ def definition_block(definition: dict[str, Any], indent: int) -> str:
     return "".join(pad + line if line.strip() else line for line in text.splitlines(True))
 
 
-def render(template: str, definition: dict[str, Any]) -> str:
-    lines = template.splitlines(True)
-    begin = next((i for i, line in enumerate(lines) if line.strip().startswith(BEGIN)), None)
-    end = next((i for i, line in enumerate(lines) if line.strip().startswith(END)), None)
+def definition_block(indent: int) -> str:
+    """`Definition:` and the document as YAML, indented to sit under `Properties:`."""
+    return as_yaml({"Definition": load_definition()}, indent)
+
+
+def alert_resource_name(error: ContractError) -> str:
+    return "Alert" + re.sub(r"[^A-Za-z0-9]", "", error.name)
+
+
+def alert_rule(error: ContractError) -> dict[str, Any]:
+    """Every execution of the state machine that fails with `error`, to the alarm topic.
+
+    The state machine's ExecutionsFailed metric counts failures of every error alike,
+    and most are ordinary outcomes (a declined card); the execution status change
+    event names the error, so the rule can pick the ones that need a person.
+    https://docs.aws.amazon.com/step-functions/latest/dg/eventbridge-integration.html
+    """
+    # Only the execution ARN and the error name: the alarm topic is not encrypted with
+    # a customer key, so the cause (Stripe's message) stays in the execution history.
+    message = (
+        f"{error.name}: {error.when}. Execution <execution> "
+        "(aws stepfunctions describe-execution --execution-arn <execution>)."
+    )
+    return {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Description": f"Executions that fail with {error.name}: a person must act.",
+            "EventPattern": {
+                "source": ["aws.states"],
+                "detail-type": ["Step Functions Execution Status Change"],
+                "detail": {
+                    "status": ["FAILED"],
+                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
+                    "error": [error.name],
+                },
+            },
+            "Targets": [
+                {
+                    "Id": "alarm-topic",
+                    "Arn": {"Ref": ALARM_TOPIC},
+                    "InputTransformer": {
+                        "InputPathsMap": {"execution": "$.detail.executionArn"},
+                        "InputTemplate": json.dumps(message),
+                    },
+                }
+            ],
+        },
+    }
+
+
+def alerts_topic_policy(rules: Sequence[str]) -> dict[str, Any]:
+    """EventBridge may publish to the alarm topic, for these rules only.
+
+    A topic policy replaces the topic's default one, so it names the stack's
+    CloudWatch alarms too (their names start with the stack's `Name`).
+    """
+
+    def publish(sid: str, service: str, condition: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "Sid": sid,
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sns:Publish",
+            "Resource": {"Ref": ALARM_TOPIC},
+            "Condition": condition,
+        }
+
+    alarms = "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${Name}-*"
+    rule_arns = [{"Fn::GetAtt": [rule, "Arn"]} for rule in rules]
+    return {
+        "Type": "AWS::SNS::TopicPolicy",
+        "Properties": {
+            "Topics": [{"Ref": ALARM_TOPIC}],
+            "PolicyDocument": {
+                "Version": "2012-10-17",
+                "Statement": [
+                    publish(
+                        "Alarms",
+                        "cloudwatch.amazonaws.com",
+                        {"ArnLike": {"aws:SourceArn": {"Fn::Sub": alarms}}},
+                    ),
+                    publish(
+                        "ErrorAlerts",
+                        "events.amazonaws.com",
+                        {"ArnEquals": {"aws:SourceArn": rule_arns}},
+                    ),
+                ],
+            },
+        },
+    }
+
+
+def alerts_block(indent: int) -> str:
+    """The alert resources, indented to sit under `Resources:`."""
+    rules = {alert_resource_name(error): alert_rule(error) for error in ERRORS if error.alert}
+    if not rules:
+        return ""
+    return as_yaml({**rules, ALERT_TOPIC_POLICY: alerts_topic_policy(list(rules))}, indent)
+
+
+def errors_table(indent: int) -> str:
+    """The README's table of the errors a failed execution ends with."""
+    rows = ["| error | when |", "| --- | --- |"]
+    rows += [f"| `{error.name}` | {error.when} |" for error in ERRORS]
+    return "".join(" " * indent + row + "\n" for row in rows)
+
+
+@dataclass(frozen=True)
+class Block:
+    """Generated lines between a begin and an end marker line of one file."""
+
+    path: Path
+    begin: str
+    end: str
+    source: str
+    """What the block is made from, for the message when it is stale."""
+    render: Callable[[int], str]
+    """The block's lines, given the indent of the begin marker."""
+
+
+BLOCKS: Final = (
+    Block(
+        TEMPLATE,
+        "# BEGIN GENERATED DEFINITION",
+        "# END GENERATED DEFINITION",
+        "statemachine/payment.asl.json",
+        definition_block,
+    ),
+    Block(
+        TEMPLATE,
+        "# BEGIN GENERATED ERROR ALERTS",
+        "# END GENERATED ERROR ALERTS",
+        "statemachine/errors.py",
+        alerts_block,
+    ),
+    Block(
+        README,
+        "<!-- errors:begin -->",
+        "<!-- errors:end -->",
+        "statemachine/errors.py",
+        errors_table,
+    ),
+)
+
+
+def render(text: str, block: Block) -> str:
+    """`text` with the lines between the block's markers generated anew."""
+    lines = text.splitlines(True)
+    begin = next((i for i, line in enumerate(lines) if line.strip().startswith(block.begin)), None)
+    end = next((i for i, line in enumerate(lines) if line.strip().startswith(block.end)), None)
     if begin is None or end is None or end < begin:
-        raise SystemExit(f"{TEMPLATE}: markers {BEGIN!r} ... {END!r} not found in order")
+        raise SystemExit(f"{block.path}: markers {block.begin!r} ... {block.end!r} not in order")
     indent = len(lines[begin]) - len(lines[begin].lstrip())
-    block = definition_block(definition, indent)
-    return "".join([*lines[: begin + 1], block, *lines[end:]])
+    return "".join([*lines[: begin + 1], block.render(indent), *lines[end:]])
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="fail if the template is stale")
+    parser.add_argument("--check", action="store_true", help="fail if a block is stale")
     args = parser.parse_args(argv)
-    current = TEMPLATE.read_text("utf-8")
-    wanted = render(current, load_definition())
-    if current == wanted:
-        return 0
-    if args.check:
-        print(
-            f"{TEMPLATE.name} is out of date with statemachine/payment.asl.json: "
-            "run python deploy/aws/build.py",
-            file=sys.stderr,
-        )
-        return 1
-    TEMPLATE.write_text(wanted, "utf-8")
-    print(f"wrote the definition into {TEMPLATE}")
-    return 0
+    stale = 0
+    for path in dict.fromkeys(block.path for block in BLOCKS):
+        current = path.read_text("utf-8")
+        wanted = current
+        for block in BLOCKS:
+            if block.path != path:
+                continue
+            updated = render(wanted, block)
+            if updated != wanted and args.check:
+                stale += 1
+                print(
+                    f"{path.name}: the block {block.begin!r} is out of date with "
+                    f"{block.source}: run python deploy/aws/build.py",
+                    file=sys.stderr,
+                )
+            wanted = updated
+        if wanted != current and not args.check:
+            path.write_text(wanted, "utf-8")
+            print(f"wrote {path.relative_to(REPO)}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

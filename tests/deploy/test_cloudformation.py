@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
+from types import ModuleType
 from typing import Any, Final
 
 import pytest
 
 from statemachine import deploy as imperative
+from statemachine import errors
 from statemachine.asl import load_definition, placeholders
 from tests.deploy.tools import REPO, explain, load_template, require_tool, run
 
@@ -17,6 +20,7 @@ TEMPLATE: Final = REPO / "deploy" / "aws" / "paystep.yaml"
 ASL_FILE: Final = REPO / "statemachine" / "payment.asl.json"
 OVERLAYS: Final = REPO / "deploy" / "k8s" / "overlays"
 SEND_TASK: Final = {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"}
+BUILD: Final = REPO / "deploy" / "aws" / "build.py"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +75,68 @@ def test_state_machine_carries_the_asl_file(template: dict[str, Any]) -> None:
 def test_generator_reports_no_drift() -> None:
     result = run([sys.executable, str(REPO / "deploy" / "aws" / "build.py"), "--check"])
     assert result.returncode == 0, explain(result)
+
+
+@pytest.fixture
+def build(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    """deploy/aws/build.py as a module (deploy/ is not a package)."""
+    spec = importlib.util.spec_from_file_location("paystep_deploy_build", BUILD)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    # dataclasses resolve the module's annotations through sys.modules.
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_lists_every_contract_error_in_order() -> None:
+    readme = (REPO / "README.md").read_text("utf-8")
+    table = readme.split("<!-- errors:begin -->\n", 1)[1].split("<!-- errors:end -->", 1)[0]
+    rows = [line.split("|")[1:3] for line in table.splitlines()[2:]]
+    assert [(name.strip().strip("`"), when.strip()) for name, when in rows] == [
+        (error.name, error.when) for error in errors.ERRORS
+    ]
+
+
+def test_each_alert_error_notifies_the_alarm_topic(template: dict[str, Any]) -> None:
+    rules = resources(template, "AWS::Events::Rule")
+    by_error = {
+        error: name
+        for name, rule in rules.items()
+        for error in rule["Properties"]["EventPattern"]["detail"]["error"]
+    }
+    assert set(by_error) == {error.name for error in errors.ERRORS if error.alert}
+    assert errors.REFUND_FAILED in by_error
+    for rule in rules.values():
+        properties = rule["Properties"]
+        assert properties["EventPattern"]["detail"]["status"] == ["FAILED"]
+        assert properties["EventPattern"]["detail"]["stateMachineArn"] == [
+            {"Ref": "PaymentStateMachine"}
+        ]
+        [target] = properties["Targets"]
+        assert target["Arn"] == {"Ref": "AlarmTopic"}
+    [policy] = resources(template, "AWS::SNS::TopicPolicy").values()
+    assert policy["Properties"]["Topics"] == [{"Ref": "AlarmTopic"}]
+    by_service = {
+        statement["Principal"]["Service"]: statement
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]
+    }
+    allowed = by_service["events.amazonaws.com"]["Condition"]["ArnEquals"]["aws:SourceArn"]
+    assert allowed == [{"Fn::GetAtt": [name, "Arn"]} for name in rules]
+    # The policy replaces the topic's default one: the CloudWatch alarms keep their way in.
+    assert "cloudwatch.amazonaws.com" in by_service
+
+
+@pytest.mark.parametrize("alert", [False, True])
+def test_generator_reports_a_new_error_as_drift(
+    build: ModuleType, monkeypatch: pytest.MonkeyPatch, alert: bool
+) -> None:
+    added = errors.ContractError("Payment.Disputed", "the customer disputed it", alert=alert)
+    monkeypatch.setattr(build, "ERRORS", (*errors.ERRORS, added))
+    assert build.main(["--check"]) == 1
+    readme, alerts = build.BLOCKS[2], build.BLOCKS[1]
+    assert "| `Payment.Disputed` | the customer disputed it |" in readme.render(0)
+    assert ("Payment.Disputed" in alerts.render(2)) is alert
 
 
 def test_queues_match_paystep_deploy(template: dict[str, Any]) -> None:

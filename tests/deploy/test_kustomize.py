@@ -8,7 +8,6 @@ TriggerAuthentication.
 from __future__ import annotations
 
 import copy
-import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
 from tests.deploy.conftest import OVERLAYS, Manifest, by_kind, one
-from tests.deploy.tools import INSTALL_HINT, REPO, explain, require_tool, run
+from tests.deploy.tools import INSTALL_HINT, explain, require_tool, run
 from webhook.reconcile import parse_duration
 
 KUBERNETES_VERSION: Final = "1.30"
@@ -30,10 +29,8 @@ WORKLOADS: Final = ("worker", "webhook", "reconcile")
 # Stripe retries a failed delivery for up to three days: reconciliation looks that far back.
 STRIPE_RETRY_WINDOW_S: Final = 72 * 3600
 IMDS: Final = "169.254.169.254/32"
-
-
-def keda_schema_dir() -> Path:
-    return Path(os.environ.get("PAYSTEP_KEDA_SCHEMAS", REPO.parent / "shared" / "schemas" / "keda"))
+# KEDA's own CRDs, copied into the repository (README.md there says from where).
+KEDA_SCHEMAS: Final = Path(__file__).resolve().parent / "schemas" / "keda"
 
 
 def config_of(docs: list[Manifest]) -> dict[str, str]:
@@ -129,7 +126,7 @@ def strict(schema: Any) -> Any:
 def keda_schemas() -> dict[tuple[str, str], Any]:
     """(apiVersion, kind) -> the strict openAPIV3Schema of that CRD version."""
     schemas: dict[tuple[str, str], Any] = {}
-    for path in sorted(keda_schema_dir().glob("*.yaml")):
+    for path in sorted(KEDA_SCHEMAS.glob("*.yaml")):
         crd = yaml.safe_load(path.read_text("utf-8"))
         if not isinstance(crd, dict) or crd.get("kind") != "CustomResourceDefinition":
             continue
@@ -142,11 +139,6 @@ def keda_schemas() -> dict[tuple[str, str], Any]:
 
 def keda_errors(doc: Manifest) -> list[str]:
     """Schema violations of one KEDA object, as readable lines."""
-    if not keda_schema_dir().is_dir():
-        pytest.skip(
-            f"KEDA CRD schemas not found at {keda_schema_dir()}: "
-            "set PAYSTEP_KEDA_SCHEMAS to the folder holding keda.sh_*.yaml"
-        )
     try:
         import jsonschema  # type: ignore[import-untyped,unused-ignore]
     except ImportError:
