@@ -25,7 +25,7 @@ from paystep_common.logging import configure_logging
 from paystep_common.metrics import probe, start_metrics_server
 from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from statemachine.callbacks import Callbacks
-from worker.classify import Backoff
+from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.handlers import Handlers
 from worker.limiter import AdaptiveLimit
@@ -108,7 +108,9 @@ async def run(settings: WorkerSettings) -> int:
             callbacks,
             concurrency=settings.worker_concurrency,
             shutdown_grace_s=settings.worker_shutdown_grace_s,
-            backoff=Backoff(base_s=settings.worker_retry_base_s, max_s=settings.worker_retry_max_s),
+            retry=RetryPolicy(
+                Backoff(base_s=settings.worker_retry_base_s, max_s=settings.worker_retry_max_s)
+            ),
             metrics=metrics,
         )
         runner = await start_metrics_server(

@@ -19,7 +19,7 @@ import stripe
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.models import Task
-from worker.classify import Backoff
+from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.errors import TaskFailure
 from worker.metrics import Metrics
@@ -151,7 +151,7 @@ def consumer(
         callbacks or RecordingCallbacks(),  # type: ignore[arg-type]
         concurrency=concurrency,
         shutdown_grace_s=grace_s,
-        backoff=Backoff(base_s=10, max_s=60, random=lambda: 0.0),
+        retry=RetryPolicy(Backoff(base_s=10, max_s=60, random=lambda: 0.0)),
         metrics=metrics,
     )
 
