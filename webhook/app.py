@@ -57,7 +57,7 @@ def create_app(
 
 
 def sfn_config(settings: WebhookSettings) -> AioConfig:
-    """The CALLBACKS_WEBHOOK profile (standard retries, why there) as the settings tune it."""
+    """The CALLBACKS_WEBHOOK profile (standard retries; it says why), tuned by the settings."""
     return aws_config(
         replace(
             CALLBACKS_WEBHOOK,
