@@ -12,6 +12,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from paystep_common.clients import aws_config, aws_session
+from paystep_common.retry import CONTROL_PLANE
 from statemachine.models import PaymentRequest, describe_validation_error
 
 POLL_INTERVAL_S: Final = 0.5
@@ -96,7 +97,7 @@ async def pay(
     one execution.
     """
     name = execution_name or request.order_id
-    async with aws_session().client("stepfunctions", config=aws_config()) as sfn:
+    async with aws_session().client("stepfunctions", config=aws_config(CONTROL_PLANE)) as sfn:
         try:
             started = await sfn.start_execution(
                 stateMachineArn=state_machine_arn,

@@ -1,20 +1,19 @@
 """Client factories: one aioboto3 session and one Stripe client per process.
 
 Endpoints and region come from the standard AWS environment (`AWS_ENDPOINT_URL`,
-`AWS_DEFAULT_REGION`); the Stripe base address only from settings.
+`AWS_DEFAULT_REGION`); the Stripe base address only from settings. Retries,
+timeouts and pool sizes come from a named profile in `paystep_common.retry`.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import aioboto3
+import aiohttp
 import stripe
 from aiobotocore.config import AioConfig
 
+from paystep_common.retry import ClientProfile, StripeProfile
 from paystep_common.settings import StripeSettings
-
-RetryMode = Literal["standard", "adaptive"]
 
 
 def aws_session() -> aioboto3.Session:
@@ -22,28 +21,26 @@ def aws_session() -> aioboto3.Session:
     return aioboto3.Session()
 
 
-def aws_config(
-    *, retry_mode: RetryMode = "adaptive", max_attempts: int = 5, max_pool_connections: int = 50
-) -> AioConfig:
-    """SDK config: adaptive retries slow the client down when AWS throttles it."""
+def aws_config(profile: ClientProfile) -> AioConfig:
+    """The SDK config of `profile`; `total_max_attempts` counts the first attempt too."""
     return AioConfig(
-        retries={"mode": retry_mode, "max_attempts": max_attempts},
-        max_pool_connections=max_pool_connections,
+        retries={"mode": profile.mode, "total_max_attempts": profile.total_attempts},
+        connect_timeout=profile.connect_timeout_s,
+        read_timeout=profile.read_timeout_s,
+        max_pool_connections=profile.max_pool_connections,
     )
 
 
 def stripe_client(
     settings: StripeSettings,
+    profile: StripeProfile,
     *,
-    max_network_retries: int = 0,
-    http_client: stripe.HTTPClient | None = None,
+    session: aiohttp.ClientSession | None = None,
 ) -> stripe.StripeClient:
     """An async-capable StripeClient; never the global `stripe.api_key`.
 
-    Network retries default to 0: callers own their retry policy (the worker
-    retries through SQS visibility, the webhook through Stripe's redelivery).
-    `http_client` lets a caller size and own the connection pool (the worker keeps
-    as many connections as tasks in flight; aiohttp's default is 100).
+    `session` lets a caller size and own the connection pool (the worker keeps as
+    many connections as tasks in flight; aiohttp's default is 100).
     """
     base_addresses: dict[str, str] = {}
     if settings.stripe_api_base:
@@ -55,6 +52,9 @@ def stripe_client(
     return stripe.StripeClient(
         settings.stripe_api_key.get_secret_value(),
         base_addresses=base_addresses,  # type: ignore[arg-type]
-        http_client=http_client or stripe.AIOHTTPClient(timeout=settings.stripe_timeout_s),
-        max_network_retries=max_network_retries,
+        http_client=stripe.AIOHTTPClient(
+            session=session, timeout=aiohttp.ClientTimeout(total=settings.stripe_timeout_s)
+        ),
+        # Stripe counts the retries after the first attempt.
+        max_network_retries=profile.total_attempts - 1,
     )

@@ -105,6 +105,22 @@ class Queue:
             self.arrived.clear()
         return taken
 
+    async def receive(self, count: int, visibility_timeout_s: int, wait_s: float) -> list[Stored]:
+        """Long polling: what is visible now, or the first to arrive or reappear within `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            taken = self.take(count, visibility_timeout_s)
+            remaining = deadline - time.monotonic()
+            if taken or remaining <= 0:
+                return taken
+            due = self.next_due_s()
+            wait = remaining if due is None else max(0.0, min(remaining, due))
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation
+            # that meets the event being set, and a cancelled long poll would go on.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self.arrived.wait()
+
     def _hide(self, stored: Stored, until: float) -> None:
         stored.visible_at = until
         heapq.heappush(self.invisible, (until, next(self.order), stored))
@@ -187,14 +203,18 @@ class FakeSqs:
             )
         return queue
 
-    async def _dispatch(self, request: web.Request) -> web.Response:
-        operation = request.headers.get("X-Amz-Target", "").removeprefix("AmazonSQS.")
+    async def call(self, operation: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One SQS action (`ReceiveMessage`), counted: from HTTP, or in-process (MemorySqs)."""
         self.requests[operation] += 1
         handler = self._ops.get(operation)
+        if handler is None:
+            raise SqsError("InvalidAction", f"{operation} is not supported")
+        return await handler(params)
+
+    async def _dispatch(self, request: web.Request) -> web.Response:
+        operation = request.headers.get("X-Amz-Target", "").removeprefix("AmazonSQS.")
         try:
-            if handler is None:
-                raise SqsError("InvalidAction", f"{operation} is not supported")
-            result = await handler(json.loads(await request.read() or b"{}"))
+            result = await self.call(operation, json.loads(await request.read() or b"{}"))
         except SqsError as exc:
             return web.Response(
                 status=400,
@@ -254,16 +274,7 @@ class FakeSqs:
         queue = self._queue(params)
         count = min(int(params.get("MaxNumberOfMessages", 1)), MAX_BATCH)
         timeout = int(params.get("VisibilityTimeout", queue.visibility_timeout_s))
-        deadline = time.monotonic() + int(params.get("WaitTimeSeconds", 0))
-        while True:
-            taken = queue.take(count, timeout)
-            remaining = deadline - time.monotonic()
-            if taken or remaining <= 0:
-                break
-            due = queue.next_due_s()
-            wait = remaining if due is None else max(0.0, min(remaining, due))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(queue.arrived.wait(), wait)
+        taken = await queue.receive(count, timeout, int(params.get("WaitTimeSeconds", 0)))
         return {
             "Messages": [
                 {
@@ -312,7 +323,13 @@ class FakeSqs:
         count: bool = False,
     ) -> dict[str, Any]:
         successful, failed = [], []
-        for entry in params["Entries"][:MAX_BATCH]:
+        if len(params["Entries"]) > MAX_BATCH:
+            raise SqsError(
+                "TooManyEntriesInBatchRequest",
+                f"Maximum number of entries per request are {MAX_BATCH}.",
+                "AWS.SimpleQueueService.TooManyEntriesInBatchRequest",
+            )
+        for entry in params["Entries"]:
             try:
                 apply(entry)
             except SqsError as exc:

@@ -22,6 +22,7 @@ from typing import Any, Final
 import aiohttp
 
 from paystep_common.clients import aws_config, aws_session
+from paystep_common.retry import DEMO
 
 POLL_S: Final = 0.25
 SCENARIO_TIMEOUT_S: Final = 120.0
@@ -75,7 +76,7 @@ class Stack:
 
     async def __aenter__(self) -> Stack:
         session = aws_session()
-        config = aws_config(retry_mode="standard", max_pool_connections=100)
+        config = aws_config(DEMO)
         self.sfn = await self._exit.enter_async_context(
             session.client("stepfunctions", config=config)
         )

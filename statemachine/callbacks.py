@@ -3,8 +3,9 @@
 A callback on a task that is already closed (duplicate delivery, an event that
 arrives after the execution moved on) is an expected outcome, not an error: it
 answers `CallbackResult.ALREADY_CLOSED`. Throttling is retried by the SDK client
-(create it with `paystep_common.clients.aws_config(retry_mode="adaptive")`); anything
-still failing after that raises `CallbackError`.
+as its profile in `paystep_common.retry` says (adaptive in the worker, which can
+wait; standard in the webhook, which answers Stripe promptly); anything still
+failing after that raises `CallbackError`.
 """
 
 from __future__ import annotations

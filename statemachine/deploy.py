@@ -15,6 +15,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
 from paystep_common.clients import aws_config, aws_session
+from paystep_common.retry import CONTROL_PLANE
 from statemachine.asl import Resources, Tunables, render
 
 log = structlog.get_logger("paystep.deploy")
@@ -53,7 +54,7 @@ class DeployResult(BaseModel):
 async def deploy(options: DeployOptions) -> DeployResult:
     changed: list[str] = []
     session = aws_session()
-    config = aws_config(retry_mode="standard")
+    config = aws_config(CONTROL_PLANE)
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(session.client("sqs", config=config))
         ddb = await stack.enter_async_context(session.client("dynamodb", config=config))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, Final
 
 import structlog
@@ -19,6 +20,7 @@ from aiobotocore.config import AioConfig
 from aiohttp import web
 
 from paystep_common.clients import aws_config, aws_session
+from paystep_common.retry import CALLBACKS_WEBHOOK
 from statemachine.callbacks import CallbackError, Callbacks
 from webhook import signature
 from webhook.events import MalformedEvent, StripeEvent, parse_event
@@ -55,22 +57,15 @@ def create_app(
 
 
 def sfn_config(settings: WebhookSettings) -> AioConfig:
-    """Few attempts and short timeouts: Stripe redelivers what fails, with its own backoff.
-
-    Standard retries, not adaptive: adaptive mode makes every call wait for a
-    client-side send token once Step Functions throttled, with no bound but a rate
-    that falls to 0.5 calls/s, so under throttling each event waited its turn for
-    tens of seconds, past Stripe's delivery timeout. A prompt 503 is the backoff
-    signal that works here: Stripe spreads its redeliveries over hours.
-    """
-    timeouts = AioConfig(
-        connect_timeout=settings.webhook_sfn_timeout_s,
-        read_timeout=settings.webhook_sfn_timeout_s,
+    """The CALLBACKS_WEBHOOK profile (standard retries; it says why), tuned by the settings."""
+    return aws_config(
+        replace(
+            CALLBACKS_WEBHOOK,
+            total_attempts=settings.webhook_sfn_attempts,
+            connect_timeout_s=settings.webhook_sfn_timeout_s,
+            read_timeout_s=settings.webhook_sfn_timeout_s,
+        )
     )
-    # botocore's `retries.max_attempts` counts the retries, not the first attempt.
-    retries = settings.webhook_sfn_attempts - 1
-    merged: AioConfig = aws_config(retry_mode="standard", max_attempts=retries).merge(timeouts)
-    return merged
 
 
 def _step_functions(

@@ -34,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.logging import configure_logging, token_hash
+from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
 from paystep_common.settings import StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.codec import TokenCodecError, decode_token
@@ -236,10 +237,10 @@ async def reconcile(
 ) -> Summary:
     summary = Summary()
     since_ts = int(time.time()) - since_s
-    client = stripe_client(settings, max_network_retries=3)
+    client = stripe_client(settings, STRIPE_RECONCILE)
     async with AsyncExitStack() as stack:
         sfn = await stack.enter_async_context(
-            aws_session().client("stepfunctions", config=aws_config(retry_mode="adaptive"))
+            aws_session().client("stepfunctions", config=aws_config(RECONCILE))
         )
         callbacks = Callbacks(sfn)
         try:

@@ -7,6 +7,7 @@ from typing import Annotated, Final, Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
+from paystep_common.retry import CALLBACKS_WEBHOOK
 from paystep_common.settings import PaystepSettings
 
 # Stripe events are a few KiB; a PaymentIntent with 50 metadata values of 500
@@ -31,11 +32,10 @@ class WebhookSettings(PaystepSettings):
     # Only used to tell live from test mode; the webhook never calls Stripe.
     stripe_api_key: SecretStr | None = None
     webhook_livemode: bool | None = None
-    # Attempts per Step Functions call, the first included. Stripe redelivers a
-    # failed event for days: a few quick attempts are enough, and the answer stays
-    # well inside Stripe's delivery timeout.
-    webhook_sfn_attempts: int = Field(default=3, ge=1, le=10)
-    webhook_sfn_timeout_s: float = Field(default=5.0, gt=0)
+    # Tune the CALLBACKS_WEBHOOK profile: attempts per Step Functions call (the first
+    # included) and the connect / read timeout of each.
+    webhook_sfn_attempts: int = Field(default=CALLBACKS_WEBHOOK.total_attempts, ge=1, le=10)
+    webhook_sfn_timeout_s: float = Field(default=CALLBACKS_WEBHOOK.read_timeout_s, gt=0)
     webhook_ready_cache_s: float = Field(default=5.0, ge=0)
     webhook_shutdown_grace_s: float = Field(default=20.0, gt=0)
 

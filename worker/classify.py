@@ -1,10 +1,14 @@
 """All retry policy in one place: what an exception means for the task and its message.
 
 - `Retry`: leave the message in the queue and let it reappear after a jittered,
-  growing backoff (its visibility); the queue's redrive sends a message that keeps
-  failing to the dead-letter queue.
+  growing backoff (its visibility, from `RetryPolicy`); the queue's redrive sends
+  a message that keeps failing to the dead-letter queue.
 - `FailTask`: SendTaskFailure with a contract error name; retrying would not help.
 - `DeadLetter`: the message is not a task at all; leave it for the dead-letter queue.
+
+`RetryPolicy.decide` is what the consumer asks: `classify` plus the delay of a
+retry; `RetryPolicy.receive_error_delay_s` paces the consumer after a failed
+receive. Retries inside the SDK clients are the profiles of `paystep_common.retry`.
 
 Nothing is failed that a retry could fix, and nothing a person must look at is
 failed silently: errors of our own configuration (a bad API key) retry into the
@@ -15,7 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 import stripe
@@ -44,6 +48,8 @@ class Retry:
     reason: str
     expected: bool = True
     """False for errors nobody planned for: logged with their traceback."""
+    delay_s: int = 0
+    """Seconds until the message reappears (its visibility); `RetryPolicy.decide` sets it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,3 +149,26 @@ class Backoff:
         ceiling = min(self.max_s, self.base_s * (1 << exponent))
         # SQS visibility is whole seconds; at least one so a failing task cannot spin.
         return max(1, round(ceiling / 2 + self.random() * ceiling / 2))
+
+
+# A failing ReceiveMessage (SQS or the network down) is retried by the consumer after
+# this pause, growing with consecutive failures, so the loop neither spins nor stalls.
+RECEIVE_ERROR_BACKOFF: Final = Backoff(base_s=1.0, max_s=30.0)
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """When the consumer tries again: a task by its receive count, a receive by failed receives."""
+
+    task_backoff: Backoff
+    receive_backoff: Backoff = RECEIVE_ERROR_BACKOFF
+
+    def decide(self, exc: BaseException, receive_count: int) -> Decision:
+        """`classify(exc)`, a retry carrying its visibility delay for this receive."""
+        decision = classify(exc)
+        if isinstance(decision, Retry):
+            return replace(decision, delay_s=self.task_backoff.delay_s(receive_count))
+        return decision
+
+    def receive_error_delay_s(self, consecutive_failures: int) -> int:
+        return self.receive_backoff.delay_s(consecutive_failures)

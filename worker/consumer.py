@@ -23,7 +23,7 @@ from paystep_common.logging import token_hash
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.models import Task
-from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
+from worker.classify import DeadLetter, FailTask, Retry, RetryPolicy
 from worker.leases import Leases
 from worker.messages import decode
 from worker.metrics import Metrics
@@ -38,7 +38,6 @@ FAILURE_OUTCOMES: Final = {
     errors.REJECTED: "rejected",
     errors.INVALID_INPUT: "invalid_input",
 }
-RECEIVE_ERROR_BACKOFF: Final = Backoff(base_s=1.0, max_s=30.0)
 # A poison message goes back at once: nothing will fix it, so the redrive policy
 # should move it to the dead-letter queue after maxReceiveCount receives, not hours.
 POISON_VISIBILITY_S: Final = 0
@@ -53,7 +52,7 @@ class Consumer:
         *,
         concurrency: int,
         shutdown_grace_s: float,
-        backoff: Backoff,
+        retry: RetryPolicy,
         metrics: Metrics,
     ) -> None:
         self._queue = queue
@@ -61,7 +60,7 @@ class Consumer:
         self._callbacks = callbacks
         self._concurrency = concurrency
         self._shutdown_grace_s = shutdown_grace_s
-        self._backoff = backoff
+        self._retry_policy = retry
         self._metrics = metrics
         self._slots = asyncio.Semaphore(concurrency)
         self._leases = Leases(queue.visibility_timeout_s)
@@ -137,7 +136,7 @@ class Consumer:
                 batch = await self._queue.receive(batch_size)
             except Exception as exc:
                 self._receive_failures += 1
-                delay_s = RECEIVE_ERROR_BACKOFF.delay_s(self._receive_failures)
+                delay_s = self._retry_policy.receive_error_delay_s(self._receive_failures)
                 log.error("sqs.receive_failed", error=str(exc), retry_in_s=delay_s)
                 await asyncio.sleep(delay_s)
                 continue
@@ -189,7 +188,7 @@ class Consumer:
         self._metrics.tasks.labels(task.type if task else "unknown", outcome).inc()
 
     async def _settle_failure(self, message: Message, task: Task | None, exc: Exception) -> str:
-        match classify(exc):
+        match self._retry_policy.decide(exc, message.receive_count):
             case FailTask(error=error, cause=cause) if task is not None:
                 return await self._fail_task(message, task, error, cause)
             case Retry() as decision:
@@ -211,8 +210,8 @@ class Consumer:
         try:
             result = await self._callbacks.fail(task.task_token, error, cause)
         except CallbackError as exc:
-            self._retry(message, Retry(f"step functions: {exc}"), exc)
-            return "retry"
+            # Step Functions did not take the failure: settled like any other error.
+            return await self._settle_failure(message, task, exc)
         log.warning(
             "task.failed",
             error=error,
@@ -223,15 +222,14 @@ class Consumer:
         return FAILURE_OUTCOMES.get(error, "failed")
 
     def _retry(self, message: Message, decision: Retry, exc: Exception) -> None:
-        delay_s = self._backoff.delay_s(message.receive_count)
         log.warning(
             "task.retry",
             reason=decision.reason,
-            retry_in_s=delay_s,
+            retry_in_s=decision.delay_s,
             exc_info=None if decision.expected else exc,
         )
         self._leases.settle(message)
-        self._queue.change_visibility(message, delay_s, reason="retry")
+        self._queue.change_visibility(message, decision.delay_s, reason="retry")
 
     def _delete(self, message: Message) -> None:
         self._leases.settle(message)

@@ -12,6 +12,7 @@ import signal
 import ssl
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import replace
 
 import aiohttp
 import stripe
@@ -20,9 +21,10 @@ import structlog
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.logging import configure_logging
 from paystep_common.metrics import probe, start_metrics_server
+from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
-from worker.classify import Backoff
+from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.handlers import Handlers
 from worker.limiter import AdaptiveLimit
@@ -58,17 +60,13 @@ async def run(settings: WorkerSettings) -> int:
     session = aws_session()
     async with AsyncExitStack() as stack:
         sqs = await stack.enter_async_context(
-            session.client("sqs", config=aws_config(retry_mode="standard", max_attempts=3))
+            session.client("sqs", config=aws_config(SQS_CONSUMER))
         )
-        # Callbacks may run for every task in flight at once; adaptive retries slow the
-        # client down when Step Functions throttles.
+        callbacks_profile = replace(
+            CALLBACKS_WORKER, max_pool_connections=settings.worker_concurrency
+        )
         sfn = await stack.enter_async_context(
-            session.client(
-                "stepfunctions",
-                config=aws_config(
-                    retry_mode="adaptive", max_pool_connections=settings.worker_concurrency
-                ),
-            )
+            session.client("stepfunctions", config=aws_config(callbacks_profile))
         )
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
@@ -78,12 +76,7 @@ async def run(settings: WorkerSettings) -> int:
                 )
             )
         )
-        client = stripe_client(
-            settings,
-            http_client=stripe.AIOHTTPClient(
-                session=http, timeout=aiohttp.ClientTimeout(total=settings.stripe_timeout_s)
-            ),
-        )
+        client = stripe_client(settings, STRIPE_WORKER, session=http)
         limit = AdaptiveLimit(
             maximum=settings.worker_concurrency,
             minimum=min(settings.worker_stripe_min_in_flight, settings.worker_concurrency),
@@ -108,7 +101,9 @@ async def run(settings: WorkerSettings) -> int:
             callbacks,
             concurrency=settings.worker_concurrency,
             shutdown_grace_s=settings.worker_shutdown_grace_s,
-            backoff=Backoff(base_s=settings.worker_retry_base_s, max_s=settings.worker_retry_max_s),
+            retry=RetryPolicy(
+                Backoff(base_s=settings.worker_retry_base_s, max_s=settings.worker_retry_max_s)
+            ),
             metrics=metrics,
         )
         runner = await start_metrics_server(

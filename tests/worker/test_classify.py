@@ -1,4 +1,4 @@
-"""classify(): one decision per exception; Backoff: jittered, growing, capped."""
+"""classify(): one decision per exception; Backoff: jittered, growing, capped; RetryPolicy."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError
-from worker.classify import Backoff, DeadLetter, FailTask, Retry, classify
+from worker.classify import Backoff, DeadLetter, FailTask, Retry, RetryPolicy, classify
 from worker.errors import PoisonMessage, TaskFailure
 
 
@@ -123,3 +123,18 @@ def test_backoff_grows_is_jittered_and_capped() -> None:
     assert high.delay_s(40) == 900
     assert low.delay_s(40) == 450
     assert Backoff(0.1, 900, random=lambda: 0.0).delay_s(1) == 1
+
+
+def test_the_policy_gives_a_retry_its_delay_by_receive_count_and_leaves_the_rest() -> None:
+    policy = RetryPolicy(Backoff(2, 900, random=lambda: 0.0))
+    transient = stripe_error(stripe.APIError, 500, type="api_error")
+    assert policy.decide(transient, receive_count=3) == Retry("stripe: server error 500", delay_s=4)
+    failure = TaskFailure(causes.invalid_input("amount: bad"))
+    assert policy.decide(failure, receive_count=3) == classify(failure)
+
+
+def test_failed_receives_back_off_on_their_own_scale() -> None:
+    policy = RetryPolicy(
+        Backoff(2, 900, random=lambda: 0.0), receive_backoff=Backoff(1, 30, random=lambda: 1.0)
+    )
+    assert [policy.receive_error_delay_s(n) for n in (1, 2, 6, 7)] == [1, 2, 30, 30]

@@ -1,4 +1,4 @@
-"""The consumer loop in-process, over an in-memory SQS client: bound, settle, shut down.
+"""The consumer loop in-process, over the in-memory SQS client: bound, settle, shut down.
 
 The integration tests run the same loop as a process on moto; these pin down the
 loop's own rules quickly and deterministically.
@@ -7,99 +7,23 @@ loop's own rules quickly and deterministically.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import time
-from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
 
+from paystep_local.memory_sqs import MemorySqs
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.models import Task
-from worker.classify import Backoff
+from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.errors import TaskFailure
 from worker.metrics import Metrics
 from worker.queue import Message, TaskQueue
-
-
-@dataclass
-class Stored:
-    message_id: str
-    body: str
-    visible_at: float = 0.0
-    receive_count: int = 0
-    handle: str = ""
-
-
-@dataclass
-class MemorySqs:
-    """The four SQS calls the worker makes, on a list, with visibility."""
-
-    messages: dict[str, Stored] = field(default_factory=dict)
-    calls: Counter[str] = field(default_factory=Counter)
-    deleted: list[str] = field(default_factory=list)
-    visibility: list[tuple[str, int]] = field(default_factory=list)
-    _ids: itertools.count[int] = field(default_factory=itertools.count)
-
-    def send(self, body: str) -> str:
-        message_id = f"m{next(self._ids)}"
-        self.messages[message_id] = Stored(message_id, body)
-        return message_id
-
-    def _by_handle(self, handle: str) -> Stored | None:
-        return next((m for m in self.messages.values() if m.handle == handle), None)
-
-    async def receive_message(self, **params: Any) -> dict[str, Any]:
-        self.calls["ReceiveMessage"] += 1
-        deadline = time.monotonic() + params["WaitTimeSeconds"]
-        while True:
-            now = time.monotonic()
-            ready = [m for m in self.messages.values() if m.visible_at <= now]
-            ready = ready[: params["MaxNumberOfMessages"]]
-            if ready or now >= deadline:
-                break
-            await asyncio.sleep(0.01)
-        answer = []
-        for stored in ready:
-            stored.receive_count += 1
-            stored.handle = f"{stored.message_id}-{stored.receive_count}"
-            stored.visible_at = now + params["VisibilityTimeout"]
-            answer.append(
-                {
-                    "MessageId": stored.message_id,
-                    "ReceiptHandle": stored.handle,
-                    "Body": stored.body,
-                    "Attributes": {
-                        "ApproximateReceiveCount": str(stored.receive_count),
-                        "SentTimestamp": str(int(time.time() * 1000)),
-                    },
-                }
-            )
-        return {"Messages": answer} if answer else {}
-
-    async def delete_message_batch(self, **params: Any) -> dict[str, Any]:
-        self.calls["DeleteMessageBatch"] += 1
-        assert len(params["Entries"]) <= 10
-        for entry in params["Entries"]:
-            stored = self._by_handle(entry["ReceiptHandle"])
-            if stored is not None:
-                del self.messages[stored.message_id]
-                self.deleted.append(stored.message_id)
-        return {"Successful": [{"Id": e["Id"]} for e in params["Entries"]], "Failed": []}
-
-    async def change_message_visibility_batch(self, **params: Any) -> dict[str, Any]:
-        self.calls["ChangeMessageVisibilityBatch"] += 1
-        assert len(params["Entries"]) <= 10
-        for entry in params["Entries"]:
-            stored = self._by_handle(entry["ReceiptHandle"])
-            if stored is not None:
-                stored.visible_at = time.monotonic() + entry["VisibilityTimeout"]
-                self.visibility.append((stored.message_id, entry["VisibilityTimeout"]))
-        return {"Successful": [{"Id": e["Id"]} for e in params["Entries"]], "Failed": []}
 
 
 @dataclass
@@ -127,6 +51,12 @@ def create_body(order: int) -> str:
     )
 
 
+def loaded(tasks: int) -> tuple[MemorySqs, list[str]]:
+    """A queue holding `tasks` create tasks, and their message ids in the order sent."""
+    sqs = MemorySqs()
+    return sqs, [sqs.send(create_body(order)) for order in range(tasks)]
+
+
 def consumer(
     sqs: MemorySqs,
     handler: Any,
@@ -139,7 +69,7 @@ def consumer(
     metrics = Metrics()
     queue = TaskQueue(
         sqs,
-        "memory://tasks",
+        sqs.url,
         visibility_timeout_s=visibility_timeout_s,
         wait_s=1,
         batch_delay_s=0.02,
@@ -151,22 +81,35 @@ def consumer(
         callbacks or RecordingCallbacks(),  # type: ignore[arg-type]
         concurrency=concurrency,
         shutdown_grace_s=grace_s,
-        backoff=Backoff(base_s=10, max_s=60, random=lambda: 0.0),
+        retry=RetryPolicy(Backoff(base_s=10, max_s=60, random=lambda: 0.0)),
         metrics=metrics,
     )
 
 
-async def until(check: Any, timeout_s: float = 5) -> None:
+async def until(check: Callable[[], object], timeout_s: float = 5) -> None:
     deadline = time.monotonic() + timeout_s
     while not check():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.01)
 
 
+async def run_until(worker: Consumer, check: Callable[[], object]) -> None:
+    """Run the loop until `check()` holds, then shut it down (as on SIGTERM)."""
+    loop = asyncio.create_task(worker.run())
+    await until(check)
+    worker.stop()
+    await asyncio.wait_for(loop, 5)
+
+
+def failing(exc: Exception) -> Any:
+    async def handler(task: Task, message: Message) -> str:
+        raise exc
+
+    return handler
+
+
 async def test_tasks_in_flight_stay_within_the_bound_and_deletes_go_in_batches() -> None:
-    sqs = MemorySqs()
-    for order in range(30):
-        sqs.send(create_body(order))
+    sqs, _ = loaded(30)
     running, peak = 0, 0
 
     async def handler(task: Task, message: Message) -> str:
@@ -177,20 +120,14 @@ async def test_tasks_in_flight_stay_within_the_bound_and_deletes_go_in_batches()
         running -= 1
         return "created"
 
-    worker = consumer(sqs, handler, concurrency=5)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: len(sqs.deleted) == 30)
-    worker.stop()
-    await loop
+    await run_until(consumer(sqs, handler, concurrency=5), lambda: len(sqs.deleted) == 30)
     assert peak == 5
     assert sqs.calls["DeleteMessageBatch"] <= 30 // 5
     assert not sqs.messages
 
 
 async def test_sigterm_finishes_tasks_in_flight_within_the_grace() -> None:
-    sqs = MemorySqs()
-    for order in range(4):
-        sqs.send(create_body(order))
+    sqs, _ = loaded(4)
     started = asyncio.Event()
 
     async def handler(task: Task, message: Message) -> str:
@@ -198,91 +135,55 @@ async def test_sigterm_finishes_tasks_in_flight_within_the_grace() -> None:
         await asyncio.sleep(0.2)
         return "created"
 
-    worker = consumer(sqs, handler)
-    loop = asyncio.create_task(worker.run())
-    await started.wait()
-    worker.stop()
-    await loop
+    await run_until(consumer(sqs, handler), started.is_set)
     assert len(sqs.deleted) == 4
     assert sqs.visibility == []
 
 
 async def test_what_cannot_finish_within_the_grace_is_handed_back_at_once() -> None:
-    sqs = MemorySqs()
-    for order in range(12):
-        sqs.send(create_body(order))
-    started = asyncio.Event()
+    sqs, sent = loaded(12)
 
     async def handler(task: Task, message: Message) -> str:
-        started.set()
-        await asyncio.sleep(3600)
+        await asyncio.Event().wait()  # never finishes
         return "created"
 
     # 2 running and 2 more received, waiting for a slot: all 4 must go back.
     worker = consumer(sqs, handler, concurrency=2, grace_s=0.1)
-    loop = asyncio.create_task(worker.run())
-    await started.wait()
-    await until(lambda: sqs.calls["ReceiveMessage"] >= 2)
-    worker.stop()
-    await asyncio.wait_for(loop, 5)
+    await run_until(worker, lambda: sqs.calls["ReceiveMessage"] >= 2)
     assert sqs.deleted == []
-    assert sorted(sqs.visibility) == [("m0", 0), ("m1", 0), ("m2", 0), ("m3", 0)]
+    assert sorted(sqs.visibility) == sorted((message_id, 0) for message_id in sent[:4])
     now = time.monotonic()
     assert all(stored.visible_at <= now for stored in sqs.messages.values())
 
 
 async def test_transient_failure_backs_off_through_visibility() -> None:
-    sqs = MemorySqs()
-    sqs.send(create_body(1))
-
-    async def handler(task: Task, message: Message) -> str:
-        raise stripe.APIError("boom", http_status=500)
-
-    worker = consumer(sqs, handler)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: sqs.visibility)
-    worker.stop()
-    await loop
-    assert sqs.visibility == [("m0", 5)]
+    sqs, [first] = loaded(1)
+    handler = failing(stripe.APIError("boom", http_status=500))
+    await run_until(consumer(sqs, handler), lambda: sqs.visibility)
+    assert sqs.visibility == [(first, 5)]
     assert sqs.deleted == []
 
 
 async def test_task_failure_is_reported_then_deleted() -> None:
-    sqs = MemorySqs()
-    sqs.send(create_body(1))
+    sqs, _ = loaded(1)
     callbacks = RecordingCallbacks()
-
-    async def handler(task: Task, message: Message) -> str:
-        raise TaskFailure(causes.invalid_input("amount: Input should be greater than 0"))
-
-    worker = consumer(sqs, handler, callbacks=callbacks)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: sqs.deleted)
-    worker.stop()
-    await loop
+    handler = failing(TaskFailure(causes.invalid_input("amount: Input should be greater than 0")))
+    await run_until(consumer(sqs, handler, callbacks=callbacks), lambda: sqs.deleted)
     assert callbacks.failures == [(errors.INVALID_INPUT, "amount: Input should be greater than 0")]
 
 
 async def test_a_failure_step_functions_did_not_take_is_retried() -> None:
-    sqs = MemorySqs()
-    sqs.send(create_body(1))
+    sqs, [first] = loaded(1)
     callbacks = RecordingCallbacks(fail_error=CallbackError("throttled", code="Throttling"))
-
-    async def handler(task: Task, message: Message) -> str:
-        raise TaskFailure(causes.declined(None, None))
-
-    worker = consumer(sqs, handler, callbacks=callbacks)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: sqs.visibility)
-    worker.stop()
-    await loop
+    handler = failing(TaskFailure(causes.declined(None, None)))
+    await run_until(consumer(sqs, handler, callbacks=callbacks), lambda: sqs.visibility)
     assert sqs.deleted == []
-    assert sqs.visibility == [("m0", 5)]
+    assert sqs.visibility == [(first, 5)]
 
 
 async def test_poison_goes_back_for_the_dead_letter_queue_and_the_loop_goes_on() -> None:
     sqs = MemorySqs()
-    sqs.send("this is not JSON")
+    poison = sqs.send("this is not JSON")
     good = sqs.send(create_body(2))
     handled: list[str] = []
 
@@ -290,33 +191,29 @@ async def test_poison_goes_back_for_the_dead_letter_queue_and_the_loop_goes_on()
         handled.append(message.message_id)
         return "created"
 
-    worker = consumer(sqs, handler)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: good in sqs.deleted and sqs.visibility)
-    worker.stop()
-    await loop
+    await run_until(consumer(sqs, handler), lambda: good in sqs.deleted and sqs.visibility)
     assert handled == [good]
-    assert ("m0", 0) in sqs.visibility
-    assert "m0" in sqs.messages
+    assert (poison, 0) in sqs.visibility
+    assert poison in sqs.messages
 
 
 async def test_a_long_task_keeps_its_message_invisible() -> None:
-    sqs = MemorySqs()
-    sqs.send(create_body(1))
+    visibility_timeout_s = 2
+    sqs, [first] = loaded(1)
     calls = 0
 
     async def handler(task: Task, message: Message) -> str:
         nonlocal calls
         calls += 1
-        await asyncio.sleep(3.5)
+        # Runs until the consumer extends the lease, which it must do before the
+        # visibility runs out; the message is then hidden for a whole timeout again.
+        await sqs.visibility_set(first, visibility_timeout_s)
+        hidden_for_s = sqs.messages[first].visible_at - time.monotonic()
+        assert hidden_for_s > visibility_timeout_s - 0.5
         return "created"
 
-    worker = consumer(sqs, handler, visibility_timeout_s=2)
-    loop = asyncio.create_task(worker.run())
-    await until(lambda: sqs.deleted, timeout_s=10)
-    worker.stop()
-    await loop
+    worker = consumer(sqs, handler, visibility_timeout_s=visibility_timeout_s)
+    await run_until(worker, lambda: sqs.deleted)
     assert calls == 1
-    assert sqs.deleted == ["m0"]
-    assert ("m0", 2) in sqs.visibility
+    assert sqs.deleted == [first]
     assert sqs.messages == {}
