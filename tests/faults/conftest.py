@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.processes import Workers
 from paystep_local.scenarios import Stack
 from tests.faults.harness import DEPLOY_ARGS
-from tests.worker.support import Workers
 
 SOAK = (pytest.mark.soak, pytest.mark.timeout(1800))
 

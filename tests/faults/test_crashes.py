@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from paystep_local.localstack import LocalStack, ManagedProcess
+from paystep_local.processes import Workers
 from paystep_local.stripe_chaos_proxy import StripeChaosProxy
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import (
@@ -30,7 +31,6 @@ from tests.faults.harness import (
     start_worker,
     summary,
 )
-from tests.worker.support import Workers
 
 WORKERS = 2
 WORKER_KILLS = 3

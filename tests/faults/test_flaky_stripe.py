@@ -15,6 +15,7 @@ import asyncio
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.processes import Workers
 from paystep_local.stripe_chaos_proxy import StripeChaosProxy
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import (
@@ -26,7 +27,6 @@ from tests.faults.harness import (
     start_worker,
     summary,
 )
-from tests.worker.support import Workers
 
 # The worker gives up on an answer after this; the proxy holds a lost one longer.
 STRIPE_TIMEOUT_S = 2.0

@@ -21,11 +21,11 @@ import threading
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from paystep_local.webhook_relay import WebhookRelay
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import Payments, fault_seed, mix, start_webhook, start_worker, summary
-from tests.worker.support import Workers
 
 # A storm outlasts the webhook's three attempts (standard retries back off up to 2 s, then
 # 4 s), so an event that meets its start is answered 503; a calm as long lets the

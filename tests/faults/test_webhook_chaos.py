@@ -17,10 +17,10 @@ import asyncio
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.processes import Workers
 from paystep_local.webhook_relay import WebhookRelay
 from tests.faults.conftest import SOAK, clients
 from tests.faults.harness import Payments, fault_seed, mix, start_webhook, start_worker, summary
-from tests.worker.support import Workers
 
 COPIES = 3
 

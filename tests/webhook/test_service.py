@@ -16,6 +16,7 @@ import boto3
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.polling import eventually
 from paystep_local.signing import body_of, signature_header, signed
 from tests.webhook.conftest import (
     OTHER_SECRET,
@@ -308,12 +309,11 @@ def _states_entered(execution_arn: str) -> list[str]:
 
 
 def _wait_for_history(execution_arn: str, event_type: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(e["type"] == event_type for e in _history(execution_arn)):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no {event_type} in the history of {execution_arn}")
+    eventually(
+        lambda: any(e["type"] == event_type for e in _history(execution_arn)),
+        timeout_s=timeout_s,
+        what=f"{event_type} in the history of {execution_arn}",
+    )
 
 
 # -- signatures --------------------------------------------------------------------------------
@@ -356,7 +356,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
     assert (status, answer) == (400, {"error": "invalid_signature"})
     assert (
         sum(
-            webhook.metric("paystep_webhook_signature_failures_total", reason=reason)
+            webhook.metric("paystep_webhook_signature_failures_total", reason=reason, default=0)
             for reason in ("missing_header", "malformed_header", "mismatch", "stale_timestamp")
         )
         == 1
@@ -420,7 +420,10 @@ async def test_an_oversized_body_is_refused_before_it_is_verified(
     status, _ = await webhook.post(body, headers)
 
     assert status == 413
-    assert webhook.metric("paystep_webhook_signature_failures_total", reason="mismatch") == 0
+    assert (
+        webhook.metric("paystep_webhook_signature_failures_total", reason="mismatch", default=0)
+        == 0
+    )
     assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
-from tests.worker.support import Workers
+from paystep_local.processes import Workers
 
 
 @pytest.fixture

@@ -18,12 +18,14 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
-from tests.worker.support import FAST_RETRIES, Workers, eventually
+from tests.worker.support import FAST_RETRIES
 
 pytestmark = pytest.mark.usefixtures("stack")
 

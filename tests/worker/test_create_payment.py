@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
-from tests.worker.support import FAST_RETRIES, Workers, eventually, queue_counts, queue_empty
+from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty
 
 pytestmark = pytest.mark.usefixtures("stack")
 

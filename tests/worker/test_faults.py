@@ -19,20 +19,12 @@ import pytest
 
 from paystep_common.logging import token_hash
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
+from paystep_local.prometheus import metric, scrape
 from tests.conftest import Deployer
 from tests.support.aws import start
-from tests.worker.support import (
-    FAST_RETRIES,
-    Workers,
-    eventually,
-    healthy,
-    log_events,
-    metric,
-    queue_counts,
-    queue_empty,
-    scrape,
-    worker_env,
-)
+from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty, worker_env
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -63,7 +55,7 @@ def test_stripe_500_then_200_makes_one_payment_intent(
     assert first.idempotency_key == second.idempotency_key
     assert len(fake_stripe.intents()) == 1
     assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
-    figures = scrape(worker)
+    figures = scrape(worker.urls["metrics"])
     assert (
         metric(figures, "paystep_worker_tasks_total", type="create_payment", outcome="retry") == 1
     )
@@ -90,7 +82,7 @@ def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
     intents = fake_stripe.intents()
     assert sorted(pi["metadata"]["paystep_execution"] for pi in intents) == sorted(arns)
     assert statuses(sfn, arns) == {"RUNNING"}, "none failed: all wait for the webhook"
-    figures = scrape(worker)
+    figures = scrape(worker.urls["metrics"])
     assert metric(figures, "paystep_worker_stripe_throttled_total") > 0
     assert metric(figures, "paystep_worker_stripe_limit") < 64, "the limit was cut"
     for outcome in ("declined", "rejected", "invalid_input", "failed", "poison"):
@@ -112,7 +104,7 @@ def test_sigterm_finishes_the_tasks_in_flight_and_exits_0(
     assert worker.process.wait(timeout=30) == 0
     assert queue_counts(sqs, deployed["queue_url"]) == (0, 0), "all finished and deleted"
     assert len(fake_stripe.intents()) == 8
-    assert any(e["event"] == "worker.drained" for e in log_events(worker))
+    assert any(e["event"] == "worker.drained" for e in worker.log_events())
 
 
 def test_sigterm_hands_back_what_the_grace_cannot_finish(
@@ -155,7 +147,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
     dlq = deployed["dead_letter_queue_url"]
     eventually(lambda: queue_counts(sqs, dlq)[0] == 2, timeout_s=60, what="poison in the DLQ")
     eventually(lambda: queue_empty(sqs, deployed["queue_url"]))
-    assert healthy(worker)
+    assert worker.healthy()
     check = subprocess.run(
         [sys.executable, "-m", "worker", "--check"],
         env={**os.environ, **worker_env(deployed, worker)},
@@ -166,5 +158,5 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
     assert check.returncode == 0, check.stderr
     log_text = worker.log_path.read_text()
     assert secret not in log_text
-    poison = [e for e in log_events(worker) if e["event"] == "message.poison"]
+    poison = [e for e in worker.log_events() if e["event"] == "message.poison"]
     assert {e["token"] for e in poison} == {None, token_hash(secret)}

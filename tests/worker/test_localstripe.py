@@ -12,11 +12,12 @@ from typing import Any
 import stripe
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
-from tests.worker.support import Workers, eventually, log_events
 
 
 def test_a_real_payment_intent_carries_the_token_in_its_metadata(
@@ -39,7 +40,7 @@ def test_a_real_payment_intent_carries_the_token_in_its_metadata(
         },
     )
     created = eventually(
-        lambda: [e for e in log_events(worker) if e["event"] == "payment_intent.created"],
+        lambda: [e for e in worker.log_events() if e["event"] == "payment_intent.created"],
         what="the worker created the PaymentIntent",
     )
     client = stripe.StripeClient(LOCAL_STRIPE_KEY, base_addresses={"api": stack.stripe_base})
