@@ -84,7 +84,6 @@ replayed, metadata).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -101,6 +100,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
+from paystep_local import serve
 from paystep_local.idempotency import (
     REPLAYED_HEADER,
     IdempotencyError,
@@ -927,30 +927,14 @@ def _clause_matches(intent: dict[str, Any], clause: tuple[str | None, str | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paystep_local.fake_stripe")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-s", type=float, default=0.0)
-    parser.add_argument("--jitter-s", type=float, default=0.0)
-    parser.add_argument("--rate-limit-per-s", type=float)
-    parser.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
-    args = parser.parse_args(argv)
-    fake = FakeStripe(
-        latency_s=args.latency_s,
-        jitter_s=args.jitter_s,
-        rate_limit_per_s=args.rate_limit_per_s,
-        same_key_in_flight=args.same_key_in_flight,
-        host=args.host,
-        port=args.port,
-    )
-
-    async def serve() -> None:
-        url = await fake.start()
-        print(f"listening on {url}", flush=True)
-        await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    options = serve.parser("paystep_local.fake_stripe")
+    options.add_argument("--latency-s", type=float, default=0.0)
+    options.add_argument("--jitter-s", type=float, default=0.0)
+    options.add_argument("--rate-limit-per-s", type=float)
+    options.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
+    # Each option is named as the constructor's keyword it sets.
+    settings = vars(options.parse_args(argv))
+    serve.serve_forever(lambda: FakeStripe(**settings))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Final, Generic, Literal, TypeVar
 
 SameKeyInFlight = Literal["conflict", "wait"]
 Body = TypeVar("Body")
@@ -51,40 +51,34 @@ class Reply(Generic[Body]):
 
 
 class IdempotencyError(Exception):
-    """A request the key refuses; `body` is Stripe's error shape."""
+    """A request the key refuses, answered in Stripe's error shape (`body`)."""
 
-    status: int = 400
+    status: ClassVar[int]
+    error: ClassVar[dict[str, str]]
 
-    def __init__(self, type_: str, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        error: dict[str, Any] = {"type": type_, "message": message}
-        if code is not None:
-            error["code"] = code
-        self.body: dict[str, Any] = {"error": error}
+    def __init__(self) -> None:
+        super().__init__(self.error["message"])
+        self.body: dict[str, Any] = {"error": dict(self.error)}
 
 
 class ParametersDiffer(IdempotencyError):
     status = 400
-
-    def __init__(self) -> None:
-        super().__init__(
-            "idempotency_error",
-            "Keys for idempotent requests can only be used with the same parameters they "
-            "were first used with.",
-        )
+    error: ClassVar[dict[str, str]] = {
+        "type": "idempotency_error",
+        "message": "Keys for idempotent requests can only be used with the same parameters "
+        "they were first used with.",
+    }
 
 
 class KeyInUse(IdempotencyError):
     status = 409
-
-    def __init__(self) -> None:
-        super().__init__(
-            "invalid_request_error",
-            "There is currently another in-progress request using this Idempotent Key "
-            "(that probably means you submitted twice, and the other request is still "
-            "going through).",
-            code="idempotency_key_in_use",
-        )
+    error: ClassVar[dict[str, str]] = {
+        "type": "invalid_request_error",
+        "code": "idempotency_key_in_use",
+        "message": "There is currently another in-progress request using this Idempotent Key "
+        "(that probably means you submitted twice, and the other request is still going "
+        "through).",
+    }
 
 
 @dataclass(frozen=True)

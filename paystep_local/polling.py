@@ -43,33 +43,38 @@ def eventually(
     what: str = "",
 ) -> T:
     """`condition()`'s first value that satisfies `until`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = condition()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise NotInTime(what or _name(condition), timeout_s, value)
+    deadline = _Deadline(what or _name(condition), timeout_s)
+    while not until(value := condition()):
+        deadline.check(value)
         time.sleep(interval_s)
+    return value
 
 
 async def eventually_async(
     condition: Callable[[], Awaitable[T]],
     *,
+    what: str = "",
     until: Callable[[T], object] = bool,
     timeout_s: float = TIMEOUT_S,
     interval_s: float = INTERVAL_S,
-    what: str = "",
 ) -> T:
     """`await condition()`'s first value that satisfies `until`."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await condition()
-        if until(value):
-            return value
-        if time.monotonic() > deadline:
-            raise NotInTime(what or _name(condition), timeout_s, value)
+    deadline = _Deadline(what or _name(condition), timeout_s)
+    while not until(value := await condition()):
+        deadline.check(value)
         await asyncio.sleep(interval_s)
+    return value
+
+
+class _Deadline:
+    def __init__(self, what: str, timeout_s: float) -> None:
+        self.what, self.timeout_s = what, timeout_s
+        self.at = time.monotonic() + timeout_s
+
+    def check(self, last: object) -> None:
+        """Raise `NotInTime` once past the deadline."""
+        if time.monotonic() > self.at:
+            raise NotInTime(self.what, self.timeout_s, last)
 
 
 def ended(described: Mapping[str, Any]) -> bool:

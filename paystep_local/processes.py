@@ -120,19 +120,9 @@ def start_worker(
     stack: Spawner, env: Mapping[str, str] | None = None, *, ready_path: str | None = "/readyz"
 ) -> ManagedProcess:
     """A `paystep worker` with the stack's settings and `env`; waits for `ready_path`."""
-    metrics = _loopback(free_port())
-    proc = stack.spawn(
-        "worker",
-        [sys.executable, "-m", "paystep", "worker"],
-        env={
-            "PAYSTEP_METRICS_HOST": LOOPBACK,
-            "PAYSTEP_METRICS_PORT": _port(metrics),
-            **(env or {}),
-        },
-    )
-    proc.urls = {"metrics": metrics}
+    proc = _start(stack, "worker", {"metrics": _loopback(free_port())}, env)
     if ready_path is not None:
-        wait_http(metrics + ready_path, process=proc.process)
+        wait_http(proc.urls["metrics"] + ready_path, process=proc.process)
     return proc
 
 
@@ -140,20 +130,28 @@ def start_webhook(
     stack: Spawner, env: Mapping[str, str] | None = None, *, port: int | None = None
 ) -> ManagedProcess:
     """A `paystep webhook` on `port` (a free one if None), once it answers; not registered."""
-    base, metrics = _loopback(port or free_port()), _loopback(free_port())
+    base = _loopback(port or free_port())
+    urls = {"base": base, "webhook": base + "/webhooks/stripe", "metrics": _loopback(free_port())}
+    listen = {"PAYSTEP_WEBHOOK_HOST": LOOPBACK, "PAYSTEP_WEBHOOK_PORT": _port(base)}
+    proc = _start(stack, "webhook", urls, {**listen, **(env or {})})
+    wait_http(base + "/healthz", process=proc.process)
+    return proc
+
+
+def _start(
+    stack: Spawner, command: str, urls: dict[str, str], env: Mapping[str, str] | None
+) -> ManagedProcess:
+    """`paystep <command>` on loopback, its metrics at `urls["metrics"]`."""
     proc = stack.spawn(
-        "webhook",
-        [sys.executable, "-m", "paystep", "webhook"],
+        command,
+        [sys.executable, "-m", "paystep", command],
         env={
-            "PAYSTEP_WEBHOOK_HOST": LOOPBACK,
-            "PAYSTEP_WEBHOOK_PORT": _port(base),
             "PAYSTEP_METRICS_HOST": LOOPBACK,
-            "PAYSTEP_METRICS_PORT": _port(metrics),
+            "PAYSTEP_METRICS_PORT": _port(urls["metrics"]),
             **(env or {}),
         },
     )
-    proc.urls = {"base": base, "webhook": base + "/webhooks/stripe", "metrics": metrics}
-    wait_http(base + "/healthz", process=proc.process)
+    proc.urls = urls
     return proc
 
 

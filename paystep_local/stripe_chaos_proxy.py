@@ -10,21 +10,13 @@ network does, between the worker and the emulator:
   `Idempotent-Replayed: true`; the same key with another body answers 400
   `idempotency_error`; the same key while the first still runs answers 409
   `idempotency_key_in_use` (with `same_key_in_flight="wait"`: waits and replays).
-- `error_rate`: answer 500 `api_error` without forwarding (nothing stored).
-- `lost_answer_rate`: forward, let the emulator act (the key is stored), then
-  hold the answer for `lost_answer_hold_s` and close the connection: the client
-  times out on a request that succeeded, the case that charges twice when keys
-  are not honoured. `lose_first_answers` loses the answers of the first POSTs
-  with a key for certain, so a short run meets the case too.
-- `burst_chance` / `burst_length`: a request starts a burst of 429 `rate_limit`
-  answers for itself and the next `burst_length - 1` requests.
-- `latency_s`: every forwarded `/v1/` request waits this long first, as Stripe's
-  own confirm takes a moment: a process killed meanwhile leaves it in flight.
+- the faults of `StripeFaults`: 500s, answers lost after the emulator acted,
+  bursts of 429, latency.
 
 Faults are drawn from a seeded random generator and apply to `/v1/` only. It
 runs on its own thread and loop, so sync and async tests can both use it:
 
-    with StripeChaosProxy(stack.stripe_base, error_rate=0.1, seed=7) as proxy:
+    with StripeChaosProxy(stack.stripe_base, StripeFaults(error_rate=0.1), seed=7) as proxy:
         worker env PAYSTEP_STRIPE_API_BASE=proxy.url; ...; proxy.stats()
 """
 
@@ -33,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
@@ -44,6 +37,29 @@ from paystep_local.threaded_server import ThreadedServer
 JSON: Final = {"Content-Type": "application/json"}
 
 
+@dataclass
+class StripeFaults:
+    """What goes wrong between the worker and Stripe."""
+
+    error_rate: float = 0.0
+    """Answer 500 `api_error` without forwarding (nothing stored)."""
+    lost_answer_rate: float = 0.0
+    """Forward, let the emulator act (the key is stored), then hold the answer for
+    `lost_answer_hold_s` and close the connection: the client times out on a request
+    that succeeded, the case that charges twice when keys are not honoured."""
+    lost_answer_hold_s: float = 3.0
+    lose_first_answers: int = 0
+    """Lose the answers of the first POSTs with a key for certain: a short run meets the
+    case too."""
+    burst_chance: float = 0.0
+    """A request starts a burst of 429 `rate_limit` answers for itself and the next
+    `burst_length - 1` requests."""
+    burst_length: int = 10
+    latency_s: float = 0.0
+    """Every forwarded `/v1/` request waits this long first, as Stripe's own confirm takes
+    a moment: a process killed meanwhile leaves it in flight."""
+
+
 class StripeChaosProxy(ThreadedServer):
     # Calls held to lose their answer finish before the server goes.
     stop_timeout_s = 30.0
@@ -51,27 +67,16 @@ class StripeChaosProxy(ThreadedServer):
     def __init__(
         self,
         upstream: str,
+        faults: StripeFaults | None = None,
         *,
-        error_rate: float = 0.0,
-        lost_answer_rate: float = 0.0,
-        lost_answer_hold_s: float = 3.0,
-        lose_first_answers: int = 0,
-        burst_chance: float = 0.0,
-        burst_length: int = 10,
-        latency_s: float = 0.0,
         same_key_in_flight: SameKeyInFlight = "conflict",
         seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
         super().__init__(host, seed=seed)
         self.upstream = upstream.rstrip("/")
-        self.error_rate = error_rate
-        self.lost_answer_rate = lost_answer_rate
-        self.lost_answer_hold_s = lost_answer_hold_s
-        self._lose_first = lose_first_answers
-        self.burst_chance = burst_chance
-        self.burst_length = burst_length
-        self.latency_s = latency_s
+        self.faults = faults or StripeFaults()
+        self._lose_first = self.faults.lose_first_answers
         self._burst_left = 0
         self._keys: IdempotencyStore[bytes] = IdempotencyStore(
             same_key_in_flight=same_key_in_flight
@@ -82,7 +87,7 @@ class StripeChaosProxy(ThreadedServer):
     def quiet(self) -> None:
         """No more faults; idempotency goes on."""
         with self._lock:
-            self.error_rate = self.lost_answer_rate = self.burst_chance = 0.0
+            self.faults = StripeFaults(latency_s=self.faults.latency_s)
             self._burst_left = self._lose_first = 0
 
     def stats(self) -> dict[str, int]:
@@ -94,15 +99,15 @@ class StripeChaosProxy(ThreadedServer):
         """The fault before forwarding (None, "rate_limit", "error"), and whether to lose
         the answer."""
         with self._lock:
-            lose = self._random.random() < self.lost_answer_rate
+            lose = self._random.random() < self.faults.lost_answer_rate
             if self._burst_left > 0:
                 self._burst_left -= 1
                 return "rate_limit", lose
-            if self._random.random() < self.burst_chance:
+            if self._random.random() < self.faults.burst_chance:
                 self._counts["bursts"] += 1
-                self._burst_left = self.burst_length - 1
+                self._burst_left = self.faults.burst_length - 1
                 return "rate_limit", lose
-            if self._random.random() < self.error_rate:
+            if self._random.random() < self.faults.error_rate:
                 return "error", lose
             return None, lose
 
@@ -148,8 +153,8 @@ class StripeChaosProxy(ThreadedServer):
         if fault == "error":
             self._count("error_500")
             return _stripe_error(500, "api_error", "An unknown error occurred (injected).")
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        if self.faults.latency_s:
+            await asyncio.sleep(self.faults.latency_s)
         key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
         if key is None:
             status, payload, headers = await self._forward(request, body)
@@ -158,7 +163,7 @@ class StripeChaosProxy(ThreadedServer):
             lose = lose or self._take_first_loss(status)
         if lose and status < 500:
             self._count("lost_answer")
-            await asyncio.sleep(self.lost_answer_hold_s)
+            await asyncio.sleep(self.faults.lost_answer_hold_s)
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError

@@ -19,6 +19,7 @@ running, and nothing in the dead-letter queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import re
@@ -27,13 +28,13 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from paystep_local import processes
-from paystep_local.localstack import LocalStack
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.polling import NotInTime, eventually_async
 from paystep_local.processes import ManagedProcess, Workers
 from paystep_local.scenarios import Observed, Stack, demo_scenarios, judge, observe
@@ -137,6 +138,50 @@ def start_worker(
     """A `paystep worker` on the stack's deployment, its Stripe at `stripe_base`."""
     assert isinstance(workers.stack, LocalStack) and workers.stack.deployment
     return workers.start(workers.stack.deployment, stripe_base, wait_ready=True, **env)
+
+
+def clients(local: LocalStack) -> Stack:
+    """Clients of the test's stack; receipts may come late under faults."""
+    assert local.deployment and local.stripe_base
+    return Stack(local.deployment, local.stripe_base, LOCAL_STRIPE_KEY, message_timeout_s=15)
+
+
+@dataclass
+class Chaos:
+    """A fault test's stack, its workers and the seed of its draws; what it reports."""
+
+    local: LocalStack
+    workers: Workers
+    seed: int
+
+    def start_webhook(
+        self,
+        *,
+        register: bool = True,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedProcess:
+        """A webhook process; registered at the Stripe emulator unless something goes between."""
+        webhook = start_webhook(self.local, port, env)
+        if register:
+            self.local.register_webhook(webhook.urls["webhook"])
+        return webhook
+
+    def start_workers(
+        self, stripe_base: str, count: int = 2, env: Mapping[str, str] = WORKER_ENV
+    ) -> list[ManagedProcess]:
+        return [start_worker(self.workers, stripe_base, env) for _ in range(count)]
+
+    @contextlib.asynccontextmanager
+    async def payments(self, scenario: str) -> AsyncIterator[Payments]:
+        async with clients(self.local) as stack:
+            yield Payments(stack, scenario)
+
+    def report(self, figures: Figures, **extra: object) -> None:
+        """Print the run's line; fail the test on any order that ended otherwise."""
+        figures.extra.update(seed=self.seed, **extra)
+        print(figures.line())
+        assert figures.errors == [], summary(figures)
 
 
 def reconcile(local: LocalStack, since: str = "1h") -> dict[str, int]:

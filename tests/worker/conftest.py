@@ -14,20 +14,12 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
-from paystep_local.processes import Workers
 
 
 @pytest.fixture
 def fake_stripe() -> Iterator[FakeStripe]:
     with FakeStripe().running_in_thread() as fake:
         yield fake
-
-
-@pytest.fixture
-def workers(stack: LocalStack) -> Iterator[Workers]:
-    started = Workers(stack)
-    yield started
-    started.stop_all()
 
 
 @pytest.fixture(scope="session")
