@@ -25,13 +25,13 @@ on its own thread and loop:
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import Counter
 from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
+from paystep_local.polling import eventually
 from paystep_local.threaded_server import ThreadedServer
 
 FORWARDED_HEADERS = ("Content-Type", "Stripe-Signature")
@@ -82,14 +82,12 @@ class WebhookRelay(ThreadedServer):
 
     def wait_idle(self, timeout_s: float = 120.0) -> None:
         """Until every copy received so far is delivered or given up."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if self._pending == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relay still has {self._pending} copies after {timeout_s} s")
-            time.sleep(0.1)
+        eventually(
+            lambda: self.stats()["pending"] == 0,
+            timeout_s=timeout_s,
+            interval_s=0.1,
+            what="the relay to deliver or give up every copy",
+        )
 
     # -- the server ----------------------------------------------------------------------
 
