@@ -60,6 +60,11 @@ def wait_done(sfn: Any, execution_arn: str, timeout_s: float = 60) -> dict[str, 
     return eventually(describe, until=ended, timeout_s=timeout_s, what=f"{execution_arn} to end")
 
 
+def run_to_end(sfn: Any, machine_arn: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Start an execution of `request` and wait for its end: `DescribeExecution`."""
+    return wait_done(sfn, start(sfn, machine_arn, request))
+
+
 def states_entered(sfn: Any, execution_arn: str) -> list[str]:
     events = sfn.get_execution_history(executionArn=execution_arn, maxResults=1000)["events"]
     return [

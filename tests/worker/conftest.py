@@ -14,12 +14,19 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
+from tests.conftest import Deployer
 
 
 @pytest.fixture
 def fake_stripe() -> Iterator[FakeStripe]:
     with FakeStripe().running_in_thread() as fake:
         yield fake
+
+
+@pytest.fixture
+def deployed(deploy_fresh: Deployer) -> dict[str, Any]:
+    """A deployment of the test's own, with the default settings."""
+    return deploy_fresh()
 
 
 @pytest.fixture(scope="session")

@@ -113,10 +113,9 @@ def test_cancel_finds_the_payment_succeeded_after_all(impatient: Any, fake: Fake
 
 
 def test_a_failed_order_is_refunded_once(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, _ = aws
-    deployed = deploy_fresh()
     ddb = boto3.client("dynamodb")
     put_stock(ddb, deployed["inventory_table"], "sku_gone", 0)
     workers.start(deployed, fake_stripe.url)

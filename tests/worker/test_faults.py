@@ -22,7 +22,6 @@ from paystep_local.fake_stripe import FakeStripe, Fault
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from paystep_local.prometheus import metric, scrape
-from tests.conftest import Deployer
 from tests.support.aws import start
 from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty, worker_env
 
@@ -40,10 +39,9 @@ def statuses(sfn: Any, arns: list[str]) -> set[str]:
 
 
 def test_stripe_500_then_200_makes_one_payment_intent(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.add_fault(Fault(kind="error", status=500, times=1))
     worker = workers.start(deployed, fake_stripe.url, **FAST_RETRIES)
     arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
@@ -65,10 +63,9 @@ def test_stripe_500_then_200_makes_one_payment_intent(
 
 
 def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(rate_limit_per_s=8, latency_s=0.05)
     arns = [
         start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
@@ -91,10 +88,9 @@ def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
 
 
 def test_sigterm_finishes_the_tasks_in_flight_and_exits_0(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(latency_s=2.0)
     worker = workers.start(deployed, fake_stripe.url)
     for _ in range(8):
@@ -109,10 +105,9 @@ def test_sigterm_finishes_the_tasks_in_flight_and_exits_0(
 
 
 def test_sigterm_hands_back_what_the_grace_cannot_finish(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(latency_s=5.0)
     first = workers.start(deployed, fake_stripe.url, PAYSTEP_WORKER_SHUTDOWN_GRACE_S="0.5")
     for _ in range(6):
@@ -130,10 +125,9 @@ def test_sigterm_hands_back_what_the_grace_cannot_finish(
 
 
 def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     secret = "SECRET" + uuid.uuid4().hex * 20
     for body in (
         "<xml>not json</xml>",

@@ -16,16 +16,14 @@ from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
-from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
 
 
 def test_a_real_payment_intent_carries_the_token_in_its_metadata(
-    stack: LocalStack, deploy_fresh: Deployer, workers: Workers, aws: tuple[Any, Any]
+    stack: LocalStack, deployed: dict[str, Any], workers: Workers, aws: tuple[Any, Any]
 ) -> None:
     sfn, _ = aws
     assert stack.stripe_base is not None
-    deployed = deploy_fresh()
     worker = workers.start(deployed, stack.stripe_base)
     order_id = f"ord_{uuid.uuid4().hex[:10]}"
     arn = start(

@@ -79,10 +79,9 @@ def test_an_old_message_of_a_closed_task_is_deleted_without_calling_stripe(
 
 @pytest.mark.usefixtures("stack")
 def test_an_old_message_adopts_the_payment_intent_its_first_delivery_made(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     # The first delivery's create succeeds at Stripe but its answer is lost ...
     fake_stripe.add_fault(Fault(kind="drop"))
     worker = workers.start(
