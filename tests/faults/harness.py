@@ -3,7 +3,8 @@
 A run starts a mix of payments (cards that succeed, cards that are declined,
 bank debits that succeed later, orders that cannot be fulfilled, invalid
 input), lets a scenario break things meanwhile, waits for every execution to
-end and then checks each order against what its payment method dictates:
+end and then holds each order to the check of the demo scenario
+(`paystep_local.scenarios`) that pays the same way:
 
 - succeeded (card, bank debit): exactly one PaymentIntent, succeeded, named by
   the output and the order row, one receipt published;
