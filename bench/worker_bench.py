@@ -47,8 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from paystep_local.localstack import free_port, wait_http
 from paystep_local.polling import eventually
+from paystep_local.processes import free_port, wait_http
 
 RESULTS: Final = Path(__file__).with_name("results-worker.json")
 STRIPE_LATENCY_S: Final = 0.2

@@ -21,13 +21,14 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Protocol
+
+from paystep_local.polling import NotInTime, eventually
 
 Popen = subprocess.Popen[bytes]
 
@@ -49,21 +50,24 @@ def free_port() -> int:
 
 def wait_http(url: str, timeout_s: float = READY_TIMEOUT_S, process: Popen | None = None) -> None:
     """Wait until `url` answers at all (any HTTP status counts as up)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
+
+    def answers() -> bool:
         if process is not None and process.poll() is not None:
             raise StackError(
                 f"{process.args!r} exited with {process.returncode} before {url} answered"
             )
         try:
             with urllib.request.urlopen(url, timeout=2):
-                return
+                return True
         except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise StackError(f"{url} did not answer within {timeout_s:.0f} s: {exc}") from exc
-            time.sleep(0.1)
+            return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    try:
+        eventually(answers, timeout_s=timeout_s, interval_s=0.1, what=f"{url} to answer")
+    except NotInTime as exc:
+        raise StackError(str(exc)) from exc
 
 
 @dataclass

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from paystep_common.logging import token_hash
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port, wait_http
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.polling import eventually
+from paystep_local.processes import free_port, wait_http
 from paystep_local.prometheus import metric, scrape
 from paystep_local.sfn_proxy import SfnProxy
 from paystep_local.signing import signed

@@ -21,6 +21,7 @@ from paystep_local.signing import body_of, signature_header, signed
 from tests.webhook.conftest import (
     OTHER_SECRET,
     SECRET,
+    Waiting,
     Webhook,
     describe,
     event,
@@ -211,8 +212,7 @@ async def test_other_event_types_are_acknowledged_and_ignored(webhook: Webhook) 
 async def test_the_same_event_three_times_resumes_once_and_acknowledges_all(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    waiting, evt = await _succeeded(deployment)
 
     answers = [await webhook.deliver(evt) for _ in range(3)]
 
@@ -300,6 +300,12 @@ def _history(execution_arn: str) -> list[dict[str, Any]]:
     return events
 
 
+async def _succeeded(deployment: dict[str, Any]) -> tuple[Waiting, dict[str, Any]]:
+    """An execution waiting on its payment, and the event of the payment's success."""
+    waiting = await in_thread(start_waiting, deployment)
+    return waiting, event("payment_intent.succeeded", payment_intent(waiting))
+
+
 def _states_entered(execution_arn: str) -> list[str]:
     return [
         e["stateEnteredEventDetails"]["name"]
@@ -369,8 +375,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
 async def test_a_timestamp_inside_the_tolerance_is_accepted(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    _, evt = await _succeeded(deployment)
 
     status, answer = await webhook.deliver(evt, timestamp=int(time.time()) - 240)
 
@@ -397,8 +402,7 @@ async def test_rotation_accepts_the_secret_configured_second(
 async def test_rotation_accepts_a_header_whose_matching_signature_comes_second(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    _, evt = await _succeeded(deployment)
 
     # Stripe signs with every active secret of the endpoint while a rotation runs.
     status, answer = await webhook.deliver(evt, secrets=[OTHER_SECRET, SECRET])
@@ -412,8 +416,7 @@ async def test_rotation_accepts_a_header_whose_matching_signature_comes_second(
 async def test_an_oversized_body_is_refused_before_it_is_verified(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    waiting, evt = await _succeeded(deployment)
     evt["padding"] = "x" * (512 * 1024)
     body, headers = signed(evt, SECRET)
 
