@@ -44,7 +44,7 @@ from typing import Any, Final
 import aiohttp
 import stripe
 
-from paystep_local.localstack import free_port, wait_http
+from paystep_local.processes import free_port, wait_http
 from statemachine.codec import encode_token
 
 RESULTS: Final = Path(__file__).with_name("results-webhook.json")

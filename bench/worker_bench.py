@@ -47,7 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from paystep_local.localstack import free_port, wait_http
+from paystep_local.polling import eventually
+from paystep_local.processes import free_port, wait_http
 
 RESULTS: Final = Path(__file__).with_name("results-worker.json")
 STRIPE_LATENCY_S: Final = 0.2
@@ -212,13 +213,14 @@ def _services(workdir: Path, worker_cores: set[int], other_cores: set[int]) -> I
 
 
 def _wait_deleted(stack: Stack, target: int, timeout_s: float) -> float:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if stack.sqs_stats()["deleted"] >= target:
-            return time.monotonic()
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"tasks not done within {timeout_s:.0f} s")
-        time.sleep(0.02)
+    """The moment the SQS fake counted `target` deletions."""
+    eventually(
+        lambda: stack.sqs_stats()["deleted"] >= target,
+        timeout_s=timeout_s,
+        interval_s=0.02,
+        what=f"{target} tasks done",
+    )
+    return time.monotonic()
 
 
 def _measure_worker(stack: Stack, in_flight: int, plan: Plan) -> dict[str, float]:

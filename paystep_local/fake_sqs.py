@@ -19,7 +19,6 @@ No signature check, no FIFO, no redrive. Control: `GET /_stats`,
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import hashlib
@@ -34,6 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from aiohttp import web
+
+from paystep_local import serve
 
 ACCOUNT: Final = "000000000000"
 MAX_BATCH: Final = 10
@@ -367,18 +368,8 @@ class FakeSqs:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paystep_local.fake_sqs")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    args = parser.parse_args(argv)
-
-    async def serve() -> None:
-        fake = FakeSqs(args.host, args.port)
-        print(f"listening on {await fake.start()}", flush=True)
-        await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    args = serve.parser("paystep_local.fake_sqs").parse_args(argv)
+    serve.serve_forever(lambda: FakeSqs(args.host, args.port))
 
 
 if __name__ == "__main__":

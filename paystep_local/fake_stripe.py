@@ -44,8 +44,8 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
   amount received; 400 `charge_already_refunded` when nothing is left.
   `GET /v1/refunds?payment_intent=...`.
 
-Idempotency (https://docs.stripe.com/api/idempotent_requests): the first POST with a
-key stores its status and body once the endpoint runs (card declines included);
+Idempotency as Stripe does it (`paystep_local.idempotency`): the first POST with
+a key stores its status and body once the endpoint runs (card declines included);
 the same key and parameters replay it with `Idempotent-Replayed: true`; other
 parameters -> 400 `idempotency_error`. A request arriving while another with
 the same key runs gets 409 `idempotency_key_in_use` (default, as Stripe) or,
@@ -84,7 +84,6 @@ replayed, metadata).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import json
@@ -101,7 +100,15 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-SameKeyInFlight = Literal["conflict", "wait"]
+from paystep_local import serve
+from paystep_local.idempotency import (
+    REPLAYED_HEADER,
+    IdempotencyError,
+    IdempotencyStore,
+    Reply,
+    SameKeyInFlight,
+)
+
 FaultKind = Literal["error", "drop", "hold"]
 
 METADATA_MAX_KEYS: Final = 50
@@ -175,13 +182,6 @@ class RequestRecord:
     fault: str | None = None
     object_id: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class _Stored:
-    fingerprint: str
-    status: int
-    body: dict[str, Any]
 
 
 @dataclass
@@ -282,12 +282,11 @@ class FakeStripe:
             self.refunds: dict[str, dict[str, Any]] = {}
             self.faults: list[Fault] = []
             self._records: list[RequestRecord] = []
-            self._idempotency: dict[str, _Stored] = {}
-            self._key_in_flight: dict[str, asyncio.Event] = {}
+            self._idempotency: IdempotencyStore[dict[str, Any]] = IdempotencyStore(
+                same_key_in_flight=self.same_key_in_flight
+            )
             self._statuses: Counter[int] = Counter()
             self._routes: Counter[str] = Counter()
-            self._replays = 0
-            self._conflicts = 0
             self._rate_limited = 0
             self._in_flight = 0
             self._peak_in_flight = 0
@@ -313,6 +312,7 @@ class FakeStripe:
                 self._tokens_at = time.monotonic()
             if same_key_in_flight is not None:
                 self.same_key_in_flight = same_key_in_flight
+                self._idempotency.same_key_in_flight = same_key_in_flight
 
     def add_fault(self, fault: Fault | None = None, /, **fields: Any) -> Fault:
         fault = fault or Fault(**fields)
@@ -323,7 +323,7 @@ class FakeStripe:
     def forget_idempotency_keys(self) -> None:
         """What Stripe does to keys older than 24 hours."""
         with self._lock:
-            self._idempotency.clear()
+            self._idempotency.forget()
 
     def put_payment_intent(self, **fields: Any) -> dict[str, Any]:
         """Store a PaymentIntent directly, as if made long ago (no key, no request counted)."""
@@ -364,8 +364,8 @@ class FakeStripe:
                 "requests": sum(self._routes.values()),
                 "routes": dict(self._routes),
                 "statuses": {str(k): v for k, v in self._statuses.items()},
-                "replays": self._replays,
-                "conflicts": self._conflicts,
+                "replays": self._idempotency.counts().get("replayed", 0),
+                "conflicts": self._idempotency.counts().get("conflicts", 0),
                 "rate_limited": self._rate_limited,
                 "in_flight": self._in_flight,
                 "peak_in_flight": self._peak_in_flight,
@@ -429,7 +429,6 @@ class FakeStripe:
             record.replayed = answer.replayed
             with self._lock:
                 self._statuses[answer.status] += 1
-                self._replays += answer.replayed
             if answer.after is not None and answer.after.kind == "drop":
                 record.fault = "drop"
                 if request.transport is not None:
@@ -440,7 +439,7 @@ class FakeStripe:
                 await asyncio.sleep(answer.after.hold_s)
             headers = {"Request-Id": "req_" + secrets.token_hex(7)}
             if answer.replayed:
-                headers["Idempotent-Replayed"] = "true"
+                headers[REPLAYED_HEADER] = "true"
             return web.json_response(answer.body, status=answer.status, headers=headers)
 
         return handler
@@ -494,53 +493,20 @@ class FakeStripe:
         params: dict[str, Any],
         endpoint: Callable[[web.Request, dict[str, Any]], Awaitable[_Answer]],
     ) -> _Answer:
-        fingerprint = json.dumps([route, request.path, params], sort_keys=True)
-        while True:
-            stored = self._idempotency.get(key)
-            if stored is not None:
-                if stored.fingerprint != fingerprint:
-                    return _error_answer(
-                        StripeFailure(
-                            400,
-                            "idempotency_error",
-                            "Keys for idempotent requests can only be used with the same "
-                            "parameters they were first used with.",
-                        )
-                    )
-                return _Answer(stored.status, stored.body, replayed=True)
-            running = self._key_in_flight.get(key)
-            if running is None:
-                break
-            if self.same_key_in_flight == "conflict":
-                with self._lock:
-                    self._conflicts += 1
-                return _error_answer(
-                    StripeFailure(
-                        409,
-                        "invalid_request_error",
-                        "There is currently another in-progress request using this "
-                        "Idempotent Key (that probably means you submitted twice, and the "
-                        "other request is still going through).",
-                        code="idempotency_key_in_use",
-                    )
-                )
-            await running.wait()
-        done = asyncio.Event()
-        # The key is taken for the whole request, latency included, as on Stripe's side.
-        self._key_in_flight[key] = done
-        try:
+        async def call() -> Reply[dict[str, Any]]:
             await self._latency()
             try:
                 answer = await endpoint(request, params)
             except StripeFailure as failure:
-                if not failure.executed:
-                    return _error_answer(failure)
-                answer = _error_answer(failure)
-            self._idempotency[key] = _Stored(fingerprint, answer.status, answer.body)
-            return answer
-        finally:
-            del self._key_in_flight[key]
-            done.set()
+                return Reply(failure.status, failure.body, ran=failure.executed)
+            return Reply(answer.status, answer.body)
+
+        fingerprint = json.dumps([route, request.path, params], sort_keys=True)
+        try:
+            reply = await self._idempotency.run(key, fingerprint, call)
+        except IdempotencyError as refused:
+            return _Answer(refused.status, refused.body)
+        return _Answer(reply.status, reply.body, replayed=reply.replayed)
 
     async def _latency(self) -> None:
         if self.latency_s or self.jitter_s:
@@ -594,24 +560,8 @@ class FakeStripe:
                 code="parameter_missing",
             )
         metadata = _metadata(params.get("metadata"))
-        customer = params.get("customer")
-        if isinstance(customer, str) and customer.startswith("cus_missing"):
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                f"No such customer: '{customer}'",
-                param="customer",
-                code="resource_missing",
-            )
-        method = params.get("payment_method")
-        if isinstance(method, str) and method.startswith("pm_missing"):
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                f"No such PaymentMethod: '{method}'",
-                param="payment_method",
-                code="resource_missing",
-            )
+        customer = _existing(params, "customer", "cus_missing", "customer")
+        method = _existing(params, "payment_method", "pm_missing", "PaymentMethod")
         intent = _payment_intent(
             {
                 "amount": amount,
@@ -898,6 +848,20 @@ def _decode_form(text: str) -> dict[str, Any]:
     return params
 
 
+def _existing(params: dict[str, Any], param: str, missing_prefix: str, noun: str) -> Any:
+    """The id in `params[param]`; ids starting with `missing_prefix` name nothing."""
+    value = params.get(param)
+    if isinstance(value, str) and value.startswith(missing_prefix):
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"No such {noun}: '{value}'",
+            param=param,
+            code="resource_missing",
+        )
+    return value
+
+
 def _integer(params: dict[str, Any], name: str) -> int:
     raw = params.get(name)
     if not isinstance(raw, str) or not raw.isdigit() or int(raw) <= 0:
@@ -963,30 +927,14 @@ def _clause_matches(intent: dict[str, Any], clause: tuple[str | None, str | None
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m paystep_local.fake_stripe")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--latency-s", type=float, default=0.0)
-    parser.add_argument("--jitter-s", type=float, default=0.0)
-    parser.add_argument("--rate-limit-per-s", type=float)
-    parser.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
-    args = parser.parse_args(argv)
-    fake = FakeStripe(
-        latency_s=args.latency_s,
-        jitter_s=args.jitter_s,
-        rate_limit_per_s=args.rate_limit_per_s,
-        same_key_in_flight=args.same_key_in_flight,
-        host=args.host,
-        port=args.port,
-    )
-
-    async def serve() -> None:
-        url = await fake.start()
-        print(f"listening on {url}", flush=True)
-        await asyncio.Event().wait()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    options = serve.parser("paystep_local.fake_stripe")
+    options.add_argument("--latency-s", type=float, default=0.0)
+    options.add_argument("--jitter-s", type=float, default=0.0)
+    options.add_argument("--rate-limit-per-s", type=float)
+    options.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
+    # Each option is named as the constructor's keyword it sets.
+    settings = vars(options.parse_args(argv))
+    serve.serve_forever(lambda: FakeStripe(**settings))
 
 
 if __name__ == "__main__":

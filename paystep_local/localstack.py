@@ -10,51 +10,23 @@ import contextlib
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Final, Self
+from typing import Any, Final, Self
 
-Popen = subprocess.Popen[bytes]
+from paystep_local import processes
+from paystep_local.processes import ManagedProcess, StackError, free_port, wait_http
 
-READY_TIMEOUT_S: Final = 30.0
-STOP_TIMEOUT_S: Final = 15.0
+__all__ = ["LOCAL_STRIPE_KEY", "LocalStack", "ManagedProcess", "StackError", "free_port"]
+
 LOCAL_STRIPE_KEY: Final = "sk_test_paystep_local"
 LOCAL_REGION: Final = "us-east-1"
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, timeout_s: float = READY_TIMEOUT_S, process: Popen | None = None) -> None:
-    """Wait until `url` answers at all (any HTTP status counts as up)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        if process is not None and process.poll() is not None:
-            raise StackError(
-                f"{process.args!r} exited with {process.returncode} before {url} answered"
-            )
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:
-            return
-        except (urllib.error.URLError, ConnectionError, TimeoutError) as exc:
-            if time.monotonic() > deadline:
-                raise StackError(f"{url} did not answer within {timeout_s:.0f} s: {exc}") from exc
-            time.sleep(0.1)
 
 
 def http_post(url: str, body: bytes, content_type: str) -> bytes:
@@ -64,36 +36,6 @@ def http_post(url: str, body: bytes, content_type: str) -> bytes:
     with urllib.request.urlopen(request, timeout=10) as response:
         data: bytes = response.read()
         return data
-
-
-class StackError(RuntimeError):
-    """A part of the local stack could not start."""
-
-
-@dataclass
-class ManagedProcess:
-    name: str
-    process: Popen
-    log_path: Path
-    log_file: IO[bytes]
-    urls: dict[str, str] = field(default_factory=dict)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout_s: float = STOP_TIMEOUT_S) -> int | None:
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(timeout_s)
-        self.log_file.close()
-        return self.process.returncode
-
-    def kill(self) -> None:
-        """SIGKILL the process group: a crash, not a shutdown."""
-        self.stop(signal.SIGKILL)
 
 
 @dataclass
@@ -225,30 +167,12 @@ class LocalStack:
 
     def start_webhook(self) -> ManagedProcess:
         """One webhook process, registered with localstripe as the event endpoint."""
-        port, metrics_port = free_port(), free_port()
-        proc = self.spawn(
-            "webhook",
-            [sys.executable, "-m", "paystep", "webhook"],
-            env={"PAYSTEP_WEBHOOK_PORT": str(port), "PAYSTEP_METRICS_PORT": str(metrics_port)},
-        )
-        proc.urls = {
-            "webhook": f"http://127.0.0.1:{port}/webhooks/stripe",
-            "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-        }
-        wait_http(f"http://127.0.0.1:{port}/healthz", process=proc.process)
+        proc = processes.start_webhook(self)
         self.register_webhook(proc.urls["webhook"])
         return proc
 
     def start_worker(self) -> ManagedProcess:
-        metrics_port = free_port()
-        proc = self.spawn(
-            "worker",
-            [sys.executable, "-m", "paystep", "worker"],
-            env={"PAYSTEP_METRICS_PORT": str(metrics_port)},
-        )
-        proc.urls = {"metrics": f"http://127.0.0.1:{metrics_port}/metrics"}
-        wait_http(f"http://127.0.0.1:{metrics_port}/healthz", process=proc.process)
-        return proc
+        return processes.start_worker(self, ready_path="/healthz")
 
     def start(self, *deploy_args: str) -> Self:
         """The whole stack: emulators, deployment, the webhook, `workers` workers."""

@@ -23,6 +23,7 @@ import aiohttp
 
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import DEMO
+from paystep_local.polling import NotInTime, ended, eventually_async
 
 POLL_S: Final = 0.25
 SCENARIO_TIMEOUT_S: Final = 120.0
@@ -60,8 +61,16 @@ class Observed:
 class Stack:
     """Clients of a running stack, shared by concurrent scenarios."""
 
-    def __init__(self, deployment: dict[str, Any], stripe_base: str, stripe_key: str) -> None:
+    def __init__(
+        self,
+        deployment: dict[str, Any],
+        stripe_base: str,
+        stripe_key: str,
+        *,
+        message_timeout_s: float = 10.0,
+    ) -> None:
         self.deployment = deployment
+        self.message_timeout_s = message_timeout_s
         self.stripe_base = stripe_base
         self._stripe_key = stripe_key
         self._exit = AsyncExitStack()
@@ -137,15 +146,14 @@ class Stack:
     def messages(self, order_id: str) -> list[dict[str, Any]]:
         return list(self._messages.get(order_id, []))
 
-    async def wait_messages(
-        self, order_id: str, count: int, timeout_s: float = 10
-    ) -> list[dict[str, Any]]:
-        """The order's messages once `count` arrived (or what arrived within the timeout)."""
+    async def wait_messages(self, order_id: str, count: int) -> list[dict[str, Any]]:
+        """The order's messages once `count` arrived (or what arrived within
+        `message_timeout_s`)."""
         with contextlib.suppress(TimeoutError):
             async with self._arrived:
                 await asyncio.wait_for(
                     self._arrived.wait_for(lambda: len(self.messages(order_id)) >= count),
-                    timeout_s,
+                    self.message_timeout_s,
                 )
         return self.messages(order_id)
 
@@ -174,18 +182,26 @@ class Stack:
         method_id: str = method["id"]
         return method_id
 
-    async def payment_intents_of(self, order_id: str) -> list[dict[str, Any]]:
+    async def payment_intents(self) -> list[dict[str, Any]]:
+        """Every PaymentIntent of the account, newest first."""
         found: list[dict[str, Any]] = []
         after = ""
         while True:
             query = f"?limit=100&starting_after={after}" if after else "?limit=100"
             page = await self.stripe("GET", f"/v1/payment_intents{query}")
-            found += [pi for pi in page["data"] if pi["metadata"].get("order_id") == order_id]
+            found += page["data"]
             if not page.get("has_more") or not page["data"]:
-                break
+                return found
             after = page["data"][-1]["id"]
-        return sorted(
-            found, key=lambda pi: (pi["created"], pi["metadata"].get("paystep_attempt", ""))
+
+    async def payment_intents_of(self, order_id: str) -> list[dict[str, Any]]:
+        """The order's PaymentIntents, in the order of its attempts."""
+        return in_attempt_order(
+            [
+                pi
+                for pi in await self.payment_intents()
+                if pi["metadata"].get("order_id") == order_id
+            ]
         )
 
     # -- AWS -----------------------------------------------------------------------------
@@ -220,14 +236,27 @@ class Stack:
     async def wait_done(
         self, execution_arn: str, timeout_s: float = SCENARIO_TIMEOUT_S
     ) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while True:
+        """`DescribeExecution` once the execution ended (or as it is at the deadline)."""
+
+        async def describe() -> dict[str, Any]:
             described: dict[str, Any] = await self.sfn.describe_execution(
                 executionArn=execution_arn
             )
-            if described["status"] != "RUNNING" or time.monotonic() > deadline:
-                return described
-            await asyncio.sleep(POLL_S)
+            return described
+
+        try:
+            return await eventually_async(
+                describe, until=ended, timeout_s=timeout_s, interval_s=POLL_S
+            )
+        except NotInTime as late:
+            still: dict[str, Any] = late.last  # type: ignore[assignment]
+            return still
+
+
+def in_attempt_order(payment_intents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(
+        payment_intents, key=lambda pi: (pi["created"], pi["metadata"].get("paystep_attempt", ""))
+    )
 
 
 Step = Callable[[Stack, Observed, dict[str, Any]], Awaitable[None]]
@@ -259,18 +288,33 @@ async def run(stack: Stack, scenario: Scenario, order_id: str | None = None) -> 
     await scenario.during(stack, observed, request)
     described = await stack.wait_done(observed.execution_arn)
     observed.seconds = time.monotonic() - begun
+    observe(observed, described, await stack.payment_intents_of(order_id))
+    observed.order_row = await stack.order_row(order_id)
+    await judge(stack, scenario, observed, request)
+    return observed
+
+
+def observe(
+    observed: Observed, described: dict[str, Any], payment_intents: list[dict[str, Any]]
+) -> None:
+    """Note how the execution (`DescribeExecution`) ended and the order's PaymentIntents."""
+    observed.execution_arn = described["executionArn"]
     observed.status = described["status"]
     observed.error = described.get("error", "")
     observed.cause = described.get("cause", "")
     observed.output = json.loads(described.get("output") or "{}")
-    observed.payment_intents = await stack.payment_intents_of(order_id)
-    observed.order_row = await stack.order_row(order_id)
+    observed.payment_intents = in_attempt_order(payment_intents)
+
+
+async def judge(
+    stack: Stack, scenario: Scenario, observed: Observed, request: dict[str, Any]
+) -> None:
+    """Hold what was observed to what the scenario expects; differences go to `problems`."""
     observed.expect(
         (observed.status, observed.error) == (scenario.status, scenario.error),
         f"ended {observed.status} {observed.error}, expected {scenario.status} {scenario.error}",
     )
     await scenario.check(stack, observed, request)
-    return observed
 
 
 # -- the demo's scenarios -----------------------------------------------------------------
@@ -344,23 +388,22 @@ async def _sepa_method(stack: Stack, observed: Observed, request: dict[str, Any]
 
 async def _confirm_later(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
     """The customer confirms on the client side once the PaymentIntent exists."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        intents = await stack.payment_intents_of(observed.order_id)
-        if intents:
-            pi = intents[0]
-            observed.expect(pi["status"] == "requires_payment_method", f"created as {pi['status']}")
-            described = await stack.sfn.describe_execution(executionArn=observed.execution_arn)
-            observed.expect(
-                described["status"] == "RUNNING", "the execution must wait for the customer"
-            )
-            await stack.stripe(
-                "POST", f"/v1/payment_intents/{pi['id']}", payment_method="pm_card_visa"
-            )
-            await stack.stripe("POST", f"/v1/payment_intents/{pi['id']}/confirm")
-            return
-        await asyncio.sleep(POLL_S)
-    observed.problems.append("no PaymentIntent was created to confirm")
+    try:
+        intents = await eventually_async(
+            lambda: stack.payment_intents_of(observed.order_id),
+            timeout_s=60,
+            interval_s=POLL_S,
+            what="a PaymentIntent to confirm",
+        )
+    except NotInTime:
+        observed.problems.append("no PaymentIntent was created to confirm")
+        return
+    pi = intents[0]
+    observed.expect(pi["status"] == "requires_payment_method", f"created as {pi['status']}")
+    described = await stack.sfn.describe_execution(executionArn=observed.execution_arn)
+    observed.expect(described["status"] == "RUNNING", "the execution must wait for the customer")
+    await stack.stripe("POST", f"/v1/payment_intents/{pi['id']}", payment_method="pm_card_visa")
+    await stack.stripe("POST", f"/v1/payment_intents/{pi['id']}/confirm")
 
 
 async def _check_invalid(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
@@ -373,6 +416,9 @@ async def _check_invalid(stack: Stack, observed: Observed, request: dict[str, An
 async def _check_refunded(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
     pi = observed.payment_intent
     observed.expect(pi.get("status") == "succeeded", f"PaymentIntent is {pi.get('status')}")
+    observed.expect(
+        len(observed.payment_intents) == 1, f"{len(observed.payment_intents)} PaymentIntents"
+    )
     refunds = await stack.stripe("GET", f"/v1/refunds?payment_intent={pi.get('id')}")
     observed.refunds = refunds["data"]
     observed.expect(

@@ -4,27 +4,19 @@ localstripe runs the payments but ignores idempotency keys; real Stripe replays
 the stored answer of a key. This proxy adds what Stripe does and what a bad
 network does, between the worker and the emulator:
 
-- Idempotency (https://docs.stripe.com/api/idempotent_requests): the first POST
+- Idempotency as Stripe does it (`paystep_local.idempotency`): the first POST
   with a key is forwarded and its answer stored once the emulator ran it (any
   status below 500 but 409 and 429); the same key and body replay it with
   `Idempotent-Replayed: true`; the same key with another body answers 400
-  `idempotency_error`. Requests with the same key are serialised: the second
-  waits for the first and replays its answer.
-- `error_rate`: answer 500 `api_error` without forwarding (nothing stored).
-- `lost_answer_rate`: forward, let the emulator act (the key is stored), then
-  hold the answer for `lost_answer_hold_s` and close the connection: the client
-  times out on a request that succeeded, the case that charges twice when keys
-  are not honoured. `lose_first_answers` loses the answers of the first POSTs
-  with a key for certain, so a short run meets the case too.
-- `burst_chance` / `burst_length`: a request starts a burst of 429 `rate_limit`
-  answers for itself and the next `burst_length - 1` requests.
-- `latency_s`: every forwarded `/v1/` request waits this long first, as Stripe's
-  own confirm takes a moment: a process killed meanwhile leaves it in flight.
+  `idempotency_error`; the same key while the first still runs answers 409
+  `idempotency_key_in_use` (with `same_key_in_flight="wait"`: waits and replays).
+- the faults of `StripeFaults`: 500s, answers lost after the emulator acted,
+  bursts of 429, latency.
 
 Faults are drawn from a seeded random generator and apply to `/v1/` only. It
 runs on its own thread and loop, so sync and async tests can both use it:
 
-    with StripeChaosProxy(stack.stripe_base, error_rate=0.1, seed=7) as proxy:
+    with StripeChaosProxy(stack.stripe_base, StripeFaults(error_rate=0.1), seed=7) as proxy:
         worker env PAYSTEP_STRIPE_API_BASE=proxy.url; ...; proxy.stats()
 """
 
@@ -33,26 +25,39 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import random
-import threading
-from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
+from paystep_local.idempotency import IdempotencyError, IdempotencyStore, Reply, SameKeyInFlight
 from paystep_local.threaded_server import ThreadedServer
 
-NOT_STORED_STATUSES = frozenset({409, 429})
+JSON: Final = {"Content-Type": "application/json"}
 
 
-@dataclass(frozen=True)
-class _Stored:
-    fingerprint: str
-    status: int
-    body: bytes
-    headers: dict[str, str]
+@dataclass
+class StripeFaults:
+    """What goes wrong between the worker and Stripe."""
+
+    error_rate: float = 0.0
+    """Answer 500 `api_error` without forwarding (nothing stored)."""
+    lost_answer_rate: float = 0.0
+    """Forward, let the emulator act (the key is stored), then hold the answer for
+    `lost_answer_hold_s` and close the connection: the client times out on a request
+    that succeeded, the case that charges twice when keys are not honoured."""
+    lost_answer_hold_s: float = 3.0
+    lose_first_answers: int = 0
+    """Lose the answers of the first POSTs with a key for certain: a short run meets the
+    case too."""
+    burst_chance: float = 0.0
+    """A request starts a burst of 429 `rate_limit` answers for itself and the next
+    `burst_length - 1` requests."""
+    burst_length: int = 10
+    latency_s: float = 0.0
+    """Every forwarded `/v1/` request waits this long first, as Stripe's own confirm takes
+    a moment: a process killed meanwhile leaves it in flight."""
 
 
 class StripeChaosProxy(ThreadedServer):
@@ -62,64 +67,47 @@ class StripeChaosProxy(ThreadedServer):
     def __init__(
         self,
         upstream: str,
+        faults: StripeFaults | None = None,
         *,
-        error_rate: float = 0.0,
-        lost_answer_rate: float = 0.0,
-        lost_answer_hold_s: float = 3.0,
-        lose_first_answers: int = 0,
-        burst_chance: float = 0.0,
-        burst_length: int = 10,
-        latency_s: float = 0.0,
+        same_key_in_flight: SameKeyInFlight = "conflict",
         seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
-        super().__init__(host)
+        super().__init__(host, seed=seed)
         self.upstream = upstream.rstrip("/")
-        self.error_rate = error_rate
-        self.lost_answer_rate = lost_answer_rate
-        self.lost_answer_hold_s = lost_answer_hold_s
-        self._lose_first = lose_first_answers
-        self.burst_chance = burst_chance
-        self.burst_length = burst_length
-        self.latency_s = latency_s
-        self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        self.faults = faults or StripeFaults()
+        self._lose_first = self.faults.lose_first_answers
         self._burst_left = 0
-        self._stored: dict[str, _Stored] = {}
-        self._key_locks: dict[str, asyncio.Lock] = {}
+        self._keys: IdempotencyStore[bytes] = IdempotencyStore(
+            same_key_in_flight=same_key_in_flight
+        )
 
     # -- control -------------------------------------------------------------------------
 
     def quiet(self) -> None:
         """No more faults; idempotency goes on."""
         with self._lock:
-            self.error_rate = self.lost_answer_rate = self.burst_chance = 0.0
+            self.faults = StripeFaults(latency_s=self.faults.latency_s)
             self._burst_left = self._lose_first = 0
 
     def stats(self) -> dict[str, int]:
-        """Counts: requests, forwarded, replayed, key_waits, error_500, lost_answer,
-        rate_limited, bursts."""
-        with self._lock:
-            return dict(self._counts)
-
-    def _count(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._counts[name] += n
+        """Counts: requests, forwarded, error_500, lost_answer, rate_limited, bursts, and
+        the keys' replayed, conflicts, waits, mismatches."""
+        return {**self.counts(), **self._keys.counts()}
 
     def _draw(self) -> tuple[str | None, bool]:
         """The fault before forwarding (None, "rate_limit", "error"), and whether to lose
         the answer."""
         with self._lock:
-            lose = self._random.random() < self.lost_answer_rate
+            lose = self._random.random() < self.faults.lost_answer_rate
             if self._burst_left > 0:
                 self._burst_left -= 1
                 return "rate_limit", lose
-            if self._random.random() < self.burst_chance:
+            if self._random.random() < self.faults.burst_chance:
                 self._counts["bursts"] += 1
-                self._burst_left = self.burst_length - 1
+                self._burst_left = self.faults.burst_length - 1
                 return "rate_limit", lose
-            if self._random.random() < self.error_rate:
+            if self._random.random() < self.faults.error_rate:
                 return "error", lose
             return None, lose
 
@@ -165,8 +153,8 @@ class StripeChaosProxy(ThreadedServer):
         if fault == "error":
             self._count("error_500")
             return _stripe_error(500, "api_error", "An unknown error occurred (injected).")
-        if self.latency_s:
-            await asyncio.sleep(self.latency_s)
+        if self.faults.latency_s:
+            await asyncio.sleep(self.faults.latency_s)
         key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
         if key is None:
             status, payload, headers = await self._forward(request, body)
@@ -175,7 +163,7 @@ class StripeChaosProxy(ThreadedServer):
             lose = lose or self._take_first_loss(status)
         if lose and status < 500:
             self._count("lost_answer")
-            await asyncio.sleep(self.lost_answer_hold_s)
+            await asyncio.sleep(self.faults.lost_answer_hold_s)
             if request.transport is not None:
                 request.transport.abort()
             raise asyncio.CancelledError
@@ -184,32 +172,18 @@ class StripeChaosProxy(ThreadedServer):
     async def _idempotent(
         self, key: str, request: web.Request, body: bytes
     ) -> tuple[int, bytes, dict[str, str]]:
+        async def call() -> Reply[bytes]:
+            status, payload, headers = await self._forward(request, body)
+            return Reply(status, payload, {**headers, "Idempotency-Key": key})
+
         fingerprint = hashlib.sha256(
             request.method.encode() + b" " + request.path_qs.encode() + b"\n" + body
         ).hexdigest()
-        lock = self._key_locks.setdefault(key, asyncio.Lock())
-        if lock.locked():
-            self._count("key_waits")
-        async with lock:
-            stored = self._stored.get(key)
-            if stored is not None:
-                if stored.fingerprint != fingerprint:
-                    self._count("idempotency_mismatch")
-                    return (
-                        400,
-                        _error_body(
-                            "idempotency_error",
-                            "Keys for idempotent requests can only be used with the same "
-                            "parameters they were first used with.",
-                        ),
-                        {"Content-Type": "application/json"},
-                    )
-                self._count("replayed")
-                return stored.status, stored.body, {**stored.headers, "Idempotent-Replayed": "true"}
-            status, payload, headers = await self._forward(request, body)
-            if status < 500 and status not in NOT_STORED_STATUSES:
-                self._stored[key] = _Stored(fingerprint, status, payload, headers)
-            return status, payload, {**headers, "Idempotency-Key": key}
+        try:
+            reply = await self._keys.run(key, fingerprint, call)
+        except IdempotencyError as refused:
+            return refused.status, json.dumps(refused.body).encode(), dict(JSON)
+        return reply.status, reply.body, dict(reply.headers)
 
     async def _forward(
         self, request: web.Request, body: bytes
@@ -218,16 +192,8 @@ class StripeChaosProxy(ThreadedServer):
         return await self.forward(self.upstream, request, body)
 
 
-def _error_body(type_: str, message: str, code: str | None = None) -> bytes:
+def _stripe_error(status: int, type_: str, message: str, code: str | None = None) -> web.Response:
     error: dict[str, str] = {"type": type_, "message": message}
     if code is not None:
         error["code"] = code
-    return json.dumps({"error": error}).encode()
-
-
-def _stripe_error(status: int, type_: str, message: str, code: str | None = None) -> web.Response:
-    return web.Response(
-        status=status,
-        body=_error_body(type_, message, code),
-        headers={"Content-Type": "application/json"},
-    )
+    return web.json_response({"error": error}, status=status)

@@ -2,13 +2,17 @@
 
 The base of the test proxies and relays, so sync and async tests can both use
 them: `start()` returns the URL, `stop()` (or the `with` block) cleans up.
-Subclasses give the app and the session, and may tune the runner and site.
+Subclasses give the app and the session, and may tune the runner and site; they
+draw their faults from `_random` (seeded, so a run can be replayed) and count
+what they did with `_count`, read back by `counts()`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
+from collections import Counter
 from typing import Any, Final, Self
 
 import aiohttp
@@ -24,18 +28,30 @@ class ThreadedServer:
     stop_timeout_s: float = 10.0
     url_path: str = ""
 
-    def __init__(self, host: str = "127.0.0.1") -> None:
+    def __init__(self, host: str = "127.0.0.1", *, seed: int = 0) -> None:
         self._host = host
+        self._random = random.Random(seed)
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
         self._runner: web.AppRunner | None = None
         self._session: aiohttp.ClientSession | None = None
         self.url = ""
 
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._counts)
+
+    def _count(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._counts[name] += n
+
     # -- what a subclass provides --------------------------------------------------------
 
-    def _new_session(self) -> aiohttp.ClientSession:
-        raise NotImplementedError
+    def _new_session(self) -> aiohttp.ClientSession | None:
+        """The client session of a server that forwards; None for one that only answers."""
+        return None
 
     def _app(self) -> web.Application:
         raise NotImplementedError

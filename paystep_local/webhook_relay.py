@@ -25,15 +25,13 @@ on its own thread and loop:
 from __future__ import annotations
 
 import asyncio
-import random
-import threading
-import time
 from collections import Counter
 from collections.abc import Sequence
 
 import aiohttp
 from aiohttp import web
 
+from paystep_local.polling import eventually
 from paystep_local.threaded_server import ThreadedServer
 
 FORWARDED_HEADERS = ("Content-Type", "Stripe-Signature")
@@ -56,7 +54,7 @@ class WebhookRelay(ThreadedServer):
         seed: int = 0,
         host: str = "127.0.0.1",
     ) -> None:
-        super().__init__(host)
+        super().__init__(host, seed=seed)
         self.target = target
         self.copies = copies
         self.max_delay_s = max_delay_s
@@ -64,9 +62,6 @@ class WebhookRelay(ThreadedServer):
         self.late_delay_s = late_delay_s
         self.retry_delays_s = tuple(retry_delays_s)
         self.answer_timeout_s = answer_timeout_s
-        self._random = random.Random(seed)
-        self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
         self._statuses: Counter[int] = Counter()
         self._received = 0
         self._latest_delivered = -1
@@ -87,14 +82,12 @@ class WebhookRelay(ThreadedServer):
 
     def wait_idle(self, timeout_s: float = 120.0) -> None:
         """Until every copy received so far is delivered or given up."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            with self._lock:
-                if self._pending == 0:
-                    return
-            if time.monotonic() > deadline:
-                raise AssertionError(f"relay still has {self._pending} copies after {timeout_s} s")
-            time.sleep(0.1)
+        eventually(
+            lambda: self.stats()["pending"] == 0,
+            timeout_s=timeout_s,
+            interval_s=0.1,
+            what="the relay to deliver or give up every copy",
+        )
 
     # -- the server ----------------------------------------------------------------------
 
@@ -167,7 +160,3 @@ class WebhookRelay(ThreadedServer):
         with self._lock:
             self._statuses[status] += 1
         return 200 <= status < 300
-
-    def _count(self, name: str) -> None:
-        with self._lock:
-            self._counts[name] += 1

@@ -3,7 +3,9 @@
 `stack` is one real local stack per test session (moto in server mode with Step
 Functions execution on, localstripe), started as processes. `deploy_fresh`
 deploys paystep under a new name so each test gets its own queue, tables and
-state machine on that shared stack.
+state machine on that shared stack. `workers` starts `paystep worker` processes
+on `worker_stack` (the session's stack unless a suite gives its own) and kills
+them after the test.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.processes import Workers
 
 Deployer = Callable[..., dict[str, Any]]
 
@@ -39,6 +42,18 @@ def deploy_fresh(stack: LocalStack) -> Deployer:
         return stack.deploy("--name", name, *args)
 
     return deploy
+
+
+@pytest.fixture
+def worker_stack(stack: LocalStack) -> LocalStack:
+    return stack
+
+
+@pytest.fixture
+def workers(worker_stack: LocalStack) -> Iterator[Workers]:
+    started = Workers(worker_stack)
+    yield started
+    started.stop_all()
 
 
 @pytest.fixture(scope="session")

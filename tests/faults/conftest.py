@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep_local.scenarios import Stack
-from tests.faults.harness import DEPLOY_ARGS
-from tests.worker.support import Workers
+from paystep_local.localstack import LocalStack
+from paystep_local.processes import Workers
+from tests.faults.harness import DEPLOY_ARGS, Chaos, fault_seed
 
 SOAK = (pytest.mark.soak, pytest.mark.timeout(1800))
 
@@ -31,12 +30,10 @@ def local(stack: LocalStack, tmp_path: Path) -> Iterator[LocalStack]:
 
 
 @pytest.fixture
-def workers(local: LocalStack) -> Iterator[Workers]:
-    started = Workers(local)
-    yield started
-    started.stop_all()
+def worker_stack(local: LocalStack) -> LocalStack:
+    return local
 
 
-def clients(local: LocalStack) -> Stack:
-    assert local.deployment and local.stripe_base
-    return Stack(local.deployment, local.stripe_base, LOCAL_STRIPE_KEY)
+@pytest.fixture
+def chaos(local: LocalStack, workers: Workers) -> Chaos:
+    return Chaos(local, workers, fault_seed())

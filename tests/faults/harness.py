@@ -3,7 +3,8 @@
 A run starts a mix of payments (cards that succeed, cards that are declined,
 bank debits that succeed later, orders that cannot be fulfilled, invalid
 input), lets a scenario break things meanwhile, waits for every execution to
-end and then checks each order against what its payment method dictates:
+end and then holds each order to the check of the demo scenario
+(`paystep_local.scenarios`) that pays the same way:
 
 - succeeded (card, bank debit): exactly one PaymentIntent, succeeded, named by
   the output and the order row, one receipt published;
@@ -19,7 +20,7 @@ running, and nothing in the dead-letter queue.
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 import os
 import random
 import re
@@ -28,14 +29,16 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
-from paystep_local.localstack import LocalStack, ManagedProcess, free_port, wait_http
-from paystep_local.scenarios import Stack
-from tests.worker.support import Workers
+from paystep_local import processes
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import NotInTime, eventually_async
+from paystep_local.processes import ManagedProcess, Workers
+from paystep_local.scenarios import Observed, Stack, demo_scenarios, judge, observe
 
 MAX_ATTEMPTS: Final = 2
 DEPLOY_ARGS: Final = ("--max-attempts", str(MAX_ATTEMPTS), "--retry-backoff-s", "1")
@@ -46,16 +49,14 @@ WORKER_ENV: Final = {
     "PAYSTEP_WORKER_RETRY_MAX_S": "4",
     "PAYSTEP_WORKER_BATCH_DELAY_S": "0.2",
 }
-LIST_PAGE: Final = 100
 
 
 @dataclass(frozen=True)
 class Kind:
-    """A kind of payment and the end its payment method dictates."""
+    """A kind of payment; the demo scenario of the same payment says how it must end."""
 
     name: str
-    status: str
-    error: str = ""
+    scenario: str
     payment_method: str | None = None
     sepa: bool = False
     out_of_stock: bool = False
@@ -65,19 +66,14 @@ class Kind:
 KINDS: Final = {
     kind.name: kind
     for kind in (
-        Kind("card", "SUCCEEDED", payment_method="pm_card_visa"),
-        Kind("declined", "FAILED", "Payment.Declined", payment_method="pm_card_chargeCustomerFail"),
-        Kind("sepa", "SUCCEEDED", sepa=True),
-        Kind(
-            "unfulfillable",
-            "FAILED",
-            "Order.Unfulfillable",
-            payment_method="pm_card_visa",
-            out_of_stock=True,
-        ),
-        Kind("invalid", "FAILED", "Payment.InvalidInput", payment_method="pm_card_visa", amount=-5),
+        Kind("card", "card", payment_method="pm_card_visa"),
+        Kind("declined", "card_declined", payment_method="pm_card_chargeCustomerFail"),
+        Kind("sepa", "sepa_debit", sepa=True),
+        Kind("unfulfillable", "out_of_stock", payment_method="pm_card_visa", out_of_stock=True),
+        Kind("invalid", "invalid_input", payment_method="pm_card_visa", amount=-5),
     )
 }
+SCENARIOS: Final = {scenario.name: scenario for scenario in demo_scenarios(MAX_ATTEMPTS)}
 MIX: Final = ("card", "declined", "card", "sepa", "card", "unfulfillable", "card", "invalid")
 
 
@@ -87,14 +83,17 @@ def mix(count: int) -> list[Kind]:
 
 @dataclass
 class Order:
-    order_id: str
     kind: Kind
     request: dict[str, Any]
-    arn: str = ""
-    described: dict[str, Any] = field(default_factory=dict)
-    messages: list[str] = field(default_factory=list)
-    """The types of the SNS messages it must have published."""
-    problems: list[str] = field(default_factory=list)
+    observed: Observed
+
+    @property
+    def order_id(self) -> str:
+        return self.observed.order_id
+
+    @property
+    def arn(self) -> str:
+        return self.observed.execution_arn
 
 
 @dataclass
@@ -131,33 +130,59 @@ def start_webhook(
     local: LocalStack, port: int | None = None, env: Mapping[str, str] | None = None
 ) -> ManagedProcess:
     """A `paystep webhook` process on `port` (a free one if None); not registered anywhere."""
-    port = port or free_port()
-    metrics_port = free_port()
-    proc = local.spawn(
-        "webhook",
-        [sys.executable, "-m", "paystep", "webhook"],
-        env={
-            "PAYSTEP_WEBHOOK_PORT": str(port),
-            "PAYSTEP_WEBHOOK_HOST": "127.0.0.1",
-            "PAYSTEP_METRICS_PORT": str(metrics_port),
-            **(env or {}),
-        },
-    )
-    proc.urls = {
-        "webhook": f"http://127.0.0.1:{port}/webhooks/stripe",
-        "base": f"http://127.0.0.1:{port}",
-        "metrics": f"http://127.0.0.1:{metrics_port}/metrics",
-    }
-    wait_http(f"http://127.0.0.1:{port}/healthz", process=proc.process)
-    return proc
+    return processes.start_webhook(local, env, port=port)
 
 
 def start_worker(
     workers: Workers, stripe_base: str, env: Mapping[str, str] = WORKER_ENV
 ) -> ManagedProcess:
     """A `paystep worker` on the stack's deployment, its Stripe at `stripe_base`."""
-    assert workers.stack.deployment
+    assert isinstance(workers.stack, LocalStack) and workers.stack.deployment
     return workers.start(workers.stack.deployment, stripe_base, wait_ready=True, **env)
+
+
+def clients(local: LocalStack) -> Stack:
+    """Clients of the test's stack; receipts may come late under faults."""
+    assert local.deployment and local.stripe_base
+    return Stack(local.deployment, local.stripe_base, LOCAL_STRIPE_KEY, message_timeout_s=15)
+
+
+@dataclass
+class Chaos:
+    """A fault test's stack, its workers and the seed of its draws; what it reports."""
+
+    local: LocalStack
+    workers: Workers
+    seed: int
+
+    def start_webhook(
+        self,
+        *,
+        register: bool = True,
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> ManagedProcess:
+        """A webhook process; registered at the Stripe emulator unless something goes between."""
+        webhook = start_webhook(self.local, port, env)
+        if register:
+            self.local.register_webhook(webhook.urls["webhook"])
+        return webhook
+
+    def start_workers(
+        self, stripe_base: str, count: int = 2, env: Mapping[str, str] = WORKER_ENV
+    ) -> list[ManagedProcess]:
+        return [start_worker(self.workers, stripe_base, env) for _ in range(count)]
+
+    @contextlib.asynccontextmanager
+    async def payments(self, scenario: str) -> AsyncIterator[Payments]:
+        async with clients(self.local) as stack:
+            yield Payments(stack, scenario)
+
+    def report(self, figures: Figures, **extra: object) -> None:
+        """Print the run's line; fail the test on any order that ended otherwise."""
+        figures.extra.update(seed=self.seed, **extra)
+        print(figures.line())
+        assert figures.errors == [], summary(figures)
 
 
 def reconcile(local: LocalStack, since: str = "1h") -> dict[str, int]:
@@ -214,9 +239,11 @@ class Payments:
             sku = f"sku_none_{order_id}"
             await self.clients.put_stock(sku, 0)
             request["items"] = [{"sku": sku, "quantity": 1}]
-        order = Order(order_id, kind, request)
+        order = Order(kind, request, Observed(order_id, kind.scenario))
+        if kind.out_of_stock:
+            order.observed.stock[sku] = 0
         self.orders.append(order)
-        order.arn = await self.clients.start(request)
+        order.observed.execution_arn = await self.clients.start(request)
         self.figures.started += 1
         return order
 
@@ -249,20 +276,24 @@ class Payments:
 
     async def wait_all(self, timeout_s: float) -> set[str]:
         """Wait until no execution of the run is running; the arns still running at the bound."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            running = await self.running()
-            if not running or time.monotonic() > deadline:
-                return running
-            await asyncio.sleep(1.0)
+        try:
+            await eventually_async(
+                self.running,
+                until=lambda running: not running,
+                timeout_s=timeout_s,
+                interval_s=1.0,
+                what="every execution of the run to end",
+            )
+        except NotInTime as late:
+            still: set[str] = late.last  # type: ignore[assignment]
+            return still
+        return set()
 
     async def check(self, timeout_s: float) -> Figures:
         """Wait for the ends, then hold every order and the run to the rules above."""
         still_running = await self.wait_all(timeout_s)
         figures = self.figures
-        for order in self.orders:
-            order.described = await self.clients.sfn.describe_execution(executionArn=order.arn)
-        intents = await self._payment_intents()
+        intents = await self.clients.payment_intents()
         by_order: dict[str, list[dict[str, Any]]] = {}
         for pi in intents:
             by_order.setdefault(pi["metadata"].get("order_id", ""), []).append(pi)
@@ -278,13 +309,15 @@ class Payments:
         )
         for order in self.orders:
             # Once every order's messages came: a duplicate of an early one shows by now.
+            observed = order.observed
             late = [m["type"] for m in self.clients.messages(order.order_id)]
-            if not order.problems and late != order.messages:
-                order.problems.append(f"published {late}, expected {order.messages}")
+            expected = [m["type"] for m in observed.messages]
+            if not observed.problems and late != expected:
+                observed.problems.append(f"published {late}, expected {expected}")
         for order in self.orders:
             figures.intents_per_order[len(by_order.get(order.order_id, []))] += 1
-            if order.problems:
-                figures.errors.extend(f"{order.order_id}: {p}" for p in order.problems)
+            if order.observed.problems:
+                figures.errors.extend(f"{order.order_id}: {p}" for p in order.observed.problems)
             else:
                 figures.as_expected += 1
         dead_letters = await self._queue_depth(self.clients.deployment["dead_letter_queue_url"])
@@ -295,64 +328,11 @@ class Payments:
         return figures
 
     async def _check_order(self, order: Order, pis: list[dict[str, Any]]) -> None:
-        kind, described = order.kind, order.described
-        expect = _Expect(order.problems)
-        ended = (described["status"], described.get("error", ""))
-        expect(
-            ended == (kind.status, kind.error),
-            f"ended {ended}, expected {kind.status} {kind.error}".strip(),
-        )
-        statuses = sorted(pi["status"] for pi in pis)
-        succeeded = [pi for pi in pis if pi["status"] == "succeeded"]
-        if kind.name == "invalid":
-            expect(pis == [], f"PaymentIntents {statuses} for invalid input")
-            return
-        if kind.name == "declined":
-            expect(
-                statuses == ["requires_payment_method"] * MAX_ATTEMPTS, f"PaymentIntents {statuses}"
-            )
-            await self._expect_messages(order, ["payment_declined"] * MAX_ATTEMPTS)
-            return
-        expect(statuses == ["succeeded"], f"PaymentIntents {statuses}, expected one succeeded")
-        if len(succeeded) != 1:
-            return
-        pi = succeeded[0]
-        row = await self.clients.order_row(order.order_id)
-        if kind.name == "unfulfillable":
-            refunds = await self.clients.stripe("GET", f"/v1/refunds?payment_intent={pi['id']}")
-            amounts = [r["amount"] for r in refunds["data"]]
-            expect(amounts == [pi["amount"]], f"refunds {amounts} of {pi['amount']}")
-            expect(row.get("status") == "refunded", f"order row {row}")
-            await self._expect_messages(order, ["order_refunded"])
-            return
-        output = json.loads(described.get("output") or "{}")
-        expect(
-            output.get("payment", {}).get("payment_intent_id") == pi["id"],
-            "the output names another PaymentIntent",
-        )
-        expect(
-            (row.get("status"), row.get("payment_intent_id")) == ("paid", pi["id"]),
-            f"order row {row}",
-        )
-        await self._expect_messages(order, ["receipt"])
-
-    async def _expect_messages(self, order: Order, types: list[str]) -> None:
-        order.messages = types
-        messages = await self.clients.wait_messages(order.order_id, len(types), timeout_s=15)
-        got = [m["type"] for m in messages]
-        if got != types:
-            order.problems.append(f"published {got}, expected {types}")
-
-    async def _payment_intents(self) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        after = ""
-        while True:
-            query = f"?limit={LIST_PAGE}" + (f"&starting_after={after}" if after else "")
-            page = await self.clients.stripe("GET", f"/v1/payment_intents{query}")
-            found += page["data"]
-            if not page.get("has_more") or not page["data"]:
-                return found
-            after = page["data"][-1]["id"]
+        """The check of the demo scenario the order's kind plays."""
+        described = await self.clients.sfn.describe_execution(executionArn=order.arn)
+        observe(order.observed, described, pis)
+        order.observed.order_row = await self.clients.order_row(order.order_id)
+        await judge(self.clients, SCENARIOS[order.kind.scenario], order.observed, order.request)
 
     async def _queue_depth(self, url: str) -> int:
         attributes = await self.clients.sqs.get_queue_attributes(
@@ -360,15 +340,6 @@ class Payments:
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )
         return sum(int(v) for v in attributes["Attributes"].values())
-
-
-class _Expect:
-    def __init__(self, problems: list[str]) -> None:
-        self._problems = problems
-
-    def __call__(self, condition: bool, problem: str) -> None:
-        if not condition:
-            self._problems.append(problem)
 
 
 def summary(figures: Figures, limit: int = 20) -> str:

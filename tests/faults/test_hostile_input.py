@@ -33,11 +33,12 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from paystep_local.localstack import LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from paystep_local.signing import signature_header
 from statemachine.codec import encode_token
 from tests.faults.conftest import SOAK
 from tests.faults.harness import rss_kib, start_webhook
-from tests.worker.support import Workers, eventually, log_events
 
 WEBHOOK_PATH: Final = "/webhooks/stripe"
 MAX_BODY_BYTES: Final = 512 * 1024
@@ -500,12 +501,12 @@ def test_malformed_messages_end_in_the_dead_letter_queue_or_failed_and_the_loop_
                           "payment_method": "pm_card_visa"}),
     )  # fmt: skip
     created = eventually(
-        lambda: [e for e in log_events(worker) if e.get("order_id") == order_id
+        lambda: [e for e in worker.log_events() if e.get("order_id") == order_id
                  and e["event"] == "payment_intent.created"],
         what="the next payment taken",
     )  # fmt: skip
 
-    events = log_events(worker)
+    events = worker.log_events()
     poison = {e["message_id"]: e for e in events if e["event"] == "message.poison"}
     failed = {e["message_id"]: e for e in events if e["event"] == "task.failed"}
     print(

@@ -25,10 +25,13 @@ import boto3
 import pytest
 
 from paystep.demo import DEMO_DEPLOY_ARGS, DEMO_MAX_ATTEMPTS
+from paystep_local.delivery_sink import DeliverySink, about_payment_intent
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually, eventually_async
+from paystep_local.processes import Workers
 from paystep_local.scenarios import Stack, demo_scenarios, run
 from tests.faults.harness import reconcile, start_webhook, start_worker
-from tests.worker.support import Workers, eventually, queue_counts
+from tests.worker.support import queue_counts
 
 BLOCK: Final = 20
 # Task tokens are base64 text; a leak shows as a run of these characters.
@@ -116,7 +119,9 @@ def test_no_log_line_holds_a_token_a_key_or_a_signing_secret(own_stack: LocalSta
         assert asyncio.run(payments()) == []
         # A delivery lost while no webhook listens, then replayed by reconciliation.
         webhook.kill()
-        lost = asyncio.run(_lost_payment(local))
+        with DeliverySink() as sink:
+            local.register_webhook(sink.url)
+            lost = asyncio.run(_lost_payment(local, sink))
         recovered = reconcile(local)
         eventually(
             lambda: queue_counts(sqs, local.deployment["dead_letter_queue_url"])[0] == 2,  # type: ignore[index]
@@ -160,7 +165,8 @@ def test_no_log_line_holds_a_token_a_key_or_a_signing_secret(own_stack: LocalSta
     assert findings == []
 
 
-async def _lost_payment(local: LocalStack) -> str:
+async def _lost_payment(local: LocalStack, sink: DeliverySink) -> str:
+    """A card payment whose success event reached only `sink`: delivered, and lost."""
     assert local.deployment and local.stripe_base
     async with Stack(local.deployment, local.stripe_base, LOCAL_STRIPE_KEY) as clients:
         order_id = f"ord_lost_{uuid.uuid4().hex[:8]}"
@@ -168,9 +174,15 @@ async def _lost_payment(local: LocalStack) -> str:
             {"order_id": order_id, "amount": 1999, "currency": "usd",
              "payment_method": "pm_card_visa"}
         )  # fmt: skip
-        for _ in range(240):
-            if await clients.payment_intents_of(order_id):
-                break
-            await asyncio.sleep(0.25)
-        await asyncio.sleep(2)  # past the emulator's delivery: nobody listened
+        intents = await eventually_async(
+            lambda: clients.payment_intents_of(order_id),
+            timeout_s=60,
+            interval_s=0.25,
+            what=f"the PaymentIntent of {order_id}",
+        )
+        await asyncio.to_thread(
+            sink.wait_for,
+            about_payment_intent(intents[0]["id"], "succeeded"),
+            what=f"the success of {intents[0]['id']} delivered to nobody",
+        )
         return arn

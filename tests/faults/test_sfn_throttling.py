@@ -20,12 +20,10 @@ import threading
 
 import pytest
 
-from paystep_local.localstack import LocalStack
 from paystep_local.sfn_proxy import SfnProxy
 from paystep_local.webhook_relay import WebhookRelay
-from tests.faults.conftest import SOAK, clients
-from tests.faults.harness import Payments, fault_seed, mix, start_webhook, start_worker, summary
-from tests.worker.support import Workers
+from tests.faults.conftest import SOAK
+from tests.faults.harness import Chaos, mix
 
 # A storm outlasts the webhook's three attempts (standard retries back off up to 2 s, then
 # 4 s), so an event that meets its start is answered 503; a calm as long lets the
@@ -44,44 +42,37 @@ def _storms(proxy: SfnProxy, stop: threading.Event) -> None:
 
 
 @pytest.mark.parametrize("count", [24, pytest.param(150, marks=SOAK)])
-def test_throttled_callbacks_are_answered_503_and_redelivered(
-    local: LocalStack, workers: Workers, count: int
-) -> None:
-    assert local.stripe_base and local.deployment and local.aws_endpoint
-    seed = fault_seed()
-    with SfnProxy(local.aws_endpoint) as sfn:
-        webhook = start_webhook(local, env={"AWS_ENDPOINT_URL": sfn.url})
-        with WebhookRelay(webhook.urls["webhook"], seed=seed) as relay:
-            local.register_webhook(relay.url)
-            for _ in range(2):
-                start_worker(workers, local.stripe_base)
+def test_throttled_callbacks_are_answered_503_and_redelivered(chaos: Chaos, count: int) -> None:
+    assert chaos.local.stripe_base and chaos.local.aws_endpoint
+    with SfnProxy(chaos.local.aws_endpoint) as sfn:
+        webhook = chaos.start_webhook(register=False, env={"AWS_ENDPOINT_URL": sfn.url})
+        with WebhookRelay(webhook.urls["webhook"], seed=chaos.seed) as relay:
+            chaos.local.register_webhook(relay.url)
+            chaos.start_workers(chaos.local.stripe_base)
             stop = threading.Event()
             storms = threading.Thread(target=_storms, args=(sfn, stop), daemon=True)
             storms.start()
 
             async def scenario() -> None:
-                async with clients(local) as stack:
-                    payments = Payments(stack, f"sfn throttling x{count}")
+                async with chaos.payments(f"sfn throttling x{count}") as payments:
                     await payments.start_all(mix(count), over_s=count * 0.2)
                     stop.set()
                     figures = await payments.check(timeout_s=90 + count)
-                    await asyncio.to_thread(relay.wait_idle)
-                    delivered, statuses = relay.stats(), relay.answers()
-                    figures.extra.update(
-                        seed=seed,
-                        throttled_calls=sum(sfn.injected.values()),
-                        events=delivered.get("events", 0),
-                        answers=statuses,
-                        redeliveries=delivered.get("retries", 0),
-                        given_up=delivered.get("given_up", 0),
-                        unanswered=delivered.get("unanswered", 0),
-                    )
-                    print(figures.line())
-                    assert figures.errors == [], summary(figures)
-                    assert statuses.get(503, 0) > 0, "no callback was throttled to the end"
-                    assert set(statuses) <= {200, 503}, f"answers {statuses}"
-                    assert delivered.get("unanswered", 0) == 0, "deliveries held past the timeout"
-                    assert delivered.get("given_up", 0) == 0
+                await asyncio.to_thread(relay.wait_idle)
+                delivered, statuses = relay.stats(), relay.answers()
+                chaos.report(
+                    figures,
+                    throttled_calls=sum(sfn.injected.values()),
+                    events=delivered.get("events", 0),
+                    answers=statuses,
+                    redeliveries=delivered.get("retries", 0),
+                    given_up=delivered.get("given_up", 0),
+                    unanswered=delivered.get("unanswered", 0),
+                )
+                assert statuses.get(503, 0) > 0, "no callback was throttled to the end"
+                assert set(statuses) <= {200, 503}, f"answers {statuses}"
+                assert delivered.get("unanswered", 0) == 0, "deliveries held past the timeout"
+                assert delivered.get("given_up", 0) == 0
 
             try:
                 asyncio.run(scenario())

@@ -1,7 +1,8 @@
 """`paystep reconcile` finishes payments whose webhook delivery was lost.
 
-GIVEN the local stack with a worker but NO webhook registered at localstripe
-(every delivery is lost), WHEN a payment completes at Stripe, THEN the execution
+GIVEN the local stack with a worker but NO webhook at localstripe (a sink that
+records each delivery and drops it: every delivery is lost), WHEN a payment
+completes at Stripe and its event was delivered to the sink, THEN the execution
 keeps waiting until `paystep reconcile` replays the events.
 """
 
@@ -10,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from paystep_local.delivery_sink import DeliverySink, about_payment_intent
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually_async
 from paystep_local.scenarios import IBAN_ASYNC_SUCCESS, Stack
 from webhook.reconcile import parse_duration
 
@@ -25,10 +27,19 @@ IBAN_ASYNC_FAILURE = "DE62370400440532013001"
 
 
 @pytest.fixture(scope="module")
-def no_webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+def sink() -> Iterator[DeliverySink]:
+    with DeliverySink() as dropped:
+        yield dropped
+
+
+@pytest.fixture(scope="module")
+def no_webhook(
+    tmp_path_factory: pytest.TempPathFactory, sink: DeliverySink
+) -> Iterator[LocalStack]:
     with LocalStack(tmp_path_factory.mktemp("reconcile"), workers=1) as stack:
         stack.start_aws()
         stack.start_stripe()
+        stack.register_webhook(sink.url)
         stack.deploy("--max-attempts", "1")
         stack.start_worker()
         with stack.environment():
@@ -51,21 +62,23 @@ def _clients(stack: LocalStack) -> Stack:
     return Stack(stack.deployment, stack.stripe_base, LOCAL_STRIPE_KEY)
 
 
-async def _pay_and_wait_for_stripe(
-    stack: LocalStack, request: dict[str, Any], pi_status: str
+async def _pay_and_lose_the_event(
+    stack: LocalStack, sink: DeliverySink, request: dict[str, Any], pi_status: str
 ) -> str:
-    """Start the payment; return once Stripe has settled it (the webhook never comes)."""
+    """Start the payment; return once Stripe settled it and its event went to the sink."""
     async with _clients(stack) as clients:
         arn = await clients.start(request)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            intents = await clients.payment_intents_of(request["order_id"])
-            if intents and intents[-1]["status"] == pi_status:
-                break
-            await asyncio.sleep(0.25)
-        else:
-            raise AssertionError(f"no {pi_status} PaymentIntent for {request['order_id']}")
-        await asyncio.sleep(2)  # past localstripe's 1 s delivery delay: the event is lost
+        intents = await eventually_async(
+            lambda: clients.payment_intents_of(request["order_id"]),
+            until=lambda found: bool(found) and found[-1]["status"] == pi_status,
+            interval_s=0.25,
+            what=f"a {pi_status} PaymentIntent for {request['order_id']}",
+        )
+        await asyncio.to_thread(
+            sink.wait_for,
+            about_payment_intent(intents[-1]["id"], pi_status),
+            what=f"the {pi_status} event of {intents[-1]['id']} delivered (and dropped)",
+        )
         described = await clients.sfn.describe_execution(executionArn=arn)
         assert described["status"] == "RUNNING", "without a webhook the execution must wait"
         return arn
@@ -85,11 +98,11 @@ async def _sepa(stack: LocalStack, iban: str) -> str:
 
 
 def test_lost_success_is_finished_by_reconcile_and_a_rerun_changes_nothing(
-    no_webhook: LocalStack,
+    no_webhook: LocalStack, sink: DeliverySink
 ) -> None:
     request = {"order_id": f"ord_lost_{uuid.uuid4().hex[:8]}", "amount": 1999, "currency": "usd",
                "payment_method": "pm_card_visa"}  # fmt: skip
-    arn = asyncio.run(_pay_and_wait_for_stripe(no_webhook, request, "succeeded"))
+    arn = asyncio.run(_pay_and_lose_the_event(no_webhook, sink, request, "succeeded"))
 
     dry = _reconcile(no_webhook, "--dry-run")
     assert dry.returncode == 0, dry.stderr
@@ -108,21 +121,23 @@ def test_lost_success_is_finished_by_reconcile_and_a_rerun_changes_nothing(
     assert "already closed 0" not in again.stdout
 
 
-def test_lost_async_decline_ends_declined_after_reconcile(no_webhook: LocalStack) -> None:
+def test_lost_async_decline_ends_declined_after_reconcile(
+    no_webhook: LocalStack, sink: DeliverySink
+) -> None:
     method = asyncio.run(_sepa(no_webhook, IBAN_ASYNC_FAILURE))
     request = {"order_id": f"ord_lostfail_{uuid.uuid4().hex[:8]}", "amount": 1999, "currency": "eur",
                "payment_method": method}  # fmt: skip
-    arn = asyncio.run(_pay_and_wait_for_stripe(no_webhook, request, "requires_payment_method"))
+    arn = asyncio.run(_pay_and_lose_the_event(no_webhook, sink, request, "requires_payment_method"))
     assert _reconcile(no_webhook).returncode == 0
     described = asyncio.run(_describe(no_webhook, arn))
     assert (described["status"], described["error"]) == ("FAILED", "Payment.Declined")
 
 
-def test_lost_async_success_of_a_bank_debit(no_webhook: LocalStack) -> None:
+def test_lost_async_success_of_a_bank_debit(no_webhook: LocalStack, sink: DeliverySink) -> None:
     method = asyncio.run(_sepa(no_webhook, IBAN_ASYNC_SUCCESS))
     request = {"order_id": f"ord_sepa_{uuid.uuid4().hex[:8]}", "amount": 1999, "currency": "eur",
                "payment_method": method}  # fmt: skip
-    arn = asyncio.run(_pay_and_wait_for_stripe(no_webhook, request, "succeeded"))
+    arn = asyncio.run(_pay_and_lose_the_event(no_webhook, sink, request, "succeeded"))
     assert _reconcile(no_webhook, "--heartbeat").returncode == 0
     assert asyncio.run(_describe(no_webhook, arn))["status"] == "SUCCEEDED"
 

@@ -150,11 +150,18 @@ def test_declines_exhaust_the_attempts(deploy_fresh: Deployer) -> None:
     assert states_entered(sfn, arn).count("CreatePayment") == 2
 
 
-def test_timeout_cancels_and_fails(impatient: dict[str, Any]) -> None:
+def _timed_out(deployment: dict[str, Any], request: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Start `request`, leave its create_payment task unanswered: the execution and the
+    cancel_payment task the timeout asks for."""
     sfn, sqs, _, _ = clients()
-    arn = start(sfn, impatient["state_machine_arn"], _order())
-    receive_task(sqs, impatient["queue_url"], "create_payment")  # never answered
-    cancel = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    arn = start(sfn, deployment["state_machine_arn"], request)
+    receive_task(sqs, deployment["queue_url"], "create_payment")  # never answered
+    return arn, receive_task(sqs, deployment["queue_url"], "cancel_payment", timeout_s=30)
+
+
+def test_timeout_cancels_and_fails(impatient: dict[str, Any]) -> None:
+    sfn, _, _, _ = clients()
+    arn, cancel = _timed_out(impatient, _order())
     assert cancel["execution_id"] == arn and cancel["attempt"] == 1
     sfn.send_task_success(
         taskToken=cancel["task_token"],
@@ -165,11 +172,9 @@ def test_timeout_cancels_and_fails(impatient: dict[str, Any]) -> None:
 
 
 def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, Any]) -> None:
-    sfn, sqs, ddb, _ = clients()
+    sfn, _, ddb, _ = clients()
     request = _order()
-    arn = start(sfn, impatient["state_machine_arn"], request)
-    receive_task(sqs, impatient["queue_url"], "create_payment")
-    cancel = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    arn, cancel = _timed_out(impatient, request)
     sfn.send_task_success(taskToken=cancel["task_token"], output=_found_paid("pi_after_all"))
     done = wait_done(sfn, arn)
     assert done["status"] == "SUCCEEDED", done
@@ -180,9 +185,7 @@ def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, An
 def test_timeout_while_processing_asks_again_until_settled(impatient: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
     request = _order()
-    arn = start(sfn, impatient["state_machine_arn"], request)
-    receive_task(sqs, impatient["queue_url"], "create_payment")
-    first = receive_task(sqs, impatient["queue_url"], "cancel_payment", timeout_s=30)
+    arn, first = _timed_out(impatient, request)
     sfn.send_task_success(
         taskToken=first["task_token"],
         output=json.dumps({"outcome": "processing", "payment_intent_id": "pi_slow"}),

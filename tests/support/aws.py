@@ -9,6 +9,8 @@ from typing import Any
 
 import boto3
 
+from paystep_local.polling import ended, eventually
+
 
 def clients() -> tuple[Any, Any, Any, Any]:
     """Step Functions, SQS, DynamoDB and SNS clients on the stack in os.environ."""
@@ -32,25 +34,35 @@ def start(sfn: Any, machine_arn: str, request: dict[str, Any], name: str | None 
 
 def receive_task(sqs: Any, queue_url: str, task_type: str, timeout_s: float = 30) -> dict[str, Any]:
     """The next task message of `task_type` (deleted from the queue), as a dict."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def receive() -> list[dict[str, Any]]:
         answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1)
-        for message in answer.get("Messages", []):
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            body: dict[str, Any] = json.loads(message["Body"])
-            assert body["type"] == task_type, f"expected {task_type}, got {body['type']}"
-            return body
-    raise AssertionError(f"no {task_type} task on {queue_url} within {timeout_s} s")
+        messages: list[dict[str, Any]] = answer.get("Messages", [])
+        return messages
+
+    message = eventually(
+        receive, timeout_s=timeout_s, interval_s=0, what=f"a {task_type} task on {queue_url}"
+    )[0]
+    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+    body: dict[str, Any] = json.loads(message["Body"])
+    assert body["type"] == task_type, f"expected {task_type}, got {body['type']}"
+    return body
 
 
 def wait_done(sfn: Any, execution_arn: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    """`DescribeExecution` of the execution once it is no longer running."""
+
+    def describe() -> dict[str, Any]:
         described: dict[str, Any] = sfn.describe_execution(executionArn=execution_arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.2)
-    raise AssertionError(f"{execution_arn} still RUNNING after {timeout_s} s")
+        described.pop("ResponseMetadata", None)
+        return described
+
+    return eventually(describe, until=ended, timeout_s=timeout_s, what=f"{execution_arn} to end")
+
+
+def run_to_end(sfn: Any, machine_arn: str, request: dict[str, Any]) -> dict[str, Any]:
+    """Start an execution of `request` and wait for its end: `DescribeExecution`."""
+    return wait_done(sfn, start(sfn, machine_arn, request))
 
 
 def states_entered(sfn: Any, execution_arn: str) -> list[str]:

@@ -13,12 +13,16 @@ from typing import Any
 import boto3
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually
+from paystep_local.prometheus import metric
 from paystep_local.signing import signed
 from statemachine.codec import encode_token
-from webhook.app import create_app
+from tests.support import aws
+from webhook.app import METRICS, create_app
 from webhook.settings import WebhookSettings
 
 SECRET = "whsec_" + "a1" * 16
@@ -121,22 +125,22 @@ def start_waiting(deployment: Mapping[str, Any], amount: int = 1999) -> Waiting:
 
 def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -> Waiting:
     sqs = boto3.client("sqs")
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        answer = sqs.receive_message(
-            QueueUrl=deployment["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1
-        )
+    queue_url = deployment["queue_url"]
+
+    def take() -> dict[str, Any] | None:
+        answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for message in answer.get("Messages", []):
-            body = json.loads(message["Body"])
+            body: dict[str, Any] = json.loads(message["Body"])
             if body["execution_id"] == execution_arn and body["attempt"] == attempt:
-                sqs.delete_message(
-                    QueueUrl=deployment["queue_url"], ReceiptHandle=message["ReceiptHandle"]
-                )
-                assert body["type"] == "create_payment"
-                return Waiting(
-                    execution_arn, body["request"]["order_id"], body["task_token"], attempt
-                )
-    raise AssertionError(f"no create_payment task (attempt {attempt}) for {execution_arn}")
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                return body
+        return None
+
+    body = eventually(
+        take, interval_s=0, what=f"the create_payment task (attempt {attempt}) of {execution_arn}"
+    )
+    assert body["type"] == "create_payment"
+    return Waiting(execution_arn, body["request"]["order_id"], body["task_token"], attempt)
 
 
 def describe(execution_arn: str) -> dict[str, Any]:
@@ -148,13 +152,7 @@ def describe(execution_arn: str) -> dict[str, Any]:
 
 
 def wait_done(execution_arn: str, timeout_s: float = 30) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        described = describe(execution_arn)
-        if described["status"] != "RUNNING":
-            return described
-        time.sleep(0.1)
-    raise AssertionError(f"{execution_arn} still RUNNING after {timeout_s} s")
+    return aws.wait_done(boto3.client("stepfunctions"), execution_arn, timeout_s)
 
 
 def history_types(execution_arn: str) -> list[str]:
@@ -190,11 +188,10 @@ class Webhook:
             answer = {"text": await response.text()}
         return response.status, answer
 
-    def metric(self, name: str, **labels: str) -> float:
-        from webhook.app import METRICS
-
-        value = self.app[METRICS].registry.get_sample_value(name, labels)
-        return 0.0 if value is None else float(value)
+    def metric(self, name: str, *, default: float | None = None, **labels: str) -> float:
+        """A sample of the app's registry; see `paystep_local.prometheus.metric`."""
+        text = generate_latest(self.app[METRICS].registry).decode()
+        return metric(text, name, default=default, **labels)
 
 
 async def open_webhook(

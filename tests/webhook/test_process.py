@@ -8,7 +8,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -18,7 +17,10 @@ from typing import Any
 import pytest
 
 from paystep_common.logging import token_hash
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port, wait_http
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import free_port, wait_http
+from paystep_local.prometheus import metric, scrape
 from paystep_local.sfn_proxy import SfnProxy
 from paystep_local.signing import signed
 from statemachine.codec import encode_token
@@ -84,11 +86,15 @@ def test_localstripe_deliveries_resume_the_executions(
         assert (failed["status"], failed["error"]) == ("FAILED", "Payment.Declined"), failed
         assert json.loads(failed["cause"])["code"] == refusal["error"]["code"]
 
-        with urllib.request.urlopen(webhook.urls["metrics"], timeout=5) as response:
-            metrics = response.read().decode()
+        figures = scrape(webhook.urls["metrics"])
         assert (
-            'paystep_webhook_events_total{outcome="delivered",type="payment_intent.succeeded"} 1.0'
-            in metrics
+            metric(
+                figures,
+                "paystep_webhook_events_total",
+                outcome="delivered",
+                type="payment_intent.succeeded",
+            )
+            == 1
         )
         assert _check(local, webhook.urls["webhook"]) == 0
         assert webhook.stop() == 0
@@ -131,11 +137,17 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(
 
         in_flight = threading.Thread(target=deliver)
         in_flight.start()
-        _wait_until(lambda: proxy.injected["SendTaskSuccess"] == 1)
+        eventually(
+            lambda: proxy.injected["SendTaskSuccess"] == 1,
+            interval_s=0.02,
+            what="the callback to reach Step Functions",
+        )
 
         webhook.process.send_signal(signal.SIGTERM)
 
-        _wait_until(lambda: not _accepts(port))
+        eventually(
+            lambda: not _accepts(port), interval_s=0.02, what="the webhook to stop accepting"
+        )
         assert in_flight.is_alive(), "the request should still be waiting on Step Functions"
         in_flight.join(30)
         assert answers == [(200, {"outcome": "delivered", "action": "succeed"})]
@@ -158,11 +170,3 @@ def _accepts(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _wait_until(condition: Any, timeout_s: float = 10) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.02)

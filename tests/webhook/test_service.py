@@ -16,10 +16,12 @@ import boto3
 import pytest
 
 from paystep_local.localstack import LocalStack
+from paystep_local.polling import eventually
 from paystep_local.signing import body_of, signature_header, signed
 from tests.webhook.conftest import (
     OTHER_SECRET,
     SECRET,
+    Waiting,
     Webhook,
     describe,
     event,
@@ -210,8 +212,7 @@ async def test_other_event_types_are_acknowledged_and_ignored(webhook: Webhook) 
 async def test_the_same_event_three_times_resumes_once_and_acknowledges_all(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    waiting, evt = await _succeeded(deployment)
 
     answers = [await webhook.deliver(evt) for _ in range(3)]
 
@@ -299,6 +300,12 @@ def _history(execution_arn: str) -> list[dict[str, Any]]:
     return events
 
 
+async def _succeeded(deployment: dict[str, Any]) -> tuple[Waiting, dict[str, Any]]:
+    """An execution waiting on its payment, and the event of the payment's success."""
+    waiting = await in_thread(start_waiting, deployment)
+    return waiting, event("payment_intent.succeeded", payment_intent(waiting))
+
+
 def _states_entered(execution_arn: str) -> list[str]:
     return [
         e["stateEnteredEventDetails"]["name"]
@@ -308,12 +315,11 @@ def _states_entered(execution_arn: str) -> list[str]:
 
 
 def _wait_for_history(execution_arn: str, event_type: str, timeout_s: float = 15) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(e["type"] == event_type for e in _history(execution_arn)):
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"no {event_type} in the history of {execution_arn}")
+    eventually(
+        lambda: any(e["type"] == event_type for e in _history(execution_arn)),
+        timeout_s=timeout_s,
+        what=f"{event_type} in the history of {execution_arn}",
+    )
 
 
 # -- signatures --------------------------------------------------------------------------------
@@ -356,7 +362,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
     assert (status, answer) == (400, {"error": "invalid_signature"})
     assert (
         sum(
-            webhook.metric("paystep_webhook_signature_failures_total", reason=reason)
+            webhook.metric("paystep_webhook_signature_failures_total", reason=reason, default=0)
             for reason in ("missing_header", "malformed_header", "mismatch", "stale_timestamp")
         )
         == 1
@@ -369,8 +375,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
 async def test_a_timestamp_inside_the_tolerance_is_accepted(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    _, evt = await _succeeded(deployment)
 
     status, answer = await webhook.deliver(evt, timestamp=int(time.time()) - 240)
 
@@ -397,8 +402,7 @@ async def test_rotation_accepts_the_secret_configured_second(
 async def test_rotation_accepts_a_header_whose_matching_signature_comes_second(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    _, evt = await _succeeded(deployment)
 
     # Stripe signs with every active secret of the endpoint while a rotation runs.
     status, answer = await webhook.deliver(evt, secrets=[OTHER_SECRET, SECRET])
@@ -412,15 +416,17 @@ async def test_rotation_accepts_a_header_whose_matching_signature_comes_second(
 async def test_an_oversized_body_is_refused_before_it_is_verified(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    waiting = await in_thread(start_waiting, deployment)
-    evt = event("payment_intent.succeeded", payment_intent(waiting))
+    waiting, evt = await _succeeded(deployment)
     evt["padding"] = "x" * (512 * 1024)
     body, headers = signed(evt, SECRET)
 
     status, _ = await webhook.post(body, headers)
 
     assert status == 413
-    assert webhook.metric("paystep_webhook_signature_failures_total", reason="mismatch") == 0
+    assert (
+        webhook.metric("paystep_webhook_signature_failures_total", reason="mismatch", default=0)
+        == 0
+    )
     assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
-from tests.worker.support import Workers
+from tests.conftest import Deployer
 
 
 @pytest.fixture
@@ -24,10 +24,9 @@ def fake_stripe() -> Iterator[FakeStripe]:
 
 
 @pytest.fixture
-def workers(stack: LocalStack) -> Iterator[Workers]:
-    started = Workers(stack)
-    yield started
-    started.stop_all()
+def deployed(deploy_fresh: Deployer) -> dict[str, Any]:
+    """A deployment of the test's own, with the default settings."""
+    return deploy_fresh()
 
 
 @pytest.fixture(scope="session")

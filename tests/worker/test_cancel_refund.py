@@ -18,12 +18,14 @@ import pytest
 
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
-from tests.worker.support import FAST_RETRIES, Workers, eventually
+from tests.worker.support import FAST_RETRIES
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -111,10 +113,9 @@ def test_cancel_finds_the_payment_succeeded_after_all(impatient: Any, fake: Fake
 
 
 def test_a_failed_order_is_refunded_once(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, _ = aws
-    deployed = deploy_fresh()
     ddb = boto3.client("dynamodb")
     put_stock(ddb, deployed["inventory_table"], "sku_gone", 0)
     workers.start(deployed, fake_stripe.url)

@@ -17,13 +17,15 @@ from typing import Any
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from statemachine import errors
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
-from tests.support.aws import start, wait_done
-from tests.worker.support import FAST_RETRIES, Workers, eventually, queue_counts, queue_empty
+from tests.support.aws import run_to_end, start, wait_done
+from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -46,10 +48,9 @@ def take_message(sqs: Any, queue_url: str) -> dict[str, Any]:
 
 
 def test_the_same_message_three_times_at_once_makes_one_payment_intent(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
     original = take_message(sqs, deployed["queue_url"])
     for _ in range(2):
@@ -71,10 +72,9 @@ def test_the_same_message_three_times_at_once_makes_one_payment_intent(
 
 
 def test_a_worker_killed_after_the_stripe_call_leaves_one_payment_intent(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
     # Stripe makes the PaymentIntent, then the answer is held until the worker is dead.
     fake_stripe.add_fault(Fault(kind="hold", hold_s=30))
@@ -138,10 +138,8 @@ def test_a_decline_fails_the_execution_as_declined(
     sfn, _ = aws
     deployed = deploy_fresh("--max-attempts", "1")
     workers.start(deployed, fake_stripe.url)
-    arn = start(
-        sfn, deployed["state_machine_arn"], order(payment_method="pm_card_chargeCustomerFail")
-    )
-    done = wait_done(sfn, arn)
+    declined = order(payment_method="pm_card_chargeCustomerFail")
+    done = run_to_end(sfn, deployed["state_machine_arn"], declined)
     assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
     cause = json.loads(done["cause"])
     assert cause["code"] == "card_declined"
@@ -151,17 +149,12 @@ def test_a_decline_fails_the_execution_as_declined(
 
 
 def test_invalid_input_fails_the_execution_without_calling_stripe(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     workers.start(deployed, fake_stripe.url)
-    arn = start(
-        sfn,
-        deployed["state_machine_arn"],
-        {"order_id": "ord_bad", "amount": 0, "currency": "usd", "coupon": "FREE"},
-    )
-    done = wait_done(sfn, arn)
+    invalid = {"order_id": "ord_bad", "amount": 0, "currency": "usd", "coupon": "FREE"}
+    done = run_to_end(sfn, deployed["state_machine_arn"], invalid)
     assert (done["status"], done["error"]) == ("FAILED", errors.INVALID_INPUT)
     assert "amount" in done["cause"] and "coupon: unknown field" in done["cause"]
     eventually(lambda: queue_empty(sqs, deployed["queue_url"]))
@@ -169,17 +162,12 @@ def test_invalid_input_fails_the_execution_without_calling_stripe(
 
 
 def test_a_customer_stripe_does_not_know_fails_the_execution_as_rejected(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, _ = aws
-    deployed = deploy_fresh()
     workers.start(deployed, fake_stripe.url)
-    arn = start(
-        sfn,
-        deployed["state_machine_arn"],
-        order(customer="cus_missing42", payment_method="pm_card_visa"),
-    )
-    done = wait_done(sfn, arn)
+    unknown = order(customer="cus_missing42", payment_method="pm_card_visa")
+    done = run_to_end(sfn, deployed["state_machine_arn"], unknown)
     assert (done["status"], done["error"]) == ("FAILED", errors.REJECTED)
     assert json.loads(done["cause"]) == {
         "code": "resource_missing",
@@ -193,7 +181,7 @@ def test_a_customer_stripe_does_not_know_fails_the_execution_as_rejected(
     ("payment_method", "heartbeats"), [("pm_sepa_debit", 1), ("pm_card_visa", 0)]
 )
 def test_a_pending_payment_sends_one_heartbeat_a_settled_one_none(
-    deploy_fresh: Deployer,
+    deployed: dict[str, Any],
     workers: Workers,
     fake_stripe: FakeStripe,
     aws: tuple[Any, Any],
@@ -201,7 +189,6 @@ def test_a_pending_payment_sends_one_heartbeat_a_settled_one_none(
     heartbeats: int,
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     with SfnProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
         workers.start(deployed, fake_stripe.url, AWS_ENDPOINT_URL=proxy.url)
         arn = start(sfn, deployed["state_machine_arn"], order(payment_method=payment_method))

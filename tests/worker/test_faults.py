@@ -19,20 +19,11 @@ import pytest
 
 from paystep_common.logging import token_hash
 from paystep_local.fake_stripe import FakeStripe, Fault
-from tests.conftest import Deployer
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
+from paystep_local.prometheus import metric, scrape
 from tests.support.aws import start
-from tests.worker.support import (
-    FAST_RETRIES,
-    Workers,
-    eventually,
-    healthy,
-    log_events,
-    metric,
-    queue_counts,
-    queue_empty,
-    scrape,
-    worker_env,
-)
+from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty, worker_env
 
 pytestmark = pytest.mark.usefixtures("stack")
 
@@ -48,10 +39,9 @@ def statuses(sfn: Any, arns: list[str]) -> set[str]:
 
 
 def test_stripe_500_then_200_makes_one_payment_intent(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.add_fault(Fault(kind="error", status=500, times=1))
     worker = workers.start(deployed, fake_stripe.url, **FAST_RETRIES)
     arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
@@ -63,7 +53,7 @@ def test_stripe_500_then_200_makes_one_payment_intent(
     assert first.idempotency_key == second.idempotency_key
     assert len(fake_stripe.intents()) == 1
     assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
-    figures = scrape(worker)
+    figures = scrape(worker.urls["metrics"])
     assert (
         metric(figures, "paystep_worker_tasks_total", type="create_payment", outcome="retry") == 1
     )
@@ -73,10 +63,9 @@ def test_stripe_500_then_200_makes_one_payment_intent(
 
 
 def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(rate_limit_per_s=8, latency_s=0.05)
     arns = [
         start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
@@ -90,18 +79,18 @@ def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
     intents = fake_stripe.intents()
     assert sorted(pi["metadata"]["paystep_execution"] for pi in intents) == sorted(arns)
     assert statuses(sfn, arns) == {"RUNNING"}, "none failed: all wait for the webhook"
-    figures = scrape(worker)
+    figures = scrape(worker.urls["metrics"])
     assert metric(figures, "paystep_worker_stripe_throttled_total") > 0
     assert metric(figures, "paystep_worker_stripe_limit") < 64, "the limit was cut"
     for outcome in ("declined", "rejected", "invalid_input", "failed", "poison"):
-        assert metric(figures, "paystep_worker_tasks_total", outcome=outcome) == 0
+        # Counted per outcome once one happens: none happened, so no series exists yet.
+        assert metric(figures, "paystep_worker_tasks_total", outcome=outcome, default=0) == 0
 
 
 def test_sigterm_finishes_the_tasks_in_flight_and_exits_0(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(latency_s=2.0)
     worker = workers.start(deployed, fake_stripe.url)
     for _ in range(8):
@@ -112,14 +101,13 @@ def test_sigterm_finishes_the_tasks_in_flight_and_exits_0(
     assert worker.process.wait(timeout=30) == 0
     assert queue_counts(sqs, deployed["queue_url"]) == (0, 0), "all finished and deleted"
     assert len(fake_stripe.intents()) == 8
-    assert any(e["event"] == "worker.drained" for e in log_events(worker))
+    assert any(e["event"] == "worker.drained" for e in worker.log_events())
 
 
 def test_sigterm_hands_back_what_the_grace_cannot_finish(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(latency_s=5.0)
     first = workers.start(deployed, fake_stripe.url, PAYSTEP_WORKER_SHUTDOWN_GRACE_S="0.5")
     for _ in range(6):
@@ -137,10 +125,9 @@ def test_sigterm_hands_back_what_the_grace_cannot_finish(
 
 
 def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     secret = "SECRET" + uuid.uuid4().hex * 20
     for body in (
         "<xml>not json</xml>",
@@ -155,7 +142,7 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
     dlq = deployed["dead_letter_queue_url"]
     eventually(lambda: queue_counts(sqs, dlq)[0] == 2, timeout_s=60, what="poison in the DLQ")
     eventually(lambda: queue_empty(sqs, deployed["queue_url"]))
-    assert healthy(worker)
+    assert worker.healthy()
     check = subprocess.run(
         [sys.executable, "-m", "worker", "--check"],
         env={**os.environ, **worker_env(deployed, worker)},
@@ -166,5 +153,5 @@ def test_poison_messages_go_to_the_dead_letter_queue_and_the_loop_goes_on(
     assert check.returncode == 0, check.stderr
     log_text = worker.log_path.read_text()
     assert secret not in log_text
-    poison = [e for e in log_events(worker) if e["event"] == "message.poison"]
+    poison = [e for e in worker.log_events() if e["event"] == "message.poison"]
     assert {e["token"] for e in poison} == {None, token_hash(secret)}

@@ -12,19 +12,18 @@ from typing import Any
 import stripe
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
 from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
-from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
-from tests.worker.support import Workers, eventually, log_events
 
 
 def test_a_real_payment_intent_carries_the_token_in_its_metadata(
-    stack: LocalStack, deploy_fresh: Deployer, workers: Workers, aws: tuple[Any, Any]
+    stack: LocalStack, deployed: dict[str, Any], workers: Workers, aws: tuple[Any, Any]
 ) -> None:
     sfn, _ = aws
     assert stack.stripe_base is not None
-    deployed = deploy_fresh()
     worker = workers.start(deployed, stack.stripe_base)
     order_id = f"ord_{uuid.uuid4().hex[:10]}"
     arn = start(
@@ -39,7 +38,7 @@ def test_a_real_payment_intent_carries_the_token_in_its_metadata(
         },
     )
     created = eventually(
-        lambda: [e for e in log_events(worker) if e["event"] == "payment_intent.created"],
+        lambda: [e for e in worker.log_events() if e["event"] == "payment_intent.created"],
         what="the worker created the PaymentIntent",
     )
     client = stripe.StripeClient(LOCAL_STRIPE_KEY, base_addresses={"api": stack.stripe_base})

@@ -22,12 +22,15 @@ import pytest
 import stripe
 
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.polling import eventually
+from paystep_local.processes import Workers
+from paystep_local.prometheus import metric, scrape
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackResult
 from statemachine.models import CreatePaymentTask
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
-from tests.worker.support import Workers, eventually, log_events, metric, queue_empty, scrape
+from tests.worker.support import queue_empty
 from worker.errors import TaskFailure
 from worker.handlers import Handlers
 from worker.queue import Message
@@ -63,8 +66,17 @@ def test_an_old_message_of_a_closed_task_is_deleted_without_calling_stripe(
     sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=first["Body"])
     worker = workers.start(deployed, fake_stripe.url, **OLD)
 
+    # Until the worker settles it, no task has the outcome: the series does not exist yet.
     eventually(
-        lambda: metric(scrape(worker), "paystep_worker_tasks_total", outcome="stale") == 1,
+        lambda: (
+            metric(
+                scrape(worker.urls["metrics"]),
+                "paystep_worker_tasks_total",
+                outcome="stale",
+                default=0,
+            )
+            == 1
+        ),
         what="the stale task settled",
     )
     eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="the copy deleted")
@@ -73,10 +85,9 @@ def test_an_old_message_of_a_closed_task_is_deleted_without_calling_stripe(
 
 @pytest.mark.usefixtures("stack")
 def test_an_old_message_adopts_the_payment_intent_its_first_delivery_made(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     # The first delivery's create succeeds at Stripe but its answer is lost ...
     fake_stripe.add_fault(Fault(kind="drop"))
     worker = workers.start(
@@ -95,7 +106,7 @@ def test_an_old_message_adopts_the_payment_intent_its_first_delivery_made(
     assert [pi["id"] for pi in fake_stripe.intents()] == [intent["id"]]
     assert len(fake_stripe.requests(CREATE)) == 1
     assert len(fake_stripe.requests(SEARCH)) == 2
-    adopted = [e for e in log_events(worker) if e["event"] == "payment_intent.adopted"]
+    adopted = [e for e in worker.log_events() if e["event"] == "payment_intent.adopted"]
     assert [e["payment_intent"] for e in adopted] == [intent["id"]]
     assert intent["metadata"]["paystep_execution"] == arn
     assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
