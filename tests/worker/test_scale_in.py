@@ -34,6 +34,12 @@ LONG_POLL: Final = {
 }
 
 
+@pytest.fixture
+def deployed(deploy_fresh: Deployer) -> dict[str, Any]:
+    """A deployment of its own: a fresh queue, with no message of another test."""
+    return deploy_fresh()
+
+
 def order() -> dict[str, Any]:
     request = {"order_id": f"ord_{uuid.uuid4().hex[:10]}", "amount": 1999, "currency": "usd"}
     return {**request, "payment_method": "pm_card_visa"}
@@ -60,10 +66,9 @@ def drained(worker: ManagedProcess) -> dict[str, Any]:
 
 
 def test_a_task_sent_at_sigterm_reaches_the_next_worker_within_seconds(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     first = workers.start(deployed, fake_stripe.url, **LONG_POLL)
     eventually(lambda: in_first_long_poll(first), what="the first worker in its long poll")
 
@@ -88,10 +93,9 @@ def test_a_task_sent_at_sigterm_reaches_the_next_worker_within_seconds(
 
 
 def test_tasks_around_a_sigterm_under_load_each_get_one_payment_intent_within_seconds(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
 ) -> None:
     sfn, sqs = aws
-    deployed = deploy_fresh()
     fake_stripe.configure(latency_s=1.0)
     first = workers.start(deployed, fake_stripe.url, **LONG_POLL)
     machine = deployed["state_machine_arn"]
