@@ -8,24 +8,26 @@
 
 Shutdown (`stop()`, on SIGTERM) in order: stop receiving; let the receive in flight
 end and hand what it brought back to the queue (visibility 0) at once, with every
-message still waiting for a slot; let the tasks in flight finish within the grace
-period; cancel what is left; hand every message still held back (visibility 0) so
-another worker takes it at once; send the deletes and visibility changes still
-batched; return.
+message still waiting for a slot; meanwhile let the tasks in flight finish within
+the grace period, counted from `stop()`; cancel what is left; hand every message
+still held back (visibility 0) so another worker takes it at once; send the deletes
+and visibility changes still batched; return.
 
-The receive in flight is let finish, never cancelled. SQS has no call that ends a
-long poll early, and a message it picks for a request is invisible from that moment
-(https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html):
+The receive in flight is let finish rather than cancelled. SQS has no call that
+ends a long poll early, and a message it picks for a request is invisible from that
+moment (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html):
 cancelling the request only drops the answer, and the messages in it would wait out
 the whole visibility timeout (120 s) before any worker saw them. Letting the poll
 finish costs at most its WaitTimeSeconds, and it returns as soon as a message
 arrives, which is then made visible again at once with ChangeMessageVisibility 0
 (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html).
-The receive and the tasks end side by side, both counted from `stop()`: the drain
-takes max(poll wait, grace) plus the release calls, which
-`WorkerSettings.shutdown_budget_s` states and the pod's terminationGracePeriodSeconds
-must exceed. Only a receive that SQS leaves unanswered past its wait (plus
-`RECEIVE_SLACK_S`) is cancelled, so the drain still ends before the kubelet's SIGKILL.
+A shorter wait, so that every poll could end inside any grace, would cost empty
+receives all day for the sake of a rare shutdown; the pod's grace covers the wait
+instead. The receive and the tasks end side by side: the drain takes max(poll wait,
+grace) plus the release calls, which `WorkerSettings.shutdown_budget_s` states and
+the pod's terminationGracePeriodSeconds must exceed. Only a receive that SQS leaves
+unanswered past its wait (plus `RECEIVE_SLACK_S`) is cancelled, so the drain still
+ends before the kubelet's SIGKILL.
 
 A message handed back this way counts one receive more (ApproximateReceiveCount),
 which the redrive policy's maxReceiveCount of 20 absorbs.
