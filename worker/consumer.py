@@ -1,20 +1,44 @@
 """The consumer loop: receive, handle each task on its own within a bound, settle its message.
 
-    async for message in self._messages():   # long-poll, 10 at a time
-        await self._slots.acquire()          # at most `concurrency` tasks in flight
-        self._start(message)                 # handle -> delete, fail + delete, or back off
+    while not stopping:
+        batch = await self._receive()        # long-poll, 10 at a time
+        for message in batch:
+            await self._slot()               # at most `concurrency` tasks in flight
+            self._start(message)             # handle -> delete, fail + delete, or back off
 
-Shutdown (`stop()`, on SIGTERM) in order: stop receiving; let the tasks in flight
-finish within the grace period; cancel what is left; hand every message still held
-back to the queue (visibility 0) so another worker takes it at once; send the
-deletes and visibility changes still batched; return.
+Shutdown (`stop()`, on SIGTERM) in order: stop receiving; let the receive in flight
+end and hand what it brought back to the queue (visibility 0) at once, with every
+message still waiting for a slot; meanwhile let the tasks in flight finish within
+the grace period, counted from `stop()`; cancel what is left; hand every message
+still held back (visibility 0) so another worker takes it at once; send the deletes
+and visibility changes still batched; return.
+
+The receive in flight is let finish rather than cancelled. SQS has no call that
+ends a long poll early, and a message it picks for a request is invisible from that
+moment (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html):
+cancelling the request only drops the answer, and the messages in it would wait out
+the whole visibility timeout (120 s) before any worker saw them. Letting the poll
+finish costs at most its WaitTimeSeconds, and it returns as soon as a message
+arrives, which is then made visible again at once with ChangeMessageVisibility 0
+(https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html).
+A shorter wait, so that every poll could end inside any grace, would cost empty
+receives all day for the sake of a rare shutdown; the pod's grace covers the wait
+instead. The receive and the tasks end side by side: the drain takes max(poll wait,
+grace) plus the release calls, which `WorkerSettings.shutdown_budget_s` states and
+the pod's terminationGracePeriodSeconds must exceed. Only a receive that SQS leaves
+unanswered past its wait (plus `RECEIVE_SLACK_S`) is cancelled, so the drain still
+ends before the kubelet's SIGKILL.
+
+A message handed back this way counts one receive more (ApproximateReceiveCount),
+which the redrive policy's maxReceiveCount of 20 absorbs.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import structlog
@@ -62,25 +86,31 @@ class Consumer:
         self._shutdown_grace_s = shutdown_grace_s
         self._retry_policy = retry
         self._metrics = metrics
-        self._slots = asyncio.Semaphore(concurrency)
         self._leases = Leases(queue.visibility_timeout_s)
         self._tasks: set[asyncio.Task[None]] = set()
+        # Set when a task ends or the shutdown begins: wakes an intake waiting for a slot.
+        self._slot_or_stop = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._stopped_at = 0.0
+        self._released = 0
         self._intake: asyncio.Task[None] | None = None
         self._receive_failures = 0
-        self._last_receive_ok = time.monotonic()
 
     # -- lifecycle -----------------------------------------------------------------------
 
     def stop(self) -> None:
         """Begin the shutdown (idempotent; safe from a signal handler)."""
         if not self._stopping.is_set():
-            log.info("worker.stopping", in_flight=len(self._tasks), held=len(self._leases))
+            log.info(
+                "worker.stopping",
+                in_flight=len(self._tasks),
+                held=len(self._leases),
+                grace_s=self._shutdown_grace_s,
+                receive_within_s=self._queue.answer_within_s,
+            )
+            self._stopped_at = time.monotonic()
             self._stopping.set()
-            if self._intake is not None:
-                # Cancels a long poll in progress: messages SQS picked for that answer
-                # reappear after their visibility timeout, none is lost.
-                self._intake.cancel()
+            self._slot_or_stop.set()
 
     async def alive(self) -> bool:
         """Liveness: the intake loop runs (the probe itself proves the event loop turns)."""
@@ -98,7 +128,7 @@ class Consumer:
         try:
             await asyncio.wait({self._intake, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if self._intake.done() and not self._intake.cancelled():
-                self._intake.result()  # the intake never ends by itself: surface its error
+                self._intake.result()  # the intake ends only after stop(): surface its error
         finally:
             stopping.cancel()
             self.stop()
@@ -106,9 +136,18 @@ class Consumer:
 
     async def _shutdown(self, keeper: asyncio.Task[None]) -> None:
         if self._intake is not None:
+            receive_deadline = self._stopped_at + self._queue.answer_within_s
+            _, unanswered = await asyncio.wait({self._intake}, timeout=_left(receive_deadline))
+            for intake in unanswered:
+                # SQS did not answer within the wait: give up on that receive, so the drain
+                # still ends before the pod is killed (its messages, if any, wait out
+                # their visibility timeout).
+                intake.cancel()
+                log.warning("sqs.receive_abandoned", after_s=self._queue.answer_within_s)
             await asyncio.gather(self._intake, return_exceptions=True)
         if self._tasks:
-            _, unfinished = await asyncio.wait(self._tasks, timeout=self._shutdown_grace_s)
+            grace_deadline = self._stopped_at + self._shutdown_grace_s
+            _, unfinished = await asyncio.wait(self._tasks, timeout=_left(grace_deadline))
             for task in unfinished:
                 task.cancel()
             await asyncio.gather(*unfinished, return_exceptions=True)
@@ -116,35 +155,52 @@ class Consumer:
                 log.warning("worker.tasks_cancelled", count=len(unfinished))
         keeper.cancel()
         await asyncio.gather(keeper, return_exceptions=True)
-        released = self._leases.release_all()
-        for message in released:
+        await self._hand_back(self._leases.release_all())
+        log.info("worker.drained", released=self._released)
+
+    async def _hand_back(self, messages: list[Message]) -> None:
+        """Make `messages` visible to other workers at once, and send that now."""
+        for message in messages:
+            self._leases.settle(message)
             self._queue.change_visibility(message, 0, reason="release")
+        self._released += len(messages)
         await self._queue.flush()
-        log.info("worker.drained", released=len(released))
 
     # -- intake --------------------------------------------------------------------------
 
     async def _take_in(self) -> None:
-        async for message in self._messages():
-            await self._slots.acquire()
-            self._start(message)
-
-    async def _messages(self) -> AsyncIterator[Message]:
+        """Receive and start tasks until `stop()`; a receive in flight ends, never dropped."""
         batch_size = min(SQS_MAX_BATCH, self._concurrency)
-        while True:
-            try:
-                batch = await self._queue.receive(batch_size)
-            except Exception as exc:
-                self._receive_failures += 1
-                delay_s = self._retry_policy.receive_error_delay_s(self._receive_failures)
-                log.error("sqs.receive_failed", error=str(exc), retry_in_s=delay_s)
-                await asyncio.sleep(delay_s)
-                continue
-            self._receive_failures = 0
-            for message in batch:
-                self._leases.hold(message)
-            for message in batch:
-                yield message
+        while not self._stopping.is_set():
+            batch = await self._receive(batch_size)
+            for index, message in enumerate(batch):
+                if not await self._slot():
+                    await self._hand_back(batch[index:])
+                    break
+                self._start(message)
+
+    async def _receive(self, batch_size: int) -> list[Message]:
+        try:
+            batch = await self._queue.receive(batch_size)
+        except Exception as exc:
+            self._receive_failures += 1
+            delay_s = self._retry_policy.receive_error_delay_s(self._receive_failures)
+            log.error("sqs.receive_failed", error=str(exc), retry_in_s=delay_s)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay_s):
+                    await self._stopping.wait()
+            return []
+        self._receive_failures = 0
+        for message in batch:
+            self._leases.hold(message)
+        return batch
+
+    async def _slot(self) -> bool:
+        """Wait until fewer than `concurrency` tasks run; False once stopping."""
+        while len(self._tasks) >= self._concurrency and not self._stopping.is_set():
+            self._slot_or_stop.clear()
+            await self._slot_or_stop.wait()
+        return not self._stopping.is_set()
 
     def _start(self, message: Message) -> None:
         task = asyncio.create_task(self._handle(message))
@@ -154,7 +210,7 @@ class Consumer:
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        self._slot_or_stop.set()
         self._metrics.in_flight.set(len(self._tasks))
 
     async def _keep_leases(self) -> None:
@@ -234,3 +290,8 @@ class Consumer:
     def _delete(self, message: Message) -> None:
         self._leases.settle(message)
         self._queue.delete(message)
+
+
+def _left(deadline: float) -> float:
+    """Seconds from now until `deadline` (a `time.monotonic()` value), at least 0."""
+    return max(0.0, deadline - time.monotonic())

@@ -22,6 +22,10 @@ log = structlog.get_logger("paystep.worker")
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html
 SQS_MAX_BATCH: Final = 10
 RECEIVE_ATTRIBUTES: Final = ["ApproximateReceiveCount", "SentTimestamp"]
+# A long poll answers within its WaitTimeSeconds
+# (https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html);
+# this much more covers the round trip before a receive counts as unanswered.
+RECEIVE_SLACK_S: Final = 2
 
 T = TypeVar("T")
 
@@ -101,7 +105,7 @@ class TaskQueue:
         self._sqs = sqs
         self.url = url
         self.visibility_timeout_s = visibility_timeout_s
-        self._wait_s = wait_s
+        self.wait_s = wait_s
         self._metrics = metrics
         self._deletes: Batcher[Message] = Batcher(
             self._delete_batch, delay_s=batch_delay_s, size=SQS_MAX_BATCH
@@ -110,6 +114,11 @@ class TaskQueue:
             self._change_visibility_batch, delay_s=batch_delay_s, size=SQS_MAX_BATCH
         )
 
+    @property
+    def answer_within_s(self) -> int:
+        """How long a receive may take before it counts as unanswered."""
+        return self.wait_s + RECEIVE_SLACK_S
+
     async def receive(self, max_messages: int) -> list[Message]:
         """Long-poll up to `max_messages`; raises on SQS errors (the caller backs off)."""
         self._metrics.sqs_requests.labels("ReceiveMessage").inc()
@@ -117,7 +126,7 @@ class TaskQueue:
             response = await self._sqs.receive_message(
                 QueueUrl=self.url,
                 MaxNumberOfMessages=min(max_messages, SQS_MAX_BATCH),
-                WaitTimeSeconds=self._wait_s,
+                WaitTimeSeconds=self.wait_s,
                 VisibilityTimeout=self.visibility_timeout_s,
                 MessageSystemAttributeNames=RECEIVE_ATTRIBUTES,
             )

@@ -7,6 +7,7 @@ from typing import Final
 from pydantic import Field
 
 from paystep_common.settings import StripeSettings
+from worker.queue import RECEIVE_SLACK_S
 
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
 SQS_MAX_VISIBILITY_TIMEOUT_S: Final = 43_200
@@ -15,6 +16,9 @@ SQS_MAX_WAIT_S: Final = 20
 # https://docs.stripe.com/api/idempotent_requests: keys are pruned once at least 24 hours old;
 # an hour of margin covers clock skew and the time the message spent waiting for a slot.
 IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
+# The last step of a shutdown: the deletes and visibility changes still batched, one
+# request per ten messages, sent at once.
+SHUTDOWN_RELEASE_S: Final = 5
 
 
 class WorkerSettings(StripeSettings):
@@ -22,7 +26,7 @@ class WorkerSettings(StripeSettings):
 
     queue_url: str
     worker_concurrency: int = Field(default=64, ge=1, le=4096)
-    # Kubernetes' terminationGracePeriodSeconds must stay above this plus a few seconds.
+    # How long SIGTERM lets the tasks in flight finish; see `shutdown_budget_s`.
     worker_shutdown_grace_s: float = Field(default=25.0, ge=0)
     metrics_port: int = Field(default=9090, ge=1, le=65_535)
     metrics_host: str = "0.0.0.0"
@@ -37,3 +41,15 @@ class WorkerSettings(StripeSettings):
     # Deletes and visibility changes wait this long for a batch of 10 to fill up.
     worker_batch_delay_s: float = Field(default=0.2, ge=0, le=5)
     worker_stripe_min_in_flight: int = Field(default=1, ge=1)
+
+    @property
+    def shutdown_budget_s(self) -> float:
+        """The longest a worker takes from SIGTERM to its exit.
+
+        The receive in flight is let finish (within the poll wait, plus a round trip)
+        while the tasks in flight get the grace, both counted from SIGTERM; then the
+        release. The pod's terminationGracePeriodSeconds must exceed this, or the
+        kubelet's SIGKILL strands the messages the drain had not handed back yet.
+        """
+        receive_s = self.worker_poll_wait_s + RECEIVE_SLACK_S
+        return max(receive_s, self.worker_shutdown_grace_s) + SHUTDOWN_RELEASE_S

@@ -8,6 +8,7 @@ TriggerAuthentication.
 from __future__ import annotations
 
 import copy
+import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -19,6 +20,7 @@ import yaml  # type: ignore[import-untyped,unused-ignore]
 from tests.deploy.conftest import OVERLAYS, Manifest, by_kind, one
 from tests.deploy.tools import INSTALL_HINT, explain, require_tool, run
 from webhook.reconcile import parse_duration
+from worker.settings import WorkerSettings
 
 KUBERNETES_VERSION: Final = "1.30"
 KEDA_KINDS: Final = {"ScaledObject", "TriggerAuthentication"}
@@ -208,14 +210,30 @@ def test_keda_scales_the_worker_by_its_concurrency(
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_worker_outlives_its_shutdown_grace(
-    overlay: str, manifests: dict[str, list[Manifest]]
+def test_the_worker_drains_before_kubernetes_kills_it(
+    overlay: str, manifests: dict[str, list[Manifest]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """terminationGracePeriodSeconds outlasts the drain of the settings the pod runs with.
+
+    https://kubernetes.io/docs/concepts/workloads/pods/pod-lifecycle/#pod-termination:
+    SIGKILL follows SIGTERM after the grace period, which a preStop hook would share.
+    """
     docs = manifests[overlay]
-    grace_s = int(config_of(docs)["PAYSTEP_WORKER_SHUTDOWN_GRACE_S"])
-    pod = one(docs, "Deployment", "worker")["spec"]["template"]["spec"]
-    # Room after the grace for releasing the remaining messages back to SQS.
-    assert pod["terminationGracePeriodSeconds"] >= grace_s + 10
+    deployment = one(docs, "Deployment", "worker")
+    pod = pod_spec(deployment)
+    [container] = containers(deployment)
+    assert "lifecycle" not in container, "a preStop hook runs inside the same grace period"
+    env = {
+        **config_of(docs),
+        **{item["name"]: item.get("value", "from-a-secret") for item in container["env"]},
+    }
+    for name in [name for name in os.environ if name.startswith("PAYSTEP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    # The worker's own defaults fill in whatever the manifests leave unset.
+    settings = WorkerSettings()
+    assert pod["terminationGracePeriodSeconds"] > settings.shutdown_budget_s
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -65,13 +65,14 @@ def consumer(
     concurrency: int = 8,
     grace_s: float = 5.0,
     visibility_timeout_s: int = 30,
+    wait_s: int = 1,
 ) -> Consumer:
     metrics = Metrics()
     queue = TaskQueue(
         sqs,
         sqs.url,
         visibility_timeout_s=visibility_timeout_s,
-        wait_s=1,
+        wait_s=wait_s,
         batch_delay_s=0.02,
         metrics=metrics,
     )
@@ -154,6 +155,60 @@ async def test_what_cannot_finish_within_the_grace_is_handed_back_at_once() -> N
     assert sorted(sqs.visibility) == sorted((message_id, 0) for message_id in sent[:4])
     now = time.monotonic()
     assert all(stored.visible_at <= now for stored in sqs.messages.values())
+
+
+async def test_a_receive_in_flight_at_sigterm_ends_and_hands_its_message_back_at_once() -> None:
+    # GIVEN a consumer sitting in a 20 s long poll on an empty queue
+    sqs = MemorySqs()
+    handled: list[str] = []
+
+    async def handler(task: Task, message: Message) -> str:
+        handled.append(message.message_id)
+        return "created"
+
+    worker = consumer(sqs, handler, wait_s=20, visibility_timeout_s=120)
+    loop = asyncio.create_task(worker.run())
+    await until(lambda: sqs.calls["ReceiveMessage"] == 1)
+    # WHEN it is stopped, and a task arrives at once
+    worker.stop()
+    sent = sqs.send(create_body(1))
+    # THEN that receive returns it, and it is handed back (visibility 0) long before
+    # the poll's wait or the visibility timeout would end, with no receive after it
+    await asyncio.wait_for(sqs.visibility_set(sent, 0), timeout=2)
+    await asyncio.wait_for(loop, timeout=2)
+    assert handled == []
+    assert sqs.calls["ReceiveMessage"] == 1
+    assert sqs.messages[sent].visible_at <= time.monotonic()
+    again = await sqs.receive_message(QueueUrl=sqs.url, MaxNumberOfMessages=1, WaitTimeSeconds=0)
+    assert [message["MessageId"] for message in again["Messages"]] == [sent]
+
+
+async def test_messages_waiting_for_a_slot_go_back_at_sigterm_not_after_the_grace() -> None:
+    sqs, sent = loaded(4)
+    started: list[str] = []
+    finish = asyncio.Event()
+
+    async def handler(task: Task, message: Message) -> str:
+        started.append(message.message_id)
+        await finish.wait()  # holds its slot until the test lets it go, within the grace
+        return "created"
+
+    # GIVEN 2 tasks running and 2 more received, waiting for a slot
+    worker = consumer(sqs, handler, concurrency=2, grace_s=30)
+    loop = asyncio.create_task(worker.run())
+    await until(lambda: len(started) == 2 and sqs.calls["ReceiveMessage"] >= 2)
+    # WHEN the worker is stopped
+    worker.stop()
+    # THEN the 2 waiting go back at once, while the 2 running keep their grace
+    waiting = [message_id for message_id in sent if message_id not in started]
+    await asyncio.wait_for(
+        asyncio.gather(*(sqs.visibility_set(message_id, 0) for message_id in waiting)), timeout=2
+    )
+    assert not loop.done()
+    finish.set()
+    await asyncio.wait_for(loop, timeout=2)
+    assert sorted(sqs.deleted) == sorted(started)
+    assert sorted(sqs.visibility) == sorted((message_id, 0) for message_id in waiting)
 
 
 async def test_transient_failure_backs_off_through_visibility() -> None:
