@@ -17,10 +17,11 @@ from typing import Any, Final
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe
-from paystep_local.localstack import ManagedProcess
-from tests.conftest import Deployer
+from paystep_local.polling import eventually
+from paystep_local.processes import ManagedProcess, Workers
+from paystep_local.prometheus import metric, scrape
 from tests.support.aws import start
-from tests.worker.support import Workers, eventually, log_events, metric, queue_empty, scrape
+from tests.worker.support import queue_empty
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("stack")]
 
@@ -34,12 +35,6 @@ LONG_POLL: Final = {
 }
 
 
-@pytest.fixture
-def deployed(deploy_fresh: Deployer) -> dict[str, Any]:
-    """A deployment of its own: a fresh queue, with no message of another test."""
-    return deploy_fresh()
-
-
 def order() -> dict[str, Any]:
     request = {"order_id": f"ord_{uuid.uuid4().hex[:10]}", "amount": 1999, "currency": "usd"}
     return {**request, "payment_method": "pm_card_visa"}
@@ -47,9 +42,9 @@ def order() -> dict[str, Any]:
 
 def in_first_long_poll(worker: ManagedProcess) -> bool:
     """Its first ReceiveMessage is sent and not answered: it has 20 s still to wait."""
-    figures = scrape(worker)
+    figures = scrape(worker.urls["metrics"])
     sent = metric(figures, "paystep_worker_sqs_requests_total", operation="ReceiveMessage")
-    return sent == 1 and metric(figures, "paystep_worker_sqs_receives_total") == 0
+    return sent == 1 and metric(figures, "paystep_worker_sqs_receives_total", default=0) == 0
 
 
 def intents_by_execution(fake_stripe: FakeStripe) -> dict[str, int]:
@@ -61,7 +56,7 @@ def intents_by_execution(fake_stripe: FakeStripe) -> dict[str, int]:
 
 
 def drained(worker: ManagedProcess) -> dict[str, Any]:
-    [event] = [e for e in log_events(worker) if e["event"] == "worker.drained"]
+    [event] = [e for e in worker.log_events() if e["event"] == "worker.drained"]
     return event
 
 
