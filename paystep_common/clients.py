@@ -52,6 +52,9 @@ def stripe_client(
     return stripe.StripeClient(
         settings.stripe_api_key.get_secret_value(),
         base_addresses=base_addresses,  # type: ignore[arg-type]
+        # Pinned, so a new stripe-python or a change of the account's default cannot
+        # change what a request means.
+        stripe_version=settings.stripe_api_version,
         http_client=stripe.AIOHTTPClient(
             session=session, timeout=aiohttp.ClientTimeout(total=settings.stripe_timeout_s)
         ),

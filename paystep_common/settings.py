@@ -13,12 +13,15 @@ from __future__ import annotations
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any, Final, Literal, TypeVar
+from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import SecretBytes, SecretStr, ValidationError
+from pydantic import SecretBytes, SecretStr, StringConstraints, ValidationError
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# https://docs.stripe.com/api-versions: `YYYY-MM-DD` or, since 2024-09-30, `YYYY-MM-DD.name`.
+STRIPE_API_VERSION: Final = "2026-10-28.endive"
+STRIPE_API_VERSION_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
 EXIT_BAD_SETTINGS: Final = 2  # the status argparse uses for bad arguments
 _ECHO_MAX_CHARS: Final = 60
 _EXPECTED: Final = {
@@ -49,6 +52,12 @@ class StripeSettings(PaystepSettings):
     stripe_api_key: SecretStr
     stripe_api_base: str | None = None
     stripe_timeout_s: float = 30.0
+    stripe_api_version: Annotated[str, StringConstraints(pattern=STRIPE_API_VERSION_PATTERN)] = (
+        STRIPE_API_VERSION
+    )
+    """Sent as `Stripe-Version` on every call (https://docs.stripe.com/api/versioning): the
+    requests are written for it, whatever the account's default. The version stripe-python
+    in the lock is generated for; move both together."""
 
 
 class SettingsError(SystemExit):

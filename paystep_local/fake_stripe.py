@@ -92,7 +92,6 @@ import re
 import secrets
 import threading
 import time
-import urllib.parse
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -100,7 +99,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-from paystep_local import serve
+from paystep_local import serve, stripe_rules
 from paystep_local.idempotency import (
     REPLAYED_HEADER,
     IdempotencyError,
@@ -108,28 +107,10 @@ from paystep_local.idempotency import (
     Reply,
     SameKeyInFlight,
 )
+from paystep_local.stripe_rules import StripeFailure, check_metadata, decode_form, invalid
 
 FaultKind = Literal["error", "drop", "hold"]
 
-METADATA_MAX_KEYS: Final = 50
-METADATA_KEY_MAX_CHARS: Final = 40
-METADATA_VALUE_MAX_CHARS: Final = 500
-CREATE_PARAMS: Final = frozenset(
-    {
-        "amount",
-        "currency",
-        "customer",
-        "payment_method",
-        "metadata",
-        "payment_method_types",
-        "capture_method",
-        "payment_method_options",
-        "confirm",
-        "off_session",
-        "description",
-        "expand",
-    }
-)
 DECLINING_METHODS: Final = {
     "pm_card_chargeCustomerFail": "generic_decline",
     "pm_card_chargeDeclined": "generic_decline",
@@ -141,20 +122,6 @@ SEARCH_CLAUSE: Final = re.compile(
     r"""^\s*(?:metadata\['(?P<key>(?:[^'\\]|\\.)*)'\]|(?P<field>[a-z_]+))\s*:\s*"""
     r"""(?:'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<bare>[^\s']+))\s*$"""
 )
-
-
-class StripeFailure(Exception):
-    """An answer in Stripe's error shape."""
-
-    def __init__(
-        self, status: int, type_: str, message: str, *, executed: bool = False, **fields: Any
-    ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = {"error": {"type": type_, "message": message, **fields}}
-        # Stripe stores an idempotent answer only once the endpoint ran: a validation
-        # failure leaves the key free, a refusal after it ran is replayed.
-        self.executed = executed
 
 
 @dataclass
@@ -280,6 +247,7 @@ class FakeStripe:
         with self._lock:
             self.payment_intents: dict[str, dict[str, Any]] = {}
             self.refunds: dict[str, dict[str, Any]] = {}
+            self.events: list[dict[str, Any]] = []
             self.faults: list[Fault] = []
             self._records: list[RequestRecord] = []
             self._idempotency: IdempotencyStore[dict[str, Any]] = IdempotencyStore(
@@ -381,6 +349,15 @@ class FakeStripe:
         with self._lock:
             return [json.loads(json.dumps(pi)) for pi in self.payment_intents.values()]
 
+    def event_types(self, intent_id: str | None = None) -> list[str]:
+        """The types of the events emitted so far (of one PaymentIntent), oldest first."""
+        with self._lock:
+            return [
+                e["type"]
+                for e in self.events
+                if intent_id is None or e["data"]["object"]["id"] == intent_id
+            ]
+
     # -- HTTP ----------------------------------------------------------------------------
 
     def app(self) -> web.Application:
@@ -391,6 +368,8 @@ class FakeStripe:
             ("GET", "/v1/payment_intents/search", self._search_payment_intents),
             ("GET", "/v1/payment_intents/{id}", self._retrieve_payment_intent),
             ("POST", "/v1/payment_intents/{id}/cancel", self._cancel_payment_intent),
+            ("POST", "/v1/payment_intents/{id}/confirm", self._confirm_payment_intent),
+            ("GET", "/v1/events", self._list_events),
             ("POST", "/v1/refunds", self._create_refund),
             ("GET", "/v1/refunds", self._list_refunds),
         ]
@@ -411,9 +390,9 @@ class FakeStripe:
         async def handler(request: web.Request) -> web.StreamResponse:
             key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
             if request.method == "POST":
-                params = _decode_form(await request.text())
+                params = decode_form(await request.text())
             else:
-                params = _decode_form(request.query_string)
+                params = decode_form(request.query_string)
             record = RequestRecord(request.method, route, key, params=params)
             with self._lock:
                 self._records.append(record)
@@ -539,27 +518,15 @@ class FakeStripe:
 
     # -- endpoints -----------------------------------------------------------------------
 
-    async def _create_payment_intent(self, _: web.Request, params: dict[str, Any]) -> _Answer:
-        unknown = sorted(set(params) - CREATE_PARAMS)
-        if unknown:
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                f"Received unknown parameter: {unknown[0]}",
-                param=unknown[0],
-                code="parameter_unknown",
-            )
+    async def _create_payment_intent(self, request: web.Request, params: dict[str, Any]) -> _Answer:
+        version = request.headers.get("Stripe-Version")
+        metadata = stripe_rules.check_create(params, version)
         amount = _integer(params, "amount")
         currency = params.get("currency")
         if not isinstance(currency, str) or not re.fullmatch(r"[a-z]{3}", currency):
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                "Missing required param: currency.",
-                param="currency",
-                code="parameter_missing",
+            raise invalid(
+                "Missing required param: currency.", param="currency", code="parameter_missing"
             )
-        metadata = _metadata(params.get("metadata"))
         customer = _existing(params, "customer", "cus_missing", "customer")
         method = _existing(params, "payment_method", "pm_missing", "PaymentMethod")
         intent = _payment_intent(
@@ -570,10 +537,16 @@ class FakeStripe:
                 "payment_method": method,
                 "metadata": metadata,
                 "capture_method": params.get("capture_method", "automatic"),
+                "automatic_payment_methods": stripe_rules.automatic_payment_methods(
+                    params, version
+                ),
+                "payment_method_types": _types(params),
+                "description": params.get("description"),
             }
         )
         with self._lock:
             self.payment_intents[intent["id"]] = intent
+            self._emit("payment_intent.created", intent)
         if params.get("confirm") == "true":
             if not isinstance(method, str):
                 raise StripeFailure(
@@ -583,10 +556,25 @@ class FakeStripe:
                     code="payment_intent_unexpected_state",
                     executed=True,
                 )
-            return self._confirm(intent, method, off_session=params.get("off_session") == "true")
+            return self._confirm(intent, method, params)
         return _Answer(200, intent)
 
-    def _confirm(self, intent: dict[str, Any], method: str, *, off_session: bool) -> _Answer:
+    async def _confirm_payment_intent(
+        self, request: web.Request, params: dict[str, Any]
+    ) -> _Answer:
+        intent_id = request.match_info["id"]
+        stripe_rules.check_confirm(
+            self._intent(intent_id), params, request.headers.get("Stripe-Version")
+        )
+        with self._lock:
+            intent = self.payment_intents[intent_id]
+            method = params.get("payment_method") or intent["payment_method"]
+            intent.update(payment_method=method, last_payment_error=None)
+        _existing(params, "payment_method", "pm_missing", "PaymentMethod")
+        return self._confirm(intent, method, params)
+
+    def _confirm(self, intent: dict[str, Any], method: str, params: dict[str, Any]) -> _Answer:
+        off_session = params.get("off_session") == "true"
         decline_code = DECLINING_METHODS.get(method)
         if decline_code is not None or (method == "pm_card_authenticationRequired" and off_session):
             code = "card_declined" if decline_code else "authentication_required"
@@ -602,20 +590,46 @@ class FakeStripe:
             with self._lock:
                 intent["status"] = "requires_payment_method"
                 intent["last_payment_error"] = dict(error)
+                self._emit("payment_intent.payment_failed", intent)
             return _Answer(402, {"error": {**error, "payment_intent": dict(intent)}})
         with self._lock:
             if method == "pm_card_authenticationRequired":
                 intent["status"] = "requires_action"
+                intent["next_action"] = _redirect(params.get("return_url"))
+                self._emit("payment_intent.requires_action", intent)
             elif method.startswith(PROCESSING_PREFIXES):
                 intent["status"] = "processing"
+                self._emit("payment_intent.processing", intent)
             elif intent["capture_method"] == "manual":
                 intent["status"] = "requires_capture"
                 intent["latest_charge"] = "ch_" + secrets.token_hex(12)
+                self._emit("payment_intent.amount_capturable_updated", intent)
             else:
                 intent["status"] = "succeeded"
                 intent["amount_received"] = intent["amount"]
                 intent["latest_charge"] = "ch_" + secrets.token_hex(12)
+                self._emit("payment_intent.succeeded", intent)
         return _Answer(200, dict(intent))
+
+    def _emit(self, event_type: str, intent: dict[str, Any]) -> None:
+        """Record an event as Stripe lists it (https://docs.stripe.com/api/events/object)."""
+        self.events.append(
+            {
+                "id": "evt_" + secrets.token_hex(12),
+                "object": "event",
+                "type": event_type,
+                "livemode": False,
+                "created": int(time.time()),
+                "data": {"object": json.loads(json.dumps(intent))},
+            }
+        )
+
+    async def _list_events(self, _: web.Request, params: dict[str, Any]) -> _Answer:
+        limit = int(params.get("limit", 10))
+        event_type = params.get("type")
+        with self._lock:
+            data = [e for e in reversed(self.events) if event_type in (None, e["type"])]
+        return _Answer(200, _list(data[:limit], "/v1/events"))
 
     async def _retrieve_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
         return _Answer(200, self._intent(request.match_info["id"]))
@@ -714,7 +728,7 @@ class FakeStripe:
                 "charge": intent["latest_charge"],
                 "status": "succeeded",
                 "reason": params.get("reason"),
-                "metadata": _metadata(params.get("metadata")),
+                "metadata": check_metadata(params.get("metadata")),
                 "created": int(time.time()),
             }
             self.refunds[refund["id"]] = refund
@@ -796,12 +810,33 @@ def _payment_intent(fields: dict[str, Any]) -> dict[str, Any]:
         "last_payment_error": None,
         "canceled_at": None,
         "cancellation_reason": None,
+        "next_action": None,
+        "automatic_payment_methods": None,
+        "payment_method_types": ["card"],
         "livemode": False,
         "created": int(time.time()),
     }
     intent.update({k: v for k, v in fields.items() if v is not None or k not in intent})
     intent["client_secret"] = f"{intent['id']}_secret_{secrets.token_hex(8)}"
     return intent
+
+
+def _types(params: dict[str, Any]) -> list[str] | None:
+    listed = params.get("payment_method_types") or params.get("allowed_payment_method_types")
+    return list(listed.values()) if isinstance(listed, dict) else None
+
+
+def _redirect(return_url: str | None) -> dict[str, Any]:
+    """The `next_action` of a payment the customer must authenticate."""
+    if return_url:
+        return {
+            "type": "redirect_to_url",
+            "redirect_to_url": {
+                "url": "https://hooks.stripe.com/redirect/authenticate/" + secrets.token_hex(8),
+                "return_url": return_url,
+            },
+        }
+    return {"type": "use_stripe_sdk", "use_stripe_sdk": {"type": "three_d_secure_redirect"}}
 
 
 def _list(data: list[dict[str, Any]], url: str) -> dict[str, Any]:
@@ -834,20 +869,6 @@ def _error_answer(failure: StripeFailure) -> _Answer:
     return _Answer(failure.status, failure.body)
 
 
-def _decode_form(text: str) -> dict[str, Any]:
-    """Stripe's form encoding: `a=1&metadata[k]=v&expand[0]=x` -> nested dicts."""
-    params: dict[str, Any] = {}
-    for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
-        base, _, rest = name.partition("[")
-        if not rest:
-            params[base] = value
-            continue
-        nested = params.setdefault(base, {})
-        if isinstance(nested, dict):
-            nested[rest.rstrip("]").split("][")[0]] = value
-    return params
-
-
 def _existing(params: dict[str, Any], param: str, missing_prefix: str, noun: str) -> Any:
     """The id in `params[param]`; ids starting with `missing_prefix` name nothing."""
     value = params.get(param)
@@ -875,30 +896,6 @@ def _integer(params: dict[str, Any], name: str) -> int:
             code="parameter_invalid_integer" if raw is not None else "parameter_missing",
         )
     return int(raw)
-
-
-def _metadata(raw: Any) -> dict[str, str]:
-    if raw in (None, ""):
-        return {}
-    if not isinstance(raw, dict):
-        raise StripeFailure(400, "invalid_request_error", "Invalid metadata.", param="metadata")
-    if len(raw) > METADATA_MAX_KEYS:
-        raise StripeFailure(
-            400,
-            "invalid_request_error",
-            f"Metadata can have up to {METADATA_MAX_KEYS} keys.",
-            param="metadata",
-        )
-    for key, value in raw.items():
-        if len(key) > METADATA_KEY_MAX_CHARS or len(value) > METADATA_VALUE_MAX_CHARS:
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                f"Metadata keys are limited to {METADATA_KEY_MAX_CHARS} characters and values "
-                f"to {METADATA_VALUE_MAX_CHARS}.",
-                param=f"metadata[{key[:60]}]",
-            )
-    return dict(raw)
 
 
 def _unescape(text: str) -> str:

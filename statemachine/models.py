@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import urllib.parse
 from typing import Annotated, Final, Literal, Self
 
 from pydantic import (
@@ -52,6 +53,11 @@ CustomerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{1,250}$
 PaymentMethodId = Annotated[str, StringConstraints(pattern=r"^(pm|card|src)_[A-Za-z0-9_]{1,250}$")]
 PaymentIntentId = Annotated[str, StringConstraints(pattern=r"^pi_[A-Za-z0-9_]{1,250}$")]
 Email = Annotated[str, StringConstraints(max_length=254, pattern=r"^[^@\s]+@[^@\s]+\.[^@\s]+$")]
+# https://docs.stripe.com/api/payment_intents/create#create_payment_intent-return_url: where the
+# customer comes back after a redirect-based payment method; paystep takes https only.
+ReturnUrl = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
+# https://docs.stripe.com/api/payment_methods/object#payment_method_object-type: lowercase names.
+PaymentMethodType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{1,49}$")]
 TaskToken = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 ExecutionId = Annotated[str, StringConstraints(min_length=1, max_length=2048)]
 
@@ -84,6 +90,10 @@ class PaymentRequest(Frozen):
     customer: CustomerId | None = None
     payment_method: PaymentMethodId | None = None
     receipt_email: Email | None = None
+    return_url: ReturnUrl | None = None
+    payment_method_types: tuple[PaymentMethodType, ...] | None = Field(
+        default=None, min_length=1, max_length=20
+    )
     items: tuple[Item, ...] = Field(default=(), max_length=100)
     metadata: dict[str, str] = Field(default_factory=dict)
 
@@ -109,6 +119,21 @@ class PaymentRequest(Frozen):
                     f"at most {STRIPE_METADATA_VALUE_MAX_CHARS}"
                 )
         return metadata
+
+    @field_validator("return_url")
+    @classmethod
+    def _https_url(cls, url: str | None) -> str | None:
+        parts = urllib.parse.urlsplit(url or "")
+        if url is not None and (parts.scheme != "https" or not parts.hostname or " " in url):
+            raise ValueError(f"must be an https URL, got {url[:60]!r}")
+        return url
+
+    @model_validator(mode="after")
+    def _return_url_with_payment_method(self) -> Self:
+        # Stripe takes return_url only on a confirm; paystep confirms only with a method.
+        if self.return_url is not None and self.payment_method is None:
+            raise ValueError("return_url: only with payment_method (paystep confirms with it)")
+        return self
 
     @model_validator(mode="after")
     def _amount_within_stripe_minimum(self) -> Self:

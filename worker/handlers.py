@@ -170,8 +170,16 @@ def payment_intent_params(
 ) -> stripe.params.PaymentIntentCreateParams:
     """The one PaymentIntent create of a task; raises `TaskFailure` for what Stripe cannot hold.
 
-    A payment method is confirmed server-side, off-session. receipt_email stays out:
-    the receipt goes out through SNS after fulfilment (and localstripe refuses it).
+    A payment method is confirmed server-side: off-session unless the caller sends a
+    `return_url` (the customer is present and may be redirected to authenticate).
+    Payment methods are the account's automatic ones, without redirect-based methods
+    off-session, or the caller's `payment_method_types`. Since API version 2023-08-16
+    automatic payment methods are on by default and a confirm needs a `return_url`,
+    `off_session=true` or `allow_redirects=never`
+    (https://docs.stripe.com/changelog/2023-08-16/automatic-payment-methods); since
+    2026-09-30.endive a list of types goes in `allowed_payment_method_types`
+    (https://docs.stripe.com/changelog/endive/2026-09-30/removes-the-payment-method-types-parameter-from-payment-intents-and-setup-intents).
+    receipt_email stays out: the receipt goes out through SNS after fulfilment.
     """
     params: stripe.params.PaymentIntentCreateParams = {
         "amount": request.amount,
@@ -180,10 +188,19 @@ def payment_intent_params(
     }
     if request.customer:
         params["customer"] = request.customer
+    if request.payment_method_types:
+        params["allowed_payment_method_types"] = list(request.payment_method_types)
+    elif request.return_url:
+        params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "always"}
+    else:
+        params["automatic_payment_methods"] = {"enabled": True, "allow_redirects": "never"}
     if request.payment_method:
         params["payment_method"] = request.payment_method
         params["confirm"] = True
-        params["off_session"] = True
+        if request.return_url:
+            params["return_url"] = request.return_url
+        else:
+            params["off_session"] = True
     return params
 
 

@@ -1,0 +1,291 @@
+"""Stripe's documented rules for a PaymentIntent create or confirm, for the local doubles.
+
+Both doubles ask this module before acting: the fake Stripe (`fake_stripe`, its
+own state) and the local Stripe in front of localstripe (`stripe_chaos_proxy`),
+so a request the real Stripe refuses is refused locally too, with Stripe's error
+shape. Each rule names the page it comes from.
+
+Requests arrive form-encoded (`decode_form`), their rules chosen by the
+request's `Stripe-Version` header; without one, the local account's default
+version applies, as on Stripe (https://docs.stripe.com/api/versioning): the one
+localstripe renders its events with, older than automatic payment methods.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Mapping
+from typing import Any, Final
+
+# The local account's default API version (localstripe renders every event with it).
+LOCAL_ACCOUNT_VERSION: Final = "2017-08-15"
+# https://docs.stripe.com/changelog/2023-08-16/automatic-payment-methods: automatic payment
+# methods are on by default; confirming then needs a `return_url` unless `off_session=true`
+# or `automatic_payment_methods[allow_redirects]=never`.
+AUTOMATIC_PAYMENT_METHODS_SINCE: Final = "2023-08-16"
+# https://docs.stripe.com/changelog/endive/2026-09-30/removes-the-payment-method-types-parameter-from-payment-intents-and-setup-intents
+PAYMENT_METHOD_TYPES_REMOVED_SINCE: Final = "2026-09-30"
+
+# https://docs.stripe.com/api/metadata: 50 keys, names up to 40 characters, values up to 500.
+METADATA_MAX_KEYS: Final = 50
+METADATA_KEY_MAX_CHARS: Final = 40
+METADATA_VALUE_MAX_CHARS: Final = 500
+
+# https://docs.stripe.com/api/payment_intents/create: the parameters Stripe takes.
+CREATE_PARAMS: Final = frozenset(
+    {
+        "amount",
+        "currency",
+        "allowed_payment_method_types",
+        "amount_details",
+        "application_fee_amount",
+        "automatic_payment_methods",
+        "capture_method",
+        "confirm",
+        "confirmation_method",
+        "confirmation_token",
+        "customer",
+        "description",
+        "error_on_requires_action",
+        "excluded_payment_method_types",
+        "expand",
+        "mandate",
+        "mandate_data",
+        "metadata",
+        "off_session",
+        "on_behalf_of",
+        "payment_method",
+        "payment_method_configuration",
+        "payment_method_data",
+        "payment_method_options",
+        "payment_method_types",
+        "radar_options",
+        "receipt_email",
+        "return_url",
+        "setup_future_usage",
+        "shipping",
+        "statement_descriptor",
+        "statement_descriptor_suffix",
+        "transfer_data",
+        "transfer_group",
+        "use_stripe_sdk",
+    }
+)
+# https://docs.stripe.com/api/payment_intents/confirm
+CONFIRM_PARAMS: Final = frozenset(
+    {
+        "capture_method",
+        "confirmation_token",
+        "error_on_requires_action",
+        "expand",
+        "mandate",
+        "mandate_data",
+        "off_session",
+        "payment_method",
+        "payment_method_data",
+        "payment_method_options",
+        "payment_method_types",
+        "radar_options",
+        "receipt_email",
+        "return_url",
+        "setup_future_usage",
+        "shipping",
+        "use_stripe_sdk",
+    }
+)
+# https://docs.stripe.com/api/payment_intents/confirm: the statuses a confirm starts from.
+CONFIRMABLE: Final = frozenset(
+    {"requires_payment_method", "requires_confirmation", "requires_action"}
+)
+# https://docs.stripe.com/changelog/dahlia/2026-07-29/allowed-payment-method-types-parameter:
+# `allowed_payment_method_types` excludes each of these.
+ALLOWED_TYPES_EXCLUDES: Final = (
+    "payment_method_types",
+    "excluded_payment_method_types",
+    "automatic_payment_methods",
+    "payment_method_configuration",
+)
+RETURN_URL_REQUIRED: Final = (
+    "A `return_url` must be specified because this Payment Intent is configured to "
+    "automatically accept the payment methods enabled in the Dashboard, some of which may "
+    "require a full page redirect to succeed. If you do not want to accept redirect-based "
+    "payment methods, set `automatic_payment_methods[enabled]` to `true` and "
+    "`automatic_payment_methods[allow_redirects]` to `never` when creating Setup Intents and "
+    "Payment Intents."
+)
+
+
+class StripeFailure(Exception):
+    """An answer in Stripe's error shape."""
+
+    def __init__(
+        self, status: int, type_: str, message: str, *, executed: bool = False, **fields: Any
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = {"error": {"type": type_, "message": message, **fields}}
+        # Stripe stores an idempotent answer only once the endpoint ran: a validation
+        # failure leaves the key free, a refusal after it ran is replayed.
+        self.executed = executed
+
+
+def invalid(message: str, *, param: str | None = None, code: str | None = None) -> StripeFailure:
+    fields: dict[str, Any] = {"param": param, "code": code}
+    return StripeFailure(
+        400, "invalid_request_error", message, **{k: v for k, v in fields.items() if v}
+    )
+
+
+def decode_form(text: str) -> dict[str, Any]:
+    """Stripe's form encoding: `a=1&metadata[k]=v&types[0]=card` -> nested dicts (one level)."""
+    params: dict[str, Any] = {}
+    for name, value in urllib.parse.parse_qsl(text, keep_blank_values=True):
+        base, _, rest = name.partition("[")
+        if not rest:
+            params[base] = value
+            continue
+        nested = params.setdefault(base, {})
+        if isinstance(nested, dict):
+            nested[rest.rstrip("]").split("][")[0]] = value
+    return params
+
+
+def version_date(stripe_version: str | None) -> str:
+    """`2026-10-28` of `2026-10-28.endive`; the local account's default without a header."""
+    return (stripe_version or LOCAL_ACCOUNT_VERSION).partition(".")[0]
+
+
+def check_metadata(raw: Any) -> dict[str, str]:
+    """The metadata of a request, or a refusal past Stripe's limits."""
+    if raw in (None, ""):
+        return {}
+    if not isinstance(raw, dict):
+        raise invalid("Invalid metadata.", param="metadata")
+    if len(raw) > METADATA_MAX_KEYS:
+        raise invalid(f"Metadata can have up to {METADATA_MAX_KEYS} keys.", param="metadata")
+    for key, value in raw.items():
+        if len(key) > METADATA_KEY_MAX_CHARS or len(value) > METADATA_VALUE_MAX_CHARS:
+            raise invalid(
+                f"Metadata keys are limited to {METADATA_KEY_MAX_CHARS} characters and values "
+                f"to {METADATA_VALUE_MAX_CHARS}.",
+                param=f"metadata[{key[:60]}]",
+            )
+    return dict(raw)
+
+
+def automatic_payment_methods(params: Mapping[str, Any], stripe_version: str | None) -> Any:
+    """The PaymentIntent's `automatic_payment_methods` after this create (None: off)."""
+    explicit = params.get("automatic_payment_methods")
+    if isinstance(explicit, Mapping):
+        if explicit.get("enabled") != "true":
+            return None
+        return {"enabled": True, "allow_redirects": explicit.get("allow_redirects", "always")}
+    if _lists_types(params) or version_date(stripe_version) < AUTOMATIC_PAYMENT_METHODS_SINCE:
+        return None
+    return {"enabled": True, "allow_redirects": "always"}
+
+
+def check_create(params: Mapping[str, Any], stripe_version: str | None) -> dict[str, str]:
+    """Refuse a PaymentIntent create Stripe refuses; the metadata it holds."""
+    unknown = sorted(set(params) - CREATE_PARAMS)
+    if unknown:
+        raise invalid(
+            f"Received unknown parameter: {unknown[0]}", param=unknown[0], code="parameter_unknown"
+        )
+    date = version_date(stripe_version)
+    if "payment_method_types" in params and date >= PAYMENT_METHOD_TYPES_REMOVED_SINCE:
+        raise invalid(
+            "The `payment_method_types` parameter is no longer supported on this API version; "
+            "use `allowed_payment_method_types` or `excluded_payment_method_types`.",
+            param="payment_method_types",
+            code="payment_method_types_no_longer_supported",
+        )
+    _one_of(params, "automatic_payment_methods", "payment_method_types")
+    if "allowed_payment_method_types" in params:
+        for other in ALLOWED_TYPES_EXCLUDES:
+            _one_of(params, "allowed_payment_method_types", other)
+    explicit = params.get("automatic_payment_methods")
+    if explicit is not None and (not isinstance(explicit, Mapping) or "enabled" not in explicit):
+        raise invalid(
+            "Missing required param: automatic_payment_methods[enabled].",
+            param="automatic_payment_methods[enabled]",
+            code="parameter_missing",
+        )
+    confirm = params.get("confirm") == "true"
+    # https://docs.stripe.com/api/payment_intents/create#create_payment_intent-return_url and
+    # #create_payment_intent-off_session: "can only be used with confirm=true".
+    for only_with_confirm in ("return_url", "off_session"):
+        if only_with_confirm in params and not confirm:
+            raise invalid(
+                f"The `{only_with_confirm}` parameter can only be used with `confirm=true`.",
+                param=only_with_confirm,
+            )
+    if confirm:
+        _check_confirmation(
+            automatic_payment_methods(params, stripe_version), params, param="return_url"
+        )
+    return check_metadata(params.get("metadata"))
+
+
+def check_confirm(
+    intent: Mapping[str, Any], params: Mapping[str, Any], stripe_version: str | None
+) -> None:
+    """Refuse a confirm (`POST /v1/payment_intents/{id}/confirm`) Stripe refuses."""
+    unknown = sorted(set(params) - CONFIRM_PARAMS)
+    if unknown:
+        raise invalid(
+            f"Received unknown parameter: {unknown[0]}", param=unknown[0], code="parameter_unknown"
+        )
+    status = intent.get("status")
+    if status not in CONFIRMABLE:
+        raise invalid(
+            f"You cannot confirm this PaymentIntent because it has a status of {status}.",
+            code="payment_intent_unexpected_state",
+        )
+    # A declined attempt leaves the PaymentIntent in requires_payment_method: the next
+    # confirm brings another payment method (https://docs.stripe.com/payments/paymentintents/lifecycle).
+    if not params.get("payment_method") and (
+        status == "requires_payment_method" or not intent.get("payment_method")
+    ):
+        raise invalid(
+            "You cannot confirm this PaymentIntent because it's missing a payment method. "
+            "To confirm the PaymentIntent, provide a `payment_method`.",
+            param="payment_method",
+            code="payment_intent_unexpected_state",
+        )
+    if "payment_method_types" in params and (
+        version_date(stripe_version) >= PAYMENT_METHOD_TYPES_REMOVED_SINCE
+    ):
+        raise invalid(
+            "The `payment_method_types` parameter is no longer supported on this API version.",
+            param="payment_method_types",
+            code="payment_method_types_no_longer_supported",
+        )
+    _check_confirmation(intent.get("automatic_payment_methods"), params, param="return_url")
+
+
+def _check_confirmation(automatic: Any, params: Mapping[str, Any], *, param: str) -> None:
+    """The return_url rule of https://docs.stripe.com/changelog/2023-08-16/automatic-payment-methods."""
+    redirects = isinstance(automatic, Mapping) and automatic.get("allow_redirects") != "never"
+    if redirects and not params.get("return_url") and params.get("off_session") != "true":
+        raise invalid(RETURN_URL_REQUIRED, param=param)
+    # Same page: with automatic payment methods, `error_on_requires_action` is refused.
+    if isinstance(automatic, Mapping) and params.get("error_on_requires_action") == "true":
+        raise invalid(
+            "`error_on_requires_action` cannot be used with automatic payment methods; "
+            "set `payment_method_types` instead.",
+            param="error_on_requires_action",
+        )
+
+
+def _lists_types(params: Mapping[str, Any]) -> bool:
+    return any(
+        params.get(name) for name in ("payment_method_types", "allowed_payment_method_types")
+    )
+
+
+def _one_of(params: Mapping[str, Any], first: str, second: str) -> None:
+    if first in params and second in params:
+        raise invalid(
+            f"You may only specify one of these parameters: {first}, {second}.", param=second
+        )
