@@ -1,4 +1,8 @@
-"""The embedded local stack: moto, localstripe and paystep's own processes, on loopback.
+"""The embedded local stack: moto, the local Stripe and paystep's own processes, on loopback.
+
+The local Stripe is localstripe behind `paystep_local.stripe_chaos_proxy` (Stripe's
+rules, idempotency keys): `stripe_base` is the proxy, `localstripe_base` the
+emulator itself, for a test that puts its own faulty proxy in front of it.
 
 Every part is a real process started here and stopped here; nothing is left
 behind when `LocalStack.stop()` runs (it is also an atexit-safe context manager).
@@ -48,6 +52,7 @@ class LocalStack:
     webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
     aws_endpoint: str | None = None
     stripe_base: str | None = None
+    localstripe_base: str | None = None
     webhook_url: str | None = None
     deployment: dict[str, Any] | None = None
     processes: list[ManagedProcess] = field(default_factory=list)
@@ -88,6 +93,24 @@ class LocalStack:
             "localstripe",
             [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
             env={"TMPDIR": str(tmp)},
+        )
+        localstripe = f"http://127.0.0.1:{port}"
+        wait_http(f"{localstripe}/v1/customers", process=proc.process)
+        self.localstripe_base = localstripe
+        # paystep talks to the local Stripe in front of it: Stripe's rules and idempotency
+        # keys, which localstripe lacks (see paystep_local.stripe_chaos_proxy).
+        port = free_port()
+        proc = self.spawn(
+            "stripe",
+            [
+                sys.executable,
+                "-m",
+                "paystep_local.stripe_chaos_proxy",
+                "--upstream",
+                localstripe,
+                "--port",
+                str(port),
+            ],
         )
         base = f"http://127.0.0.1:{port}"
         wait_http(f"{base}/v1/customers", process=proc.process)

@@ -1,40 +1,82 @@
-"""A fault-injecting proxy in front of a Stripe emulator that honours `Idempotency-Key`.
+"""The local Stripe: localstripe behind Stripe's rules, idempotency keys and chosen faults.
 
-localstripe runs the payments but ignores idempotency keys; real Stripe replays
-the stored answer of a key. This proxy adds what Stripe does and what a bad
-network does, between the worker and the emulator:
+localstripe runs the payments, signs and delivers webhooks, settles SEPA debits
+and lists events, but it is looser than Stripe where money is lost: it ignores
+idempotency keys, refuses parameters Stripe takes (`automatic_payment_methods`,
+`return_url`, ...) and cannot confirm a declined PaymentIntent with another
+payment method. This proxy, between paystep and localstripe, adds what Stripe
+does; `LocalStack` starts it as a process, so `paystep dev`, the demo and the
+tests talk to it, and the fault suite puts one with faults in front of
+localstripe instead:
 
+- Stripe's rules for a PaymentIntent create and confirm (`stripe_rules`), chosen
+  by the request's `Stripe-Version`: refused as Stripe refuses, before anything
+  is forwarded. What localstripe does not know is kept here and added to every
+  PaymentIntent it answers with (`automatic_payment_methods`, the listed types).
+- A confirm with another `payment_method` (a declined PaymentIntent tried
+  again) is played on localstripe as an update that sets the method and clears
+  the failed charge, then a confirm: localstripe charges it and sends
+  `payment_intent.succeeded` or `payment_intent.payment_failed` itself.
 - Idempotency as Stripe does it (`paystep_local.idempotency`): the first POST
-  with a key is forwarded and its answer stored once the emulator ran it (any
-  status below 500 but 409 and 429); the same key and body replay it with
-  `Idempotent-Replayed: true`; the same key with another body answers 400
-  `idempotency_error`; the same key while the first still runs answers 409
-  `idempotency_key_in_use` (with `same_key_in_flight="wait"`: waits and replays).
+  with a key runs and its answer is stored once it ran (any status below 500
+  but 409 and 429; a request refused by the rules stores nothing); the same key
+  and body replay it with `Idempotent-Replayed: true`; the same key with another
+  body answers 400 `idempotency_error`; the same key while the first still runs
+  answers 409 `idempotency_key_in_use` (with `same_key_in_flight="wait"`: waits
+  and replays).
 - the faults of `StripeFaults`: 500s, answers lost after the emulator acted,
   bursts of 429, latency.
 
 Faults are drawn from a seeded random generator and apply to `/v1/` only. It
 runs on its own thread and loop, so sync and async tests can both use it:
 
-    with StripeChaosProxy(stack.stripe_base, StripeFaults(error_rate=0.1), seed=7) as proxy:
+    with StripeChaosProxy(stack.localstripe_base, StripeFaults(error_rate=0.1), seed=7) as proxy:
         worker env PAYSTEP_STRIPE_API_BASE=proxy.url; ...; proxy.stats()
+
+or as a process: `python -m paystep_local.stripe_chaos_proxy --upstream URL [--port N]`
+prints `listening on URL` once it serves.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import contextlib
 import hashlib
 import json
+import re
+import threading
+import urllib.parse
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
+from paystep_local import stripe_rules
 from paystep_local.idempotency import IdempotencyError, IdempotencyStore, Reply, SameKeyInFlight
-from paystep_local.threaded_server import ThreadedServer
+from paystep_local.stripe_rules import StripeFailure
+from paystep_local.threaded_server import HOP_BY_HOP, ThreadedServer
 
 JSON: Final = {"Content-Type": "application/json"}
+CREATE: Final = re.compile(r"^/v1/payment_intents$")
+CONFIRM: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/confirm$")
+# The create parameters localstripe takes; the others Stripe takes are kept here.
+LOCALSTRIPE_CREATE_PARAMS: Final = frozenset(
+    {
+        "amount",
+        "currency",
+        "customer",
+        "payment_method",
+        "metadata",
+        "payment_method_types",
+        "capture_method",
+        "payment_method_options",
+        "confirm",
+        "off_session",
+    }
+)
 
 
 @dataclass
@@ -72,8 +114,9 @@ class StripeChaosProxy(ThreadedServer):
         same_key_in_flight: SameKeyInFlight = "conflict",
         seed: int = 0,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
-        super().__init__(host, seed=seed)
+        super().__init__(host, seed=seed, port=port)
         self.upstream = upstream.rstrip("/")
         self.faults = faults or StripeFaults()
         self._lose_first = self.faults.lose_first_answers
@@ -81,6 +124,8 @@ class StripeChaosProxy(ThreadedServer):
         self._keys: IdempotencyStore[bytes] = IdempotencyStore(
             same_key_in_flight=same_key_in_flight
         )
+        # What localstripe does not hold of each PaymentIntent, added to its answers.
+        self._kept: dict[str, dict[str, Any]] = {}
 
     # -- control -------------------------------------------------------------------------
 
@@ -157,7 +202,8 @@ class StripeChaosProxy(ThreadedServer):
             await asyncio.sleep(self.faults.latency_s)
         key = request.headers.get("Idempotency-Key") if request.method == "POST" else None
         if key is None:
-            status, payload, headers = await self._forward(request, body)
+            reply = await self._serve(request, body)
+            status, payload, headers = reply.status, reply.body, dict(reply.headers)
         else:
             status, payload, headers = await self._idempotent(key, request, body)
             lose = lose or self._take_first_loss(status)
@@ -173,8 +219,10 @@ class StripeChaosProxy(ThreadedServer):
         self, key: str, request: web.Request, body: bytes
     ) -> tuple[int, bytes, dict[str, str]]:
         async def call() -> Reply[bytes]:
-            status, payload, headers = await self._forward(request, body)
-            return Reply(status, payload, {**headers, "Idempotency-Key": key})
+            reply = await self._serve(request, body)
+            return Reply(
+                reply.status, reply.body, {**reply.headers, "Idempotency-Key": key}, ran=reply.ran
+            )
 
         fingerprint = hashlib.sha256(
             request.method.encode() + b" " + request.path_qs.encode() + b"\n" + body
@@ -191,9 +239,162 @@ class StripeChaosProxy(ThreadedServer):
         self._count("forwarded")
         return await self.forward(self.upstream, request, body)
 
+    # -- Stripe's rules ------------------------------------------------------------------
+
+    async def _serve(self, request: web.Request, body: bytes) -> Reply[bytes]:
+        """One `/v1/` request as Stripe answers it; `ran=False` when the rules refused it."""
+        version = request.headers.get("Stripe-Version")
+        try:
+            if request.method == "POST" and CREATE.match(request.path):
+                params = stripe_rules.decode_form(body.decode())
+                stripe_rules.check_create(params, version)
+                reply = await self._create(request, body, params, version)
+            elif request.method == "POST" and (confirm := CONFIRM.match(request.path)):
+                params = stripe_rules.decode_form(body.decode())
+                reply = await self._confirm(request, confirm["id"], params, version)
+            else:
+                reply = Reply(*await self._forward(request, body))
+        except StripeFailure as refused:
+            self._count("refused")
+            return Reply(refused.status, json.dumps(refused.body).encode(), JSON, ran=False)
+        return self._with_kept(reply)
+
+    async def _create(
+        self, request: web.Request, body: bytes, params: Mapping[str, Any], version: str | None
+    ) -> Reply[bytes]:
+        kept: dict[str, Any] = {
+            "automatic_payment_methods": stripe_rules.automatic_payment_methods(params, version)
+        }
+        listed = params.get("allowed_payment_method_types") or params.get("payment_method_types")
+        if isinstance(listed, Mapping):
+            kept["payment_method_types"] = list(listed.values())
+        if isinstance(params.get("description"), str):
+            kept["description"] = params["description"]
+        forwarded = urllib.parse.urlencode(
+            [
+                (name, value)
+                for name, value in urllib.parse.parse_qsl(body.decode(), keep_blank_values=True)
+                if name.partition("[")[0] in LOCALSTRIPE_CREATE_PARAMS
+            ]
+        ).encode()
+        reply = Reply(*await self._forward(request, forwarded))
+        intent = _payment_intent_of(reply.body)
+        if intent is not None:
+            with self._lock:
+                self._kept[intent["id"]] = kept
+        return reply
+
+    async def _confirm(
+        self, request: web.Request, intent_id: str, params: Mapping[str, Any], version: str | None
+    ) -> Reply[bytes]:
+        headers = _passed_headers(request)
+        status, payload, _ = await self._upstream(
+            "GET", f"/v1/payment_intents/{intent_id}", headers
+        )
+        if status != 200:
+            return Reply(status, payload, JSON)
+        intent = {**json.loads(payload), **self._kept.get(intent_id, {})}
+        stripe_rules.check_confirm(intent, params, version)
+        method = params.get("payment_method")
+        if isinstance(method, str):
+            # localstripe confirms only from requires_confirmation: set the new method and
+            # drop the failed charge (its update takes JSON), then confirm as it is.
+            update = json.dumps(
+                {"payment_method": method, "latest_charge": None, "next_action": None}
+            )
+            status, payload, _ = await self._upstream(
+                "POST",
+                f"/v1/payment_intents/{intent_id}",
+                {**headers, "Content-Type": "application/json"},
+                update.encode(),
+            )
+            if status != 200:
+                return Reply(status, payload, JSON)
+        status, payload, reply_headers = await self._upstream(
+            "POST", request.path, {**headers, "Content-Type": "application/x-www-form-urlencoded"}
+        )
+        return Reply(status, payload, reply_headers)
+
+    async def _upstream(
+        self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
+    ) -> tuple[int, bytes, dict[str, str]]:
+        assert self._session is not None
+        self._count("forwarded")
+        async with self._session.request(
+            method, self.upstream + path, headers=dict(headers), data=body or None
+        ) as answer:
+            payload = await answer.read()
+            reply = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_BY_HOP}
+            return answer.status, payload, reply
+
+    def _with_kept(self, reply: Reply[bytes]) -> Reply[bytes]:
+        """The answer with what this proxy keeps of each PaymentIntent in it."""
+        if not self._kept or not reply.body.startswith(b"{"):
+            return reply
+        try:
+            answer = json.loads(reply.body)
+        except ValueError:
+            return reply
+        with self._lock:
+            changed = _add_kept(answer, self._kept)
+        if not changed:
+            return reply
+        return Reply(reply.status, json.dumps(answer).encode(), reply.headers, ran=reply.ran)
+
+
+def _passed_headers(request: web.Request) -> dict[str, str]:
+    return {
+        k: v
+        for k, v in request.headers.items()
+        if k.lower() in ("authorization", "stripe-version", "user-agent")
+    }
+
+
+def _payment_intent_of(body: bytes) -> dict[str, Any] | None:
+    """The PaymentIntent of an answer: the object itself, or the one a decline names."""
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(answer, dict):
+        return None
+    error = answer.get("error")
+    found = error.get("payment_intent") if isinstance(error, dict) else answer
+    return found if isinstance(found, dict) and found.get("object") == "payment_intent" else None
+
+
+def _add_kept(answer: Any, kept: Mapping[str, dict[str, Any]]) -> bool:
+    """Add `kept` to every PaymentIntent in `answer` (an object, a list, an error)."""
+    if not isinstance(answer, dict):
+        return False
+    changed = False
+    if answer.get("object") == "payment_intent" and answer.get("id") in kept:
+        answer.update(kept[answer["id"]])
+        changed = True
+    for nested in (answer.get("error"), *(answer.get("data") or [])):
+        if isinstance(nested, dict):
+            changed = _add_kept(nested.get("payment_intent", nested), kept) or changed
+    return changed
+
 
 def _stripe_error(status: int, type_: str, message: str, code: str | None = None) -> web.Response:
     error: dict[str, str] = {"type": type_, "message": message}
     if code is not None:
         error["code"] = code
     return web.json_response({"error": error}, status=status)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve as a process until interrupted: the local Stripe of `LocalStack`."""
+    options = argparse.ArgumentParser(prog="python -m paystep_local.stripe_chaos_proxy")
+    options.add_argument("--upstream", required=True, help="localstripe's base URL")
+    options.add_argument("--port", type=int, default=0)
+    args = options.parse_args(argv)
+    with StripeChaosProxy(args.upstream, port=args.port) as proxy:
+        print(f"listening on {proxy.url}", flush=True)
+        with contextlib.suppress(KeyboardInterrupt):
+            threading.Event().wait()
+
+
+if __name__ == "__main__":
+    main()

@@ -28,8 +28,9 @@ class ThreadedServer:
     stop_timeout_s: float = 10.0
     url_path: str = ""
 
-    def __init__(self, host: str = "127.0.0.1", *, seed: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", *, seed: int = 0, port: int = 0) -> None:
         self._host = host
+        self._port = port
         self._random = random.Random(seed)
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
@@ -104,7 +105,7 @@ class ThreadedServer:
         self._session = self._new_session()
         self._runner = web.AppRunner(self._app(), access_log=None, **self._runner_options())
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self._host, 0, **self._site_options())
+        site = web.TCPSite(self._runner, self._host, self._port, **self._site_options())
         await site.start()
         port = self._runner.addresses[0][1]
         return f"http://{self._host}:{port}{self.url_path}"

@@ -65,10 +65,10 @@ class Crashes:
 @pytest.mark.slow
 @pytest.mark.parametrize("count", [40, pytest.param(300, marks=SOAK)])
 def test_payments_survive_killed_workers_and_webhooks(chaos: Chaos, count: int) -> None:
-    assert chaos.local.stripe_base
+    assert chaos.local.localstripe_base
     window_s = max(12.0, count * 0.25)
     faults = StripeFaults(latency_s=STRIPE_LATENCY_S)
-    with StripeChaosProxy(chaos.local.stripe_base, faults) as stripe:
+    with StripeChaosProxy(chaos.local.localstripe_base, faults) as stripe:
         crashes = Crashes(chaos, stripe.url, chaos.start_webhook())
         chaos.start_workers(stripe.url, count=WORKERS)
 

@@ -25,7 +25,7 @@ STRIPE_TIMEOUT_S = 2.0
 @pytest.mark.slow
 @pytest.mark.parametrize("count", [40, pytest.param(300, marks=SOAK)])
 def test_payments_hold_when_stripe_fails_times_out_and_throttles(chaos: Chaos, count: int) -> None:
-    assert chaos.local.stripe_base
+    assert chaos.local.localstripe_base
     faults = StripeFaults(
         error_rate=0.10,
         lost_answer_rate=0.05,
@@ -35,7 +35,7 @@ def test_payments_hold_when_stripe_fails_times_out_and_throttles(chaos: Chaos, c
         burst_length=8,
         latency_s=0.1,
     )
-    with StripeChaosProxy(chaos.local.stripe_base, faults, seed=chaos.seed) as stripe:
+    with StripeChaosProxy(chaos.local.localstripe_base, faults, seed=chaos.seed) as stripe:
         chaos.start_webhook()
         chaos.start_workers(
             stripe.url, env={**WORKER_ENV, "PAYSTEP_STRIPE_TIMEOUT_S": str(STRIPE_TIMEOUT_S)}
