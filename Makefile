@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo dev test lint lock bench bench-quick clean
+.PHONY: demo dev test test-stripe lint lock bench bench-quick clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,10 @@ lint: $(VENV)/.installed
 test: $(VENV)/.installed lint
 	@if [ -x .ci/deploy-tools.sh ]; then PYTHON=$(BIN)/python bash .ci/deploy-tools.sh; fi
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+
+# Stripe's test mode, not part of `make test`: needs PAYSTEP_STRIPE_TEST_KEY (skipped without).
+test-stripe: $(VENV)/.installed
+	$(BIN)/pytest -q -rs tests_contract
 
 bench: $(VENV)/.installed
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m bench

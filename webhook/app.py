@@ -120,6 +120,7 @@ async def receive_event(request: web.Request) -> web.Response:
         metrics.count_event("unknown", "malformed")
         log.warning("webhook.event_malformed", detail=str(exc)[:300])
         return _error(400, "malformed_event")
+    metrics.observe_api_version(event.api_version)
 
     expected = settings.expected_mode
     if expected is not None and event.livemode != (expected == "live"):

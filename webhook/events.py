@@ -93,6 +93,10 @@ class StripeEvent(StripeModel):
     livemode: bool
     created: int
     data: EventData
+    api_version: str | None = None
+    """The version `data.object` is rendered in: the endpoint's, or the account's default
+    when the endpoint has none (https://docs.stripe.com/webhooks/versioning). Read the same
+    whatever it is: the fields paystep reads exist in every version since 2017-08-15."""
 
     @field_validator("object")
     @classmethod

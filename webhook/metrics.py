@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
+from typing import Final
 
+import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from webhook.mapping import EVENT_TABLE
 
 # Callbacks are one Step Functions call: milliseconds normally, seconds when throttled.
+log = structlog.get_logger("webhook.metrics")
+
+# `2017-08-15` or `2026-10-28.endive` (https://docs.stripe.com/api-versions); anything else is
+# counted as "other", so the label set stays bounded.
+API_VERSION: Final = re.compile(r"^\d{4}-\d{2}-\d{2}(\.[a-z]{1,20})?$")
+
 CALLBACK_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -19,6 +28,8 @@ class WebhookMetrics:
     callback_seconds: Histogram
     signature_failures: Counter
     already_closed: Counter
+    api_versions: Counter
+    _versions_seen: set[str] = field(default_factory=set)
 
     @classmethod
     def create(cls, registry: CollectorRegistry | None = None) -> WebhookMetrics:
@@ -50,7 +61,21 @@ class WebhookMetrics:
                 ["action"],
                 registry=registry,
             ),
+            api_versions=Counter(
+                "paystep_webhook_event_api_versions",
+                "Events received, by the API version their object is rendered in.",
+                ["api_version"],
+                registry=registry,
+            ),
         )
+
+    def observe_api_version(self, api_version: str | None) -> None:
+        """Count the version an event is rendered in; log each version the first time."""
+        label = api_version if api_version and API_VERSION.match(api_version) else "other"
+        self.api_versions.labels(label).inc()
+        if label not in self._versions_seen:
+            self._versions_seen.add(label)
+            log.info("webhook.event_api_version", api_version=label)
 
     def count_event(self, event_type: str, outcome: str) -> None:
         # Only the types we act on get their own series: the label set stays bounded.
