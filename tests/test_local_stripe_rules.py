@@ -1,0 +1,165 @@
+"""The local Stripe refuses and accepts what Stripe does, in both doubles.
+
+GIVEN the fake Stripe (its own state) or localstripe behind the local Stripe proxy
+WHEN a PaymentIntent is created or confirmed with a given `Stripe-Version`
+THEN it is refused or accepted as Stripe documents, each case naming its rule:
+
+- return_url: https://docs.stripe.com/changelog/2023-08-16/automatic-payment-methods
+  (a confirm needs `return_url` unless `off_session=true`, `allow_redirects=never`
+  or explicit types; versions before it have no automatic payment methods)
+- types: https://docs.stripe.com/changelog/endive/2026-09-30/removes-the-payment-method-types-parameter-from-payment-intents-and-setup-intents
+  and https://docs.stripe.com/changelog/dahlia/2026-07-29/allowed-payment-method-types-parameter
+- create: https://docs.stripe.com/api/payment_intents/create (the parameters it takes;
+  `return_url` and `off_session` only with `confirm=true`)
+- metadata: https://docs.stripe.com/api/metadata (50 keys, 40-character keys, 500-character values)
+- idempotency: https://docs.stripe.com/api/idempotent_requests (a key with other parameters)
+- confirm: https://docs.stripe.com/api/payment_intents/confirm (a declined PaymentIntent is
+  confirmed again with another payment method)
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from paystep_common.settings import STRIPE_API_VERSION
+from paystep_local.fake_stripe import FakeStripe
+from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+
+PINNED = STRIPE_API_VERSION
+BEFORE_AUTOMATIC = "2023-08-15"
+WITH_TYPES = "2024-06-20"
+CARD = {"amount": "1999", "currency": "usd", "payment_method": "pm_card_visa", "confirm": "true"}
+NEVER = {
+    "automatic_payment_methods[enabled]": "true",
+    "automatic_payment_methods[allow_redirects]": "never",
+}
+RETURN_URL = {"return_url": "https://shop.example/back"}
+
+# (rule, Stripe-Version, extra parameters, status, refused param or code)
+CREATES: list[tuple[str, str, dict[str, str], int, str | None]] = [
+    ("return_url", PINNED, {}, 400, "return_url"),
+    ("return_url", BEFORE_AUTOMATIC, {}, 200, None),
+    ("return_url", PINNED, {"off_session": "true"}, 200, None),
+    ("return_url", PINNED, NEVER, 200, None),
+    ("return_url", PINNED, RETURN_URL, 200, None),
+    ("return_url", PINNED, {"automatic_payment_methods[enabled]": "true"}, 400, "return_url"),
+    ("return_url", WITH_TYPES, {"payment_method_types[0]": "card"}, 200, None),
+    ("types", WITH_TYPES, {**NEVER, "payment_method_types[0]": "card"}, 400, "payment_method_types"),
+    ("types", PINNED, {"payment_method_types[0]": "card"}, 400, "payment_method_types_no_longer_supported"),
+    ("types", PINNED, {"allowed_payment_method_types[0]": "card"}, 200, None),
+    ("types", PINNED, {**NEVER, "allowed_payment_method_types[0]": "card"}, 400, "automatic_payment_methods"),
+    ("create", PINNED, {**NEVER, "description": "order 1", "statement_descriptor_suffix": "ORDER"}, 200, None),
+    ("create", PINNED, {**NEVER, "colour": "red"}, 400, "parameter_unknown"),
+    ("create", PINNED, {"confirm": "false", **RETURN_URL}, 400, "return_url"),
+    ("metadata", PINNED, {**NEVER, **{f"metadata[k{i}]": "v" for i in range(51)}}, 400, "metadata"),
+    ("metadata", PINNED, {**NEVER, f"metadata[{'k' * 41}]": "v"}, 400, f"metadata[{'k' * 41}]"),
+    ("metadata", PINNED, {**NEVER, "metadata[note]": "v" * 501}, 400, "metadata[note]"),
+    ("metadata", PINNED, {**NEVER, **{f"metadata[k{i}]": "v" * 500 for i in range(50)}}, 200, None),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=["fake", "localstripe"])
+def stripe_base(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    if request.param == "fake":
+        with FakeStripe().running_in_thread() as fake:
+            yield fake.url
+    else:
+        with LocalStack(tmp_path_factory.mktemp("local-stripe")) as stack:
+            yield stack.start_stripe()
+
+
+def _call(
+    base: str,
+    path: str,
+    form: dict[str, str] | None = None,
+    *,
+    version: str = PINNED,
+    key: str | None = None,
+) -> tuple[int, dict[str, Any]]:
+    headers = {"Authorization": f"Bearer {LOCAL_STRIPE_KEY}", "Stripe-Version": version}
+    if key:
+        headers["Idempotency-Key"] = key
+    data = urllib.parse.urlencode(form).encode() if form is not None else None
+    request = urllib.request.Request(base + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())
+
+
+@pytest.mark.parametrize(("rule", "version", "extra", "status", "named"), CREATES)
+def test_a_create_is_refused_or_accepted_as_stripe_does(
+    stripe_base: str, rule: str, version: str, extra: dict[str, str], status: int, named: str | None
+) -> None:
+    got, body = _call(stripe_base, "/v1/payment_intents", {**CARD, **extra}, version=version)
+    assert got == status, (rule, body)
+    if named is not None:
+        assert named in (body["error"].get("param"), body["error"].get("code")), body
+    else:
+        assert body["object"] == "payment_intent"
+
+
+def test_automatic_payment_methods_are_answered_as_sent(stripe_base: str) -> None:
+    _, body = _call(stripe_base, "/v1/payment_intents", {**CARD, **NEVER})
+    assert body["automatic_payment_methods"] == {"enabled": True, "allow_redirects": "never"}
+    _, fetched = _call(stripe_base, f"/v1/payment_intents/{body['id']}", version=PINNED)
+    assert fetched["automatic_payment_methods"] == body["automatic_payment_methods"]
+
+
+def test_a_key_reused_with_other_parameters_is_an_idempotency_error(stripe_base: str) -> None:
+    key = uuid.uuid4().hex
+    first, _ = _call(stripe_base, "/v1/payment_intents", {**CARD, **NEVER}, key=key)
+    other, body = _call(
+        stripe_base, "/v1/payment_intents", {**CARD, **NEVER, "amount": "2000"}, key=key
+    )
+    assert (first, other, body["error"]["type"]) == (200, 400, "idempotency_error")
+
+
+def test_a_declined_payment_intent_is_confirmed_again_with_another_method(stripe_base: str) -> None:
+    declined, body = _call(
+        stripe_base,
+        "/v1/payment_intents",
+        {**CARD, **NEVER, "payment_method": "pm_card_chargeCustomerFail", "off_session": "true"},
+    )
+    assert declined == 402, body
+    intent_id = _declined_intent(stripe_base)
+    missing, refusal = _call(stripe_base, f"/v1/payment_intents/{intent_id}/confirm", {})
+    assert (missing, refusal["error"]["param"]) == (400, "payment_method")
+    status, confirmed = _call(
+        stripe_base,
+        f"/v1/payment_intents/{intent_id}/confirm",
+        {"payment_method": "pm_card_visa", "off_session": "true"},
+    )
+    assert (status, confirmed["status"]) == (200, "succeeded"), confirmed
+    _, events = _call(
+        stripe_base, "/v1/events?type=payment_intent.succeeded&limit=100", version=PINNED
+    )
+    assert intent_id in [e["data"]["object"]["id"] for e in events["data"]]
+    again, refused = _call(
+        stripe_base, f"/v1/payment_intents/{intent_id}/confirm", {"payment_method": "pm_card_visa"}
+    )
+    assert (again, refused["error"]["code"]) == (400, "payment_intent_unexpected_state")
+
+
+def _declined_intent(base: str) -> str:
+    _, listed = _call(base, "/v1/payment_intents?limit=100", version=PINNED)
+    declined = [
+        pi
+        for pi in listed["data"]
+        if pi["status"] == "requires_payment_method"
+        and pi["payment_method"] in (None, "pm_card_chargeCustomerFail")
+    ]
+    fresh = [pi for pi in declined if pi.get("last_payment_error")]
+    assert fresh, listed
+    return str(fresh[-1]["id"])
