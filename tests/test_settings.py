@@ -15,8 +15,19 @@ from pathlib import Path
 from typing import Final
 
 import pytest
+import stripe
+from pydantic import SecretStr
 
-from paystep_common.settings import PaystepSettings, SettingsError, env_name, load_settings
+from paystep_common.clients import stripe_client
+from paystep_common.retry import STRIPE_WORKER
+from paystep_common.settings import (
+    STRIPE_API_VERSION,
+    PaystepSettings,
+    SettingsError,
+    StripeSettings,
+    env_name,
+    load_settings,
+)
 from webhook.reconcile import ReconcileSettings
 from webhook.settings import WebhookSettings
 from worker.settings import WorkerSettings
@@ -117,3 +128,17 @@ def test_every_setting_is_in_the_readme(repo_root: Path) -> None:
     variables = {env_name(cls, field) for cls in SETTINGS for field in cls.model_fields}
 
     assert variables - documented == set()
+
+
+def test_the_pinned_stripe_version_is_the_one_stripe_python_is_generated_for() -> None:
+    # Moving stripe-python in the lock without moving the pin (or back) is a decision:
+    # run `make test-stripe` on the new version, then change both.
+    assert stripe.api_version == STRIPE_API_VERSION
+
+
+def test_every_stripe_call_carries_the_configured_version() -> None:
+    settings = StripeSettings(
+        stripe_api_key=SecretStr("sk_test_x"), stripe_api_version="2024-06-20"
+    )
+    client = stripe_client(settings, STRIPE_WORKER)
+    assert client._requestor._options.stripe_version == "2024-06-20"

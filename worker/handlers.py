@@ -90,7 +90,12 @@ class Handlers:
             # The outcome comes later (a bank debit settling, a customer authenticating):
             # a heartbeat now tells a HeartbeatSeconds window the payment is under way.
             await self.callbacks.heartbeat(task.task_token)
-            log.info("payment_intent.heartbeat", payment_intent=intent.id, status=intent.status)
+            log.info(
+                "payment_intent.heartbeat",
+                payment_intent=intent.id,
+                status=intent.status,
+                **_next_action(intent),
+            )
         return "replayed" if replayed else "created"
 
     async def cancel_payment(self, task: CancelPaymentTask) -> str:
@@ -225,6 +230,17 @@ def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str
         )
     except TokenCodecError as exc:
         raise TaskFailure(causes.invalid_input(f"metadata: {exc}")) from None
+
+
+def _next_action(intent: stripe.PaymentIntent) -> dict[str, str]:
+    """What the customer must do (a redirect to authenticate), for the caller waiting on it."""
+    # A Stripe object raises on a field its version did not render: read it as a dict.
+    action = intent.to_dict().get("next_action") or {}
+    fields = {"next_action": str(action["type"])} if action.get("type") else {}
+    url = (action.get("redirect_to_url") or {}).get("url")
+    if url:
+        fields["redirect_url"] = str(url)
+    return fields
 
 
 def _adopt(intents: list[stripe.PaymentIntent]) -> str:

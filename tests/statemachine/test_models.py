@@ -66,6 +66,15 @@ def test_minimal_input_is_valid() -> None:
         ({"metadata": {"k": "v" * 501}}, "metadata: value of 'k' is 501 characters, at most 500"),
         ({"metadata": {f"k{i}": "v" for i in range(41)}}, "metadata: at most 40 keys"),
         ({"surprise": 1}, "surprise: unknown field"),
+        ({"return_url": "http://shop.example/back"}, "return_url: must be an https URL"),
+        ({"return_url": "https://"}, "return_url: must be an https URL"),
+        (
+            {"return_url": "https://shop.example/back", "payment_method": None},
+            "return_url: only with payment_method",
+        ),
+        ({"payment_method_types": []}, "payment_method_types: Tuple should have at least 1"),
+        ({"payment_method_types": "card"}, "payment_method_types: Input should be a valid tuple"),
+        ({"payment_method_types": ["Card!"]}, "payment_method_types.0: String should match"),
     ],
 )
 def test_invalid_input_names_the_field(changes: dict[str, Any], expected: str) -> None:
@@ -145,3 +154,15 @@ def test_cancel_key_is_per_execution_and_payment_intent_not_attempt() -> None:
     assert key != cancel(execution_id="arn:other").idempotency_key("pi_1")
     assert key.startswith("paystep-cancel-")
     assert len(cancel(execution_id="a" * 2048).idempotency_key("pi_" + "x" * 250)) <= 255
+
+
+def test_a_customer_present_request_with_listed_types_is_valid() -> None:
+    request = PaymentRequest.model_validate(
+        {
+            **VALID,
+            "return_url": "https://shop.example/orders/1?paid=1",
+            "payment_method_types": ["card", "sepa_debit"],
+        }
+    )
+    assert request.return_url == "https://shop.example/orders/1?paid=1"
+    assert request.payment_method_types == ("card", "sepa_debit")
