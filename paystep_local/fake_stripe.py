@@ -22,19 +22,25 @@ It prints `listening on http://127.0.0.1:PORT` once it serves.
 
 Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a 401):
 
-- `POST /v1/payment_intents`: amount, currency, customer, payment_method, metadata,
-  payment_method_types, capture_method, payment_method_options, confirm,
-  off_session, description, expand. Any other parameter is a 400 (like
-  localstripe). Metadata limits (50 keys, 40-character names, 500-character
-  values) are enforced. With `confirm=true` the payment method decides:
+- `POST /v1/payment_intents`: Stripe's create parameters, checked by
+  `paystep_local.stripe_rules` under the request's `Stripe-Version` (the
+  `return_url` rule, `automatic_payment_methods` or listed types, metadata
+  limits, unknown parameters -> 400 `parameter_unknown`). With `confirm=true` the
+  payment method decides:
   `pm_card_chargeCustomerFail`, `pm_card_chargeDeclined`, `pm_card_visa_chargeDeclined`
   -> 402 `card_declined` / `generic_decline` (`...InsufficientFunds` ->
   `insufficient_funds`), the PaymentIntent is stored as `requires_payment_method`
   with `last_payment_error`; `pm_card_authenticationRequired` -> 402
-  `authentication_required`; `pm_processing*`, `pm_sepa*`, `pm_usBankAccount*` ->
+  `authentication_required` off-session, `requires_action` with a `next_action`
+  on-session; `pm_processing*`, `pm_sepa*`, `pm_usBankAccount*` ->
   `processing`; `pm_missing*` -> 400 `resource_missing`; any other -> `succeeded`.
   Without confirm: `requires_payment_method`. Customers `cus_missing*` -> 400
   `resource_missing` (param `customer`); other customers exist.
+- `POST /v1/payment_intents/{id}/confirm` (`payment_method`, `return_url`,
+  `off_session`, ...): a declined PaymentIntent confirmed again with another method,
+  the same outcomes as above.
+- `GET /v1/events` (`type`, `limit`): the events each change emitted, newest first
+  (`payment_intent.created`, `.succeeded`, `.payment_failed`, `.processing`, ...).
 - `GET /v1/payment_intents/{id}`, `GET /v1/payment_intents` (list, `limit`).
 - `POST /v1/payment_intents/{id}/cancel` (400 `payment_intent_unexpected_state`
   once succeeded or canceled).

@@ -31,47 +31,7 @@ METADATA_MAX_KEYS: Final = 50
 METADATA_KEY_MAX_CHARS: Final = 40
 METADATA_VALUE_MAX_CHARS: Final = 500
 
-# https://docs.stripe.com/api/payment_intents/create: the parameters Stripe takes.
-CREATE_PARAMS: Final = frozenset(
-    {
-        "amount",
-        "currency",
-        "allowed_payment_method_types",
-        "amount_details",
-        "application_fee_amount",
-        "automatic_payment_methods",
-        "capture_method",
-        "confirm",
-        "confirmation_method",
-        "confirmation_token",
-        "customer",
-        "description",
-        "error_on_requires_action",
-        "excluded_payment_method_types",
-        "expand",
-        "mandate",
-        "mandate_data",
-        "metadata",
-        "off_session",
-        "on_behalf_of",
-        "payment_method",
-        "payment_method_configuration",
-        "payment_method_data",
-        "payment_method_options",
-        "payment_method_types",
-        "radar_options",
-        "receipt_email",
-        "return_url",
-        "setup_future_usage",
-        "shipping",
-        "statement_descriptor",
-        "statement_descriptor_suffix",
-        "transfer_data",
-        "transfer_group",
-        "use_stripe_sdk",
-    }
-)
-# https://docs.stripe.com/api/payment_intents/confirm
+# https://docs.stripe.com/api/payment_intents/confirm: the parameters Stripe takes.
 CONFIRM_PARAMS: Final = frozenset(
     {
         "capture_method",
@@ -93,6 +53,27 @@ CONFIRM_PARAMS: Final = frozenset(
         "use_stripe_sdk",
     }
 )
+# https://docs.stripe.com/api/payment_intents/create: those and these.
+CREATE_PARAMS: Final = CONFIRM_PARAMS | {
+    "amount",
+    "currency",
+    "allowed_payment_method_types",
+    "amount_details",
+    "application_fee_amount",
+    "automatic_payment_methods",
+    "confirm",
+    "confirmation_method",
+    "customer",
+    "description",
+    "excluded_payment_method_types",
+    "metadata",
+    "on_behalf_of",
+    "payment_method_configuration",
+    "statement_descriptor",
+    "statement_descriptor_suffix",
+    "transfer_data",
+    "transfer_group",
+}
 # https://docs.stripe.com/api/payment_intents/confirm: the statuses a confirm starts from.
 CONFIRMABLE: Final = frozenset(
     {"requires_payment_method", "requires_confirmation", "requires_action"}
