@@ -15,9 +15,11 @@ import typing
 from collections.abc import Sequence
 from typing import Any, Final, Literal, TypeVar
 
-from pydantic import SecretBytes, SecretStr, ValidationError
+from pydantic import SecretBytes, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from statemachine.seal import TokenKeys
 
 EXIT_BAD_SETTINGS: Final = 2  # the status argparse uses for bad arguments
 _ECHO_MAX_CHARS: Final = 60
@@ -49,6 +51,39 @@ class StripeSettings(PaystepSettings):
     stripe_api_key: SecretStr
     stripe_api_base: str | None = None
     stripe_timeout_s: float = 30.0
+
+
+def stripe_key_mode(key: SecretStr) -> Literal["live", "test"] | None:
+    """The mode a Stripe secret or restricted key works in, by its documented prefix.
+
+    https://docs.stripe.com/keys#obtain-api-keys; `None` for a key without one.
+    """
+    text = key.get_secret_value()
+    if text.startswith(("sk_live_", "rk_live_")):
+        return "live"
+    if text.startswith(("sk_test_", "rk_test_")):
+        return "test"
+    return None
+
+
+class TokenKeySettings(PaystepSettings):
+    """Settings of a process that seals or opens task tokens: `PAYSTEP_TOKEN_KEYS`.
+
+    `kid:base64key,...` (`paystep keygen` prints one); the first key seals, every one
+    opens. A secret: never logged, never echoed in an error.
+    """
+
+    token_keys: SecretStr
+
+    @field_validator("token_keys")
+    @classmethod
+    def _parses(cls, value: SecretStr) -> SecretStr:
+        TokenKeys.parse(value.get_secret_value())
+        return value
+
+    @property
+    def keyring(self) -> TokenKeys:
+        return TokenKeys.parse(self.token_keys.get_secret_value())
 
 
 class SettingsError(SystemExit):

@@ -22,6 +22,7 @@ from typing import Any, Final, Self
 
 from paystep_local import processes
 from paystep_local.processes import ManagedProcess, StackError, free_port, wait_http
+from statemachine.seal import new_key
 
 __all__ = ["LOCAL_STRIPE_KEY", "LocalStack", "ManagedProcess", "StackError", "free_port"]
 
@@ -46,6 +47,8 @@ class LocalStack:
     workers: int = 1
     aws_length_tokens: bool = True
     webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
+    # A token key of the stack's own, as `paystep keygen` makes one: every process shares it.
+    token_keys: str = field(default_factory=new_key, repr=False)
     aws_endpoint: str | None = None
     stripe_base: str | None = None
     webhook_url: str | None = None
@@ -139,6 +142,7 @@ class LocalStack:
             env["PAYSTEP_STRIPE_API_KEY"] = LOCAL_STRIPE_KEY
             env["PAYSTEP_STRIPE_API_BASE"] = self.stripe_base
         env["PAYSTEP_WEBHOOK_SECRETS"] = self.webhook_secret
+        env["PAYSTEP_TOKEN_KEYS"] = self.token_keys
         if self.deployment:
             env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
             env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
