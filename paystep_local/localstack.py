@@ -22,7 +22,8 @@ from typing import Any, Final, Self
 
 from paystep_local import processes
 from paystep_local.processes import ManagedProcess, StackError, free_port, wait_http
-from statemachine.seal import new_key
+from statemachine import metadata
+from statemachine.seal import TokenKeys, new_key
 
 __all__ = ["LOCAL_STRIPE_KEY", "LocalStack", "ManagedProcess", "StackError", "free_port"]
 
@@ -168,6 +169,17 @@ class LocalStack:
         for key, value in sorted(self.env().items()):
             if (key, value) not in base and key.startswith(("AWS_", "PAYSTEP_")):
                 yield f"export {key}={value}"
+
+    def read_token(self, payment_intent: Mapping[str, Any]) -> str | None:
+        """The task token a PaymentIntent (as a dict) of this stack carries, opened as the
+        webhook opens it: with the stack's key and the PaymentIntent's own data."""
+        return metadata.read_token(
+            TokenKeys.parse(self.token_keys),
+            payment_intent["metadata"],
+            amount=payment_intent["amount"],
+            currency=payment_intent["currency"],
+            livemode=bool(payment_intent.get("livemode", False)),
+        )
 
     def start_webhook(self) -> ManagedProcess:
         """One webhook process, registered with localstripe as the event endpoint."""

@@ -104,7 +104,7 @@ def test_a_chunk_beyond_the_count_is_damaged() -> None:
         read(written)
 
 
-@pytest.mark.parametrize("parts", ["0", "7", "x", "-1", "²", "١", " 1", "1\n", "", "007"])
+@pytest.mark.parametrize("parts", ["0", "7", "x", "-1", "²", "\u0661", " 1", "1\n", "", "007"])
 def test_a_part_count_that_is_not_ascii_digits_in_range_is_damaged(parts: str) -> None:
     """Rule: '²'.isdigit() is True and int('²') raises; only ASCII digits are a count."""
     written = write()

@@ -109,7 +109,9 @@ def _damage(metadata: dict[str, str], how: str, data: st.DataObject) -> dict[str
     chunk = f"{TOKEN_CHUNK_PREFIX}{index}"
     if how == "count":
         damaged[TOKEN_PARTS_KEY] = data.draw(
-            st.one_of(st.sampled_from(["²", "١", "0", "99", "", "-1", "1.0"]), st.text(max_size=4))
+            st.one_of(
+                st.sampled_from(["²", "\u0661", "0", "99", "", "-1", "1.0"]), st.text(max_size=4)
+            )
         )
     elif how == "missing":
         del damaged[chunk]

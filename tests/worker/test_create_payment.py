@@ -17,11 +17,11 @@ from typing import Any
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from statemachine import errors
-from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import run_to_end, start, wait_done
@@ -95,7 +95,11 @@ def test_a_worker_killed_after_the_stripe_call_leaves_one_payment_intent(
 
 
 def test_aws_length_tokens_survive_the_round_trip_through_metadata(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deploy_fresh: Deployer,
+    workers: Workers,
+    worker_stack: LocalStack,
+    fake_stripe: FakeStripe,
+    aws: tuple[Any, Any],
 ) -> None:
     sfn, sqs = aws
     deployed = deploy_fresh("--payment-heartbeat-s", "0")
@@ -116,7 +120,7 @@ def test_aws_length_tokens_survive_the_round_trip_through_metadata(
     workers.start(deployed, fake_stripe.url)
 
     intents = eventually(lambda: len(fake_stripe.intents()) == 2 and fake_stripe.intents())
-    tokens = {decode_token(pi["metadata"]) for pi in intents}
+    tokens = {worker_stack.read_token(pi) for pi in intents}
     assert tokens == {real_token, longest}
     for intent in intents:
         assert len(intent["metadata"]) <= 50
@@ -126,7 +130,7 @@ def test_aws_length_tokens_survive_the_round_trip_through_metadata(
     outcome = PaymentOutcome(
         payment_intent_id=paid["id"], status="succeeded", amount_received=1999, currency="usd"
     )
-    sfn.send_task_success(taskToken=decode_token(paid["metadata"]), output=dump_json(outcome))
+    sfn.send_task_success(taskToken=worker_stack.read_token(paid), output=dump_json(outcome))
     done = wait_done(sfn, arn)
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"])["payment"]["payment_intent_id"] == paid["id"]
