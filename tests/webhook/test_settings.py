@@ -78,9 +78,11 @@ def test_the_expected_mode_follows_the_key_unless_set(
     [
         ("PAYSTEP_TOKEN_KEYS", "", "expected at least one kid:base64key"),
         ("PAYSTEP_TOKEN_KEYS", KEY.split(":")[1], "key 1: expected kid:base64key"),
-        ("PAYSTEP_TOKEN_KEYS", KEY[:-8], "not base64"),
+        ("PAYSTEP_TOKEN_KEYS", KEY[:-8] + "*", "not base64"),
+        ("PAYSTEP_TOKEN_KEYS", KEY[:-8], "60 bytes, expected 64"),
         ("PAYSTEP_STATE_MACHINE_ARN", "arn:aws:states:us-east-1:1:execution:x:y", "expected arn"),
     ],
+    ids=["empty", "no-kid", "not-base64", "short", "an-execution"],
 )
 def test_token_keys_and_state_machine_are_checked_and_a_key_never_echoed(
     monkeypatch: pytest.MonkeyPatch,

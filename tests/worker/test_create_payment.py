@@ -218,7 +218,9 @@ def test_a_create_redelivered_after_a_key_rotation_adopts_its_payment_intent(
     sfn, sqs = aws
     deployed = deploy_fresh("--payment-heartbeat-s", "0")
     arn = start(sfn, deployed["state_machine_arn"], order())  # no payment method: it waits
-    body = take_message(sqs, deployed["queue_url"])["Body"]
+    taken = take_message(sqs, deployed["queue_url"])
+    sqs.delete_message(QueueUrl=deployed["queue_url"], ReceiptHandle=taken["ReceiptHandle"])
+    body = taken["Body"]
     old = worker_stack.token_keys
     new = new_key("rotated")
 
