@@ -29,17 +29,20 @@ STRIPE_METADATA_MAX_KEYS: Final = 50
 STRIPE_METADATA_KEY_MAX_CHARS: Final = 40
 STRIPE_METADATA_VALUE_MAX_CHARS: Final = 500
 
+# The payment's ids, in plain text: dashboards and the Search API read them.
 ORDER_KEY: Final = "order_id"
 EXECUTION_KEY: Final = "paystep_execution"
 ATTEMPT_KEY: Final = "paystep_attempt"
-TOKEN_PARTS_KEY: Final = "paystep_token_parts"
-TOKEN_CHUNK_PREFIX: Final = "paystep_token_"
+# Every key of paystep's own but order_id: refused in the caller's metadata.
 RESERVED_PREFIX: Final = "paystep_"
 
 MAX_TOKEN_CHARS: Final = (
     2048  # https://docs.aws.amazon.com/step-functions/latest/apireference/API_SendTaskSuccess.html
 )
+# The sealed token: its parts, and how many there are.
+TOKEN_CHUNK_PREFIX: Final = "paystep_token_"
 CHUNK_CHARS: Final = STRIPE_METADATA_VALUE_MAX_CHARS
+TOKEN_PARTS_KEY: Final = "paystep_token_parts"
 MAX_TOKEN_KEYS: Final = -(-sealed_chars(MAX_TOKEN_CHARS) // CHUNK_CHARS)
 # order_id, execution, attempt, the chunks and their count: what is left is the caller's.
 RESERVED_KEYS: Final = 3 + MAX_TOKEN_KEYS + 1

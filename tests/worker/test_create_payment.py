@@ -14,6 +14,7 @@ import signal
 import uuid
 from typing import Any
 
+import boto3
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe, Fault
@@ -205,18 +206,13 @@ def test_a_pending_payment_sends_one_heartbeat_a_settled_one_none(
 
 
 def test_a_create_redelivered_after_a_key_rotation_adopts_its_payment_intent(
-    deploy_fresh: Deployer,
-    workers: Workers,
-    worker_stack: LocalStack,
-    fake_stripe: FakeStripe,
-    aws: tuple[Any, Any],
+    deployed: dict[str, Any], workers: Workers, worker_stack: LocalStack, fake_stripe: FakeStripe
 ) -> None:
     """Rule (docs/deploying.md, token keys): a key rotated within an idempotency key's 24 h
     seals other metadata, Stripe answers idempotency_error, and the worker adopts this
     attempt's PaymentIntent instead of failing or creating a second one
     (https://docs.stripe.com/api/idempotent_requests)."""
-    sfn, sqs = aws
-    deployed = deploy_fresh("--payment-heartbeat-s", "0")
+    sfn, sqs = boto3.client("stepfunctions"), boto3.client("sqs")
     arn = start(sfn, deployed["state_machine_arn"], order())  # no payment method: it waits
     taken = take_message(sqs, deployed["queue_url"])
     sqs.delete_message(QueueUrl=deployed["queue_url"], ReceiptHandle=taken["ReceiptHandle"])
