@@ -21,7 +21,8 @@ import boto3
 import stripe
 
 from statemachine.models import TASK_ADAPTER, CreatePaymentTask
-from worker.handlers import payment_intent_params
+from statemachine.seal import TokenKeys, new_key
+from worker.handlers import payment_intent_params, payment_metadata
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         base_addresses={"api": args.stripe_base},
         max_network_retries=0,
     )
+    keys = TokenKeys.parse(os.environ.get("PAYSTEP_TOKEN_KEYS") or new_key())
     tasks = requests = 0
     started, cpu_started = time.monotonic(), time.process_time()
     while time.monotonic() - started < args.duration_s:
@@ -47,7 +49,9 @@ def main(argv: list[str] | None = None) -> None:
         for message in answer.get("Messages", []):
             task = TASK_ADAPTER.validate_json(message["Body"])
             assert isinstance(task, CreatePaymentTask)
-            params = payment_intent_params(task, task.payment_request())
+            request = task.payment_request()
+            sealed = payment_metadata(task, request, keys, livemode=False)
+            params = payment_intent_params(task, request, sealed)
             client.v1.payment_intents.create(params, {"idempotency_key": task.idempotency_key})
             sqs.delete_message(QueueUrl=args.queue_url, ReceiptHandle=message["ReceiptHandle"])
             requests += 1

@@ -45,13 +45,16 @@ import aiohttp
 import stripe
 
 from paystep_local.processes import free_port, wait_http
-from statemachine.codec import encode_token
+from statemachine.metadata import payment_intent_metadata
+from statemachine.seal import Binding, TokenKeys, new_key
 
 RESULTS: Final = Path(__file__).with_name("results-webhook.json")
 SECRET: Final = "whsec_" + "be" * 16
 FIXED_RATE_PER_S: Final = 200
 DISTINCT_EVENTS: Final = 2000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+TOKEN_KEYS: Final = new_key("bench")
+STATE_MACHINE_ARN: Final = "arn:aws:states:us-east-1:123456789012:stateMachine:bench"
 
 
 @dataclass(frozen=True)
@@ -77,13 +80,12 @@ def _token() -> str:
 def _event(index: int) -> bytes:
     kind = index % 10
     pi_id = f"pi_{uuid.uuid4().hex[:24]}"
-    metadata = encode_token(
+    execution = f"arn:aws:states:us-east-1:123456789012:execution:bench:{index}"
+    metadata = payment_intent_metadata(
+        TokenKeys.parse(TOKEN_KEYS),
         _token(),
-        {
-            "order_id": f"ord_{index}",
-            "paystep_execution": f"arn:aws:states:us-east-1:123456789012:execution:bench:{index}",
-            "paystep_attempt": "1",
-        },
+        Binding(execution, "1", 1999, "usd", False),
+        order_id=f"ord_{index}",
     )
     event_type, obj = (
         "payment_intent.succeeded",
@@ -165,6 +167,8 @@ def start(workdir: Path, webhook_core: int, load_cores: set[int]) -> Processes:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{fake_port}",
         "PAYSTEP_WEBHOOK_SECRETS": SECRET,
+        "PAYSTEP_TOKEN_KEYS": TOKEN_KEYS,
+        "PAYSTEP_STATE_MACHINE_ARN": STATE_MACHINE_ARN,
         "PAYSTEP_WEBHOOK_PORT": str(port),
         "PAYSTEP_METRICS_PORT": str(free_port()),
         "PAYSTEP_LOG_FORMAT": "json",

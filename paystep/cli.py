@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--workers", type=int, default=1)
     dev.set_defaults(handler=_with_logging("dev", lambda args: _local("dev", args.workers)))
 
+    keygen = commands.add_parser(
+        "keygen", help="print a new kid:key for PAYSTEP_TOKEN_KEYS (put it in a secret store)"
+    )
+    keygen.add_argument("--kid", help="the key id, 1-16 of A-Z a-z 0-9 _ - (default: random)")
+    keygen.set_defaults(handler=_keygen)
+
     for name, module, text in (
         ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
         ("webhook", "webhook.main", "run the Stripe webhook service"),
@@ -127,6 +133,18 @@ def _delegate(module: str) -> Handler:
         return service_main(args.args)
 
     return handler
+
+
+def _keygen(args: argparse.Namespace) -> int:
+    """To stdout only: no logging is configured, so the key cannot reach a log."""
+    from statemachine.seal import new_key
+
+    try:
+        print(new_key(args.kid))
+    except ValueError as exc:
+        print(f"paystep keygen: {exc}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _deploy(args: argparse.Namespace) -> int:

@@ -15,9 +15,11 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import SecretBytes, SecretStr, StringConstraints, ValidationError
+from pydantic import SecretBytes, SecretStr, StringConstraints, ValidationError, field_validator
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from statemachine.seal import TokenKeys
 
 # https://docs.stripe.com/api-versions: `YYYY-MM-DD` or, since 2024-09-30, `YYYY-MM-DD.name`.
 STRIPE_API_VERSION: Final = "2026-10-28.endive"
@@ -58,6 +60,39 @@ class StripeSettings(PaystepSettings):
     """Sent as `Stripe-Version` on every call (https://docs.stripe.com/api/versioning): the
     requests are written for it, whatever the account's default. The version stripe-python
     in the lock is generated for; move both together."""
+
+
+def stripe_key_mode(key: SecretStr) -> Literal["live", "test"] | None:
+    """The mode a Stripe secret or restricted key works in, by its documented prefix.
+
+    https://docs.stripe.com/keys#obtain-api-keys; `None` for a key without one.
+    """
+    text = key.get_secret_value()
+    if text.startswith(("sk_live_", "rk_live_")):
+        return "live"
+    if text.startswith(("sk_test_", "rk_test_")):
+        return "test"
+    return None
+
+
+class TokenKeySettings(PaystepSettings):
+    """Settings of a process that seals or opens task tokens: `PAYSTEP_TOKEN_KEYS`.
+
+    `kid:base64key,...` (`paystep keygen` prints one); the first key seals, every one
+    opens. A secret: never logged, never echoed in an error.
+    """
+
+    token_keys: SecretStr
+
+    @field_validator("token_keys")
+    @classmethod
+    def _parses(cls, value: SecretStr) -> SecretStr:
+        TokenKeys.parse(value.get_secret_value())
+        return value
+
+    @property
+    def keyring(self) -> TokenKeys:
+        return TokenKeys.parse(self.token_keys.get_secret_value())
 
 
 class SettingsError(SystemExit):

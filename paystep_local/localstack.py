@@ -26,6 +26,8 @@ from typing import Any, Final, Self
 
 from paystep_local import processes
 from paystep_local.processes import ManagedProcess, StackError, free_port, wait_http
+from statemachine import metadata
+from statemachine.seal import TokenKeys, new_key
 
 __all__ = ["LOCAL_STRIPE_KEY", "LocalStack", "ManagedProcess", "StackError", "free_port"]
 
@@ -50,6 +52,8 @@ class LocalStack:
     workers: int = 1
     aws_length_tokens: bool = True
     webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
+    # A token key of the stack's own, as `paystep keygen` makes one: every process shares it.
+    token_keys: str = field(default_factory=new_key, repr=False)
     aws_endpoint: str | None = None
     stripe_base: str | None = None
     localstripe_base: str | None = None
@@ -162,6 +166,7 @@ class LocalStack:
             env["PAYSTEP_STRIPE_API_KEY"] = LOCAL_STRIPE_KEY
             env["PAYSTEP_STRIPE_API_BASE"] = self.stripe_base
         env["PAYSTEP_WEBHOOK_SECRETS"] = self.webhook_secret
+        env["PAYSTEP_TOKEN_KEYS"] = self.token_keys
         if self.deployment:
             env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
             env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
@@ -187,6 +192,17 @@ class LocalStack:
         for key, value in sorted(self.env().items()):
             if (key, value) not in base and key.startswith(("AWS_", "PAYSTEP_")):
                 yield f"export {key}={value}"
+
+    def read_token(self, payment_intent: Mapping[str, Any]) -> str | None:
+        """The task token a PaymentIntent (as a dict) of this stack carries, opened as the
+        webhook opens it: with the stack's key and the PaymentIntent's own data."""
+        return metadata.read_token(
+            TokenKeys.parse(self.token_keys),
+            payment_intent["metadata"],
+            amount=payment_intent["amount"],
+            currency=payment_intent["currency"],
+            livemode=bool(payment_intent.get("livemode", False)),
+        )
 
     def start_webhook(self) -> ManagedProcess:
         """One webhook process, registered with localstripe as the event endpoint."""

@@ -24,6 +24,7 @@ import aiohttp
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import DEMO
 from paystep_local.polling import NotInTime, ended, eventually_async
+from statemachine.metadata import ATTEMPT_KEY, ORDER_KEY
 
 POLL_S: Final = 0.25
 SCENARIO_TIMEOUT_S: Final = 120.0
@@ -197,11 +198,7 @@ class Stack:
     async def payment_intents_of(self, order_id: str) -> list[dict[str, Any]]:
         """The order's PaymentIntents, in the order of its attempts."""
         return in_attempt_order(
-            [
-                pi
-                for pi in await self.payment_intents()
-                if pi["metadata"].get("order_id") == order_id
-            ]
+            [pi for pi in await self.payment_intents() if pi["metadata"].get(ORDER_KEY) == order_id]
         )
 
     # -- AWS -----------------------------------------------------------------------------
@@ -255,7 +252,7 @@ class Stack:
 
 def in_attempt_order(payment_intents: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(
-        payment_intents, key=lambda pi: (pi["created"], pi["metadata"].get("paystep_attempt", ""))
+        payment_intents, key=lambda pi: (pi["created"], pi["metadata"].get(ATTEMPT_KEY, ""))
     )
 
 

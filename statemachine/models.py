@@ -28,14 +28,14 @@ from pydantic import (
     model_validator,
 )
 
-# https://docs.stripe.com/api/metadata: 50 keys, names up to 40 characters, values up to 500.
-STRIPE_METADATA_MAX_KEYS: Final = 50
-STRIPE_METADATA_KEY_MAX_CHARS: Final = 40
-STRIPE_METADATA_VALUE_MAX_CHARS: Final = 500
-# Keys paystep writes itself: order_id, execution, attempt and the token (codec.MAX_TOKEN_KEYS + 1).
-RESERVED_METADATA_KEYS: Final = 10
-MAX_CALLER_METADATA_KEYS: Final = STRIPE_METADATA_MAX_KEYS - RESERVED_METADATA_KEYS
-RESERVED_METADATA_PREFIX: Final = "paystep_"
+from statemachine.metadata import (
+    MAX_CALLER_KEYS,
+    RESERVED_KEYS,
+    STRIPE_METADATA_KEY_MAX_CHARS,
+    STRIPE_METADATA_MAX_KEYS,
+    STRIPE_METADATA_VALUE_MAX_CHARS,
+    is_reserved,
+)
 
 # https://docs.stripe.com/currencies#minimum-and-maximum-charge-amounts (minor units).
 STRIPE_MAX_AMOUNT: Final = 99_999_999
@@ -100,10 +100,10 @@ class PaymentRequest(Frozen):
     @field_validator("metadata")
     @classmethod
     def _metadata_fits_stripe(cls, metadata: dict[str, str]) -> dict[str, str]:
-        if len(metadata) > MAX_CALLER_METADATA_KEYS:
+        if len(metadata) > MAX_CALLER_KEYS:
             raise ValueError(
-                f"at most {MAX_CALLER_METADATA_KEYS} keys (Stripe allows "
-                f"{STRIPE_METADATA_MAX_KEYS}, paystep keeps {RESERVED_METADATA_KEYS})"
+                f"at most {MAX_CALLER_KEYS} keys (Stripe allows "
+                f"{STRIPE_METADATA_MAX_KEYS}, paystep keeps {RESERVED_KEYS})"
             )
         for key, value in metadata.items():
             if not _METADATA_KEY.match(key):
@@ -111,7 +111,7 @@ class PaymentRequest(Frozen):
                     f"key {key[:50]!r} must be 1-{STRIPE_METADATA_KEY_MAX_CHARS} characters "
                     "without square brackets"
                 )
-            if key.startswith(RESERVED_METADATA_PREFIX) or key == "order_id":
+            if is_reserved(key):
                 raise ValueError(f"key {key!r} is reserved for paystep")
             if len(value) > STRIPE_METADATA_VALUE_MAX_CHARS:
                 raise ValueError(

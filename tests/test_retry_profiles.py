@@ -28,8 +28,15 @@ from paystep_common.retry import (
     StripeProfile,
 )
 from paystep_common.settings import StripeSettings
+from statemachine.seal import new_key
 from webhook.app import sfn_config
 from webhook.settings import WebhookSettings
+
+# What a webhook cannot start without, beside its Stripe secrets.
+WEBHOOK_REQUIRED = {
+    "token_keys": new_key(),
+    "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:paystep",
+}
 
 
 @dataclass
@@ -100,6 +107,7 @@ async def test_the_webhook_settings_tune_its_callback_attempts(
 ) -> None:
     settings = WebhookSettings(
         webhook_secrets="whsec_test",  # type: ignore[arg-type]  # parsed like the env var
+        **WEBHOOK_REQUIRED,
         webhook_sfn_attempts=attempts,
         webhook_sfn_timeout_s=1.5,
     )
@@ -110,7 +118,7 @@ async def test_the_webhook_settings_tune_its_callback_attempts(
 
 
 def test_the_webhook_settings_default_to_the_profile() -> None:
-    settings = WebhookSettings(webhook_secrets="whsec_test")  # type: ignore[arg-type]
+    settings = WebhookSettings(webhook_secrets="whsec_test", **WEBHOOK_REQUIRED)  # type: ignore[arg-type]
     assert settings.webhook_sfn_attempts == CALLBACKS_WEBHOOK.total_attempts
     assert settings.webhook_sfn_timeout_s == CALLBACKS_WEBHOOK.read_timeout_s
 

@@ -28,6 +28,7 @@ from paystep_common.settings import (
     env_name,
     load_settings,
 )
+from statemachine.seal import new_key
 from webhook.reconcile import ReconcileSettings
 from webhook.settings import WebhookSettings
 from worker.settings import WorkerSettings
@@ -41,12 +42,21 @@ SETTINGS: Final[tuple[type[PaystepSettings], ...]] = (
 LOG_LEVEL_LINE: Final = (
     "PAYSTEP_LOG_LEVEL: should be 'debug', 'info', 'warning' or 'error', got 'verbose'"
 )
-WORKER_ENV: Final = {"PAYSTEP_STRIPE_API_KEY": "sk_test_1", "PAYSTEP_WORKER_CONCURRENCY": "abc"}
+# Set so the lines below stay about one missing and one bad variable each.
+SEALING_ENV: Final = {
+    "PAYSTEP_TOKEN_KEYS": new_key(),
+    "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:p",
+}
+WORKER_ENV: Final = {
+    **SEALING_ENV,
+    "PAYSTEP_STRIPE_API_KEY": "sk_test_1",
+    "PAYSTEP_WORKER_CONCURRENCY": "abc",
+}
 WORKER_LINES: Final = (
     "paystep worker: PAYSTEP_QUEUE_URL: field required",
     "paystep worker: PAYSTEP_WORKER_CONCURRENCY: expected an integer, got 'abc'",
 )
-WEBHOOK_ENV: Final = {"PAYSTEP_WEBHOOK_PORT": "0"}
+WEBHOOK_ENV: Final = {**SEALING_ENV, "PAYSTEP_WEBHOOK_PORT": "0"}
 WEBHOOK_LINES: Final = (
     "paystep webhook: PAYSTEP_WEBHOOK_SECRETS: field required",
     "paystep webhook: PAYSTEP_WEBHOOK_PORT: should be greater than or equal to 1, got '0'",
@@ -59,7 +69,7 @@ COMMANDS: Final = [
     pytest.param(["-m", "webhook", "--check"], WEBHOOK_ENV, WEBHOOK_LINES, id="webhook --check"),
     pytest.param(
         ["-m", "paystep", "reconcile", "--since", "1h"],
-        {"PAYSTEP_RECONCILE_CONCURRENCY": "many"},
+        {**SEALING_ENV, "PAYSTEP_RECONCILE_CONCURRENCY": "many"},
         (
             "paystep reconcile: PAYSTEP_STRIPE_API_KEY: field required",
             "paystep reconcile: PAYSTEP_RECONCILE_CONCURRENCY: expected an integer, got 'many'",
@@ -111,6 +121,7 @@ def test_each_problem_names_the_variable_and_the_value(
 ) -> None:  # fmt: skip
     monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/q")
     monkeypatch.setenv("PAYSTEP_STRIPE_API_KEY", "sk_test_1")
+    monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", SEALING_ENV["PAYSTEP_TOKEN_KEYS"])
     monkeypatch.setenv(variable, value)
 
     with pytest.raises(SettingsError) as caught:

@@ -20,9 +20,10 @@ import pytest
 import stripe
 
 from statemachine.models import CreatePaymentTask
+from statemachine.seal import TokenKeys, new_key
 from webhook.events import PaymentIntentSnapshot, parse_event
 from webhook.reconcile import list_events
-from worker.handlers import payment_intent_params
+from worker.handlers import payment_intent_params, payment_metadata
 from worker.limiter import AdaptiveLimit
 from worker.metrics import Metrics
 from worker.stripe_api import StripeApi
@@ -50,12 +51,17 @@ def _task(payment_method: str, **request: str) -> CreatePaymentTask:
     )
 
 
+KEYS = TokenKeys.parse(new_key())
+
+
 def _api(client: stripe.StripeClient) -> StripeApi:
     return StripeApi(client, AdaptiveLimit(maximum=4), Metrics())
 
 
 async def _create(api: StripeApi, task: CreatePaymentTask) -> stripe.PaymentIntent:
-    params = payment_intent_params(task, task.payment_request())
+    request = task.payment_request()
+    sealed = payment_metadata(task, request, KEYS, livemode=False)
+    params = payment_intent_params(task, request, sealed)
     return await api.create_payment_intent(params, idempotency_key=task.idempotency_key)
 
 

@@ -3,8 +3,11 @@
 Every request is hostile until its signature checks out: the raw body is read
 (size-limited) and verified before anything parses it. Answers follow what
 Stripe does with them: 2xx stops redelivery, so it is sent once an event is
-handled or deliberately ignored; 4xx for what no retry can fix; 503 only when
-Step Functions did not take the callback and a redelivery can.
+handled or deliberately ignored (whatever its metadata holds: a token damaged,
+sealed for another PaymentIntent or under an unknown key, an execution of another
+state machine); 4xx for what no retry can fix; 503 only when Step Functions did
+not take the callback and a redelivery can. That includes `AccessDenied` on our
+own state machine: a wrong IAM policy must not acknowledge events and drop them.
 https://docs.stripe.com/webhooks#handle-events
 """
 
@@ -24,7 +27,7 @@ from paystep_common.retry import CALLBACKS_WEBHOOK
 from statemachine.callbacks import CallbackError, Callbacks
 from webhook import signature
 from webhook.events import MalformedEvent, StripeEvent, parse_event
-from webhook.mapping import Result, handle_event
+from webhook.mapping import IgnoreReason, Result, TokenReader, handle_event
 from webhook.metrics import WebhookMetrics
 from webhook.readiness import Readiness
 from webhook.settings import WebhookSettings
@@ -35,6 +38,7 @@ SETTINGS: Final = web.AppKey("settings", WebhookSettings)
 METRICS: Final = web.AppKey("metrics", WebhookMetrics)
 CALLBACKS: Final = web.AppKey("callbacks", Callbacks)
 READINESS: Final = web.AppKey("readiness", Readiness)
+READER: Final = web.AppKey("reader", TokenReader)
 
 log = structlog.get_logger("webhook.app")
 
@@ -49,6 +53,7 @@ def create_app(
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or WebhookMetrics.create()
+    app[READER] = TokenReader.from_settings(settings)
     app.cleanup_ctx.append(_step_functions(sfn_client))
     app.router.add_post(WEBHOOK_PATH, receive_event)
     app.router.add_get("/healthz", healthz)
@@ -140,7 +145,7 @@ async def receive_event(request: web.Request) -> web.Response:
 async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
     metrics = app[METRICS]
     try:
-        outcome = await handle_event(event, app[CALLBACKS])
+        outcome = await handle_event(event, app[CALLBACKS], app[READER])
     except MalformedEvent as exc:
         metrics.count_event(event.type, "malformed")
         log.warning(
@@ -159,6 +164,10 @@ async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
         metrics.callback_seconds.labels(outcome.action, outcome.result).observe(outcome.callback_s)
     if outcome.result is Result.ALREADY_CLOSED and outcome.action is not None:
         metrics.already_closed.labels(outcome.action).inc()
+    if outcome.reason is not None:
+        metrics.ignored.labels(outcome.reason).inc()
+    if outcome.reason is IgnoreReason.MISMATCH:
+        metrics.mismatches.inc()
     answer: dict[str, str] = {"outcome": outcome.result}
     if outcome.action is not None:
         answer["action"] = outcome.action

@@ -1,10 +1,17 @@
 """Stripe event → Step Functions callback: the one table both the webhook and reconciliation use.
 
-`plan(event)` is the pure part: which callback an event asks for and with which
-token. `handle_event(event, callbacks)` carries it out. The token always comes
-from the event's own PaymentIntent snapshot, never from a fresh fetch, so an
-old event can only act on the token of its own attempt; if that task is closed
-by now, Step Functions says so and nothing changes.
+`plan(event, reader)` is the pure part: which callback an event asks for and with
+which token. `handle_event(event, callbacks, reader)` carries it out. The token
+always comes from the event's own PaymentIntent snapshot, never from a fresh
+fetch, so an old event can only act on the token of its own attempt; if that
+task is closed by now, Step Functions says so and nothing changes.
+
+The token opens only with the associated data of that same snapshot (amount,
+currency, execution, attempt, the event's mode): metadata copied onto another
+PaymentIntent is a mismatch, ignored, and the execution keeps waiting for its own.
+An execution of another state machine (another deployment on the same Stripe
+account) is not ours to resume: ignored too. Every ignore is an answer, never an
+error, so Stripe stops redelivering it.
 """
 
 from __future__ import annotations
@@ -20,18 +27,14 @@ import structlog
 from pydantic import ValidationError
 
 from paystep_common.logging import token_hash
-from statemachine import causes
+from statemachine import causes, metadata
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
-from statemachine.codec import TokenCodecError, decode_token
 from statemachine.models import PaymentOutcome, describe_validation_error
+from statemachine.seal import Damaged, Mismatch, TokenKeys, UnknownKey
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
+from webhook.settings import EventSettings
 
 log = structlog.get_logger("webhook.mapping")
-
-# Metadata keys the worker writes beside the token, read here for logs only.
-ORDER_KEY: Final = "order_id"
-EXECUTION_KEY: Final = "paystep_execution"
-ATTEMPT_KEY: Final = "paystep_attempt"
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,61 @@ class Plan:
 class IgnoreReason(enum.StrEnum):
     UNHANDLED_TYPE = "unhandled_type"
     NO_TOKEN = "no_token"
-    INCOMPLETE_TOKEN = "incomplete_token"
+    DAMAGED_TOKEN = "damaged_token"
+    UNKNOWN_KEY = "unknown_key"
+    MISMATCH = "mismatch"
+    OTHER_STATE_MACHINE = "other_state_machine"
+
+
+# Worth a warning: someone or something changed paystep's metadata, or a key is missing.
+SUSPICIOUS: Final = frozenset(
+    {IgnoreReason.DAMAGED_TOKEN, IgnoreReason.UNKNOWN_KEY, IgnoreReason.MISMATCH}
+)
+
+
+@dataclass(frozen=True)
+class TokenReader:
+    """Opens the tokens this deployment sealed, for executions of its own state machine."""
+
+    keys: TokenKeys = field(repr=False)
+    state_machine_arn: str
+
+    @classmethod
+    def from_settings(cls, settings: EventSettings) -> TokenReader:
+        return cls(settings.keyring, settings.state_machine_arn)
+
+    def owns(self, execution_arn: str) -> bool:
+        """`arn:...:execution:<machine>:<name>` (or `express:`) of our state machine.
+
+        https://docs.aws.amazon.com/step-functions/latest/dg/concepts-state-machine-executions.html
+        """
+        machine = self.state_machine_arn.split(":")
+        execution = execution_arn.split(":")
+        return (
+            len(execution) >= 8
+            and execution[:5] == machine[:5]
+            and execution[5] in ("execution", "express")
+            and execution[6] == machine[6]
+        )
+
+    def read(self, pi: PaymentIntentSnapshot, livemode: bool) -> str | IgnoreReason:
+        """The token `pi` carries for one of our executions, or why it is ignored."""
+        execution = pi.metadata.get(metadata.EXECUTION_KEY)
+        if metadata.TOKEN_PARTS_KEY not in pi.metadata:
+            return IgnoreReason.NO_TOKEN
+        if execution is not None and not self.owns(execution):
+            return IgnoreReason.OTHER_STATE_MACHINE
+        try:
+            token = metadata.read_token(
+                self.keys, pi.metadata, amount=pi.amount, currency=pi.currency, livemode=livemode
+            )
+        except Damaged:
+            return IgnoreReason.DAMAGED_TOKEN
+        except UnknownKey:
+            return IgnoreReason.UNKNOWN_KEY
+        except Mismatch:
+            return IgnoreReason.MISMATCH
+        return IgnoreReason.NO_TOKEN if token is None else token
 
 
 @dataclass(frozen=True)
@@ -125,18 +182,15 @@ EVENT_TABLE: Final[Mapping[str, Callable[[StripeEvent, PaymentIntentSnapshot], C
 """Event types that resume (or keep alive) an execution; every other type is ignored."""
 
 
-def plan(event: StripeEvent) -> Plan | Ignore:
+def plan(event: StripeEvent, reader: TokenReader) -> Plan | Ignore:
     """The callback `event` asks for; raises `MalformedEvent` if its PaymentIntent is unreadable."""
     handler = EVENT_TABLE.get(event.type)
     if handler is None:
         return Ignore(IgnoreReason.UNHANDLED_TYPE)
     pi = event.payment_intent()
-    try:
-        token = decode_token(pi.metadata)
-    except TokenCodecError:
-        return Ignore(IgnoreReason.INCOMPLETE_TOKEN, pi)
-    if token is None:
-        return Ignore(IgnoreReason.NO_TOKEN, pi)
+    token = reader.read(pi, event.livemode)
+    if isinstance(token, IgnoreReason):
+        return Ignore(token, pi)
     try:
         return Plan(token, handler(event, pi), pi)
     except ValidationError as exc:
@@ -144,7 +198,9 @@ def plan(event: StripeEvent) -> Plan | Ignore:
 
 
 async def handle_event(
-    event: StripeEvent | Mapping[str, Any] | stripe.StripeObject, callbacks: Callbacks
+    event: StripeEvent | Mapping[str, Any] | stripe.StripeObject,
+    callbacks: Callbacks,
+    reader: TokenReader,
 ) -> EventOutcome:
     """Carry out what `event` asks for: one callback at most.
 
@@ -154,12 +210,22 @@ async def handle_event(
     if not isinstance(event, StripeEvent):
         event = parse_event(event)
     bound = log.bind(event_id=event.id, event_type=event.type)
-    decision = plan(event)
+    decision = plan(event, reader)
     if decision.payment_intent is not None:
         bound = bound.bind(**_context(decision.payment_intent))
     if isinstance(decision, Ignore):
-        if decision.reason is IgnoreReason.INCOMPLETE_TOKEN:
-            bound.warning("webhook.event_ignored", reason=decision.reason)
+        if decision.reason in SUSPICIOUS and decision.payment_intent is not None:
+            pi = decision.payment_intent
+            # The ids and the hash of what was found: enough to find the PaymentIntent and
+            # compare it with its execution, nothing that opens anything.
+            bound.warning(
+                "webhook.event_ignored",
+                reason=decision.reason,
+                amount=pi.amount,
+                currency=pi.currency,
+                livemode=event.livemode,
+                token_hash=token_hash(metadata.sealed_value(pi.metadata)),
+            )
         else:
             bound.debug("webhook.event_ignored", reason=decision.reason)
         return EventOutcome(Result.IGNORED, reason=decision.reason)
@@ -210,11 +276,4 @@ def _outcome(
 
 
 def _context(pi: PaymentIntentSnapshot) -> dict[str, str]:
-    metadata = pi.metadata
-    context = {
-        "payment_intent": pi.id,
-        "order_id": metadata.get(ORDER_KEY),
-        "execution": metadata.get(EXECUTION_KEY),
-        "attempt": metadata.get(ATTEMPT_KEY),
-    }
-    return {key: value for key, value in context.items() if value is not None}
+    return {"payment_intent": pi.id, **metadata.ids(pi.metadata)}

@@ -28,6 +28,8 @@ class WebhookMetrics:
     callback_seconds: Histogram
     signature_failures: Counter
     already_closed: Counter
+    ignored: Counter
+    mismatches: Counter
     api_versions: Counter
     _versions_seen: set[str] = field(default_factory=set)
 
@@ -59,6 +61,18 @@ class WebhookMetrics:
                 "paystep_webhook_already_closed",
                 "Callbacks on a task that was already closed (duplicate or late event).",
                 ["action"],
+                registry=registry,
+            ),
+            ignored=Counter(
+                "paystep_webhook_ignored",
+                "Events answered 2xx without a callback, by reason (IgnoreReason).",
+                ["reason"],
+                registry=registry,
+            ),
+            mismatches=Counter(
+                "paystep_webhook_mismatches",
+                "Tokens that did not open for the PaymentIntent carrying them: metadata copied "
+                "onto another payment, or changed.",
                 registry=registry,
             ),
             api_versions=Counter(

@@ -37,9 +37,9 @@ from paystep_common.logging import configure_logging, token_hash
 from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
 from paystep_common.settings import StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
-from statemachine.codec import TokenCodecError, decode_token
-from webhook.events import MalformedEvent, StripeEvent, parse_event
-from webhook.mapping import EVENT_TABLE, Ignore, Result, handle_event, plan
+from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
+from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
+from webhook.settings import EventSettings
 
 log = structlog.get_logger("paystep.reconcile")
 
@@ -56,8 +56,8 @@ _DURATION: Final = re.compile(r"(\d+)([smhd])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
-class ReconcileSettings(StripeSettings):
-    """Stripe key from `PAYSTEP_STRIPE_API_KEY`; optional Prometheus Pushgateway for the job."""
+class ReconcileSettings(StripeSettings, EventSettings):
+    """Stripe key, token keys and state machine as the webhook's; optional Pushgateway."""
 
     pushgateway_url: str | None = None
     reconcile_concurrency: int = 8
@@ -135,12 +135,16 @@ async def _pages(
 async def replay(
     events: Sequence[StripeEvent],
     callbacks: Callbacks,
+    reader: TokenReader,
     summary: Summary,
     *,
     dry_run: bool,
     concurrency: int,
 ) -> None:
-    """Feed events through the webhook's mapping; events of one PaymentIntent stay in order."""
+    """Feed events through the webhook's mapping; events of one PaymentIntent stay in order.
+
+    One event that cannot be read or acted on is counted and passed: the run goes on.
+    """
     by_pi: dict[str, list[StripeEvent]] = {}
     for event in events:
         pi_id = str(event.data.object.get("id", ""))
@@ -150,19 +154,24 @@ async def replay(
     async def one_payment_intent(pi_events: list[StripeEvent]) -> None:
         async with slots:
             for event in pi_events:
-                await _replay_one(event, callbacks, summary, dry_run=dry_run)
+                await _replay_one(event, callbacks, reader, summary, dry_run=dry_run)
 
     await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
 
 
 async def _replay_one(
-    event: StripeEvent, callbacks: Callbacks, summary: Summary, *, dry_run: bool
+    event: StripeEvent,
+    callbacks: Callbacks,
+    reader: TokenReader,
+    summary: Summary,
+    *,
+    dry_run: bool,
 ) -> None:
     summary.events_seen += 1
     bound = log.bind(event_id=event.id, event_type=event.type)
     try:
         if dry_run:
-            decision = plan(event)
+            decision = plan(event, reader)
             if isinstance(decision, Ignore):
                 summary.skipped += 1
             else:
@@ -170,7 +179,7 @@ async def _replay_one(
                 bound.info("reconcile.would_send", action=decision.callback.action,
                            payment_intent=decision.payment_intent.id)  # fmt: skip
             return
-        outcome = await handle_event(event, callbacks)
+        outcome = await handle_event(event, callbacks, reader)
     except MalformedEvent as exc:
         summary.skipped += 1
         bound.warning("reconcile.event_malformed", error=str(exc))
@@ -191,6 +200,7 @@ async def heartbeat_open(
     client: stripe.StripeClient,
     events: Sequence[StripeEvent],
     callbacks: Callbacks,
+    reader: TokenReader,
     summary: Summary,
     *,
     dry_run: bool,
@@ -211,11 +221,12 @@ async def heartbeat_open(
         if pi.status not in OPEN_STATUSES:
             continue
         try:
-            metadata: dict[str, str] = pi.to_dict().get("metadata") or {}
-            token = decode_token(metadata)
-        except TokenCodecError:
-            token = None
-        if token is None:
+            snapshot = PaymentIntentSnapshot.model_validate(pi.to_dict())
+        except ValueError as exc:
+            log.warning("reconcile.payment_intent_unreadable", payment_intent=pi_id, error=str(exc))
+            continue
+        token = reader.read(snapshot, bool(pi.livemode))
+        if not isinstance(token, str):
             continue
         bound = log.bind(payment_intent=pi_id, status=pi.status, token_hash=token_hash(token))
         if dry_run:
@@ -243,6 +254,7 @@ async def reconcile(
             aws_session().client("stepfunctions", config=aws_config(RECONCILE))
         )
         callbacks = Callbacks(sfn)
+        reader = TokenReader.from_settings(settings)
         try:
             events = await list_events(client, since_ts, list(EVENT_TABLE))
             opening = await list_events(client, since_ts, OPENING_TYPES) if heartbeat else []
@@ -252,10 +264,17 @@ async def reconcile(
             return summary
         log.info("reconcile.listed", events=len(events), since_s=since_s)
         await replay(
-            events, callbacks, summary, dry_run=dry_run, concurrency=settings.reconcile_concurrency
+            events,
+            callbacks,
+            reader,
+            summary,
+            dry_run=dry_run,
+            concurrency=settings.reconcile_concurrency,
         )
         if heartbeat:
-            await heartbeat_open(client, [*events, *opening], callbacks, summary, dry_run=dry_run)
+            await heartbeat_open(
+                client, [*events, *opening], callbacks, reader, summary, dry_run=dry_run
+            )
     return summary
 
 

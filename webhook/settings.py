@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Final, Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from paystep_common.retry import CALLBACKS_WEBHOOK
-from paystep_common.settings import PaystepSettings
+from paystep_common.settings import TokenKeySettings, stripe_key_mode
 
 # Stripe events are a few KiB; a PaymentIntent with 50 metadata values of 500
 # characters stays far below this. Anything larger is not from Stripe.
@@ -17,9 +18,30 @@ DEFAULT_MAX_BODY_BYTES: Final = 512 * 1024
 DEFAULT_SIGNATURE_TOLERANCE_S: Final = 300
 
 Mode = Literal["live", "test"]
+# https://docs.aws.amazon.com/step-functions/latest/apireference/API_CreateStateMachine.html
+_STATE_MACHINE_ARN: Final = re.compile(
+    r"arn:aws[a-z-]*:states:[a-z0-9-]+:[0-9]{12}:stateMachine:[A-Za-z0-9_-]{1,80}"
+)
 
 
-class WebhookSettings(PaystepSettings):
+class EventSettings(TokenKeySettings):
+    """Settings of what turns Stripe events into callbacks: the webhook and reconciliation.
+
+    `PAYSTEP_STATE_MACHINE_ARN` says which executions are ours: a Stripe account can
+    serve several deployments, and the others' events are not for us to resume.
+    """
+
+    state_machine_arn: str
+
+    @field_validator("state_machine_arn")
+    @classmethod
+    def _is_a_state_machine(cls, value: str) -> str:
+        if not _STATE_MACHINE_ARN.fullmatch(value):
+            raise ValueError("expected arn:aws:states:<region>:<account>:stateMachine:<name>")
+        return value
+
+
+class WebhookSettings(EventSettings):
     """`PAYSTEP_WEBHOOK_SECRETS` holds every secret that is valid now (rotation)."""
 
     # A comma-separated string: pydantic-settings would otherwise expect JSON for a list.
@@ -60,9 +82,5 @@ class WebhookSettings(PaystepSettings):
         if self.webhook_livemode is not None:
             return "live" if self.webhook_livemode else "test"
         if self.stripe_api_key is not None:
-            key = self.stripe_api_key.get_secret_value()
-            if key.startswith(("sk_live_", "rk_live_")):
-                return "live"
-            if key.startswith(("sk_test_", "rk_test_")):
-                return "test"
+            return stripe_key_mode(self.stripe_api_key)
         return None

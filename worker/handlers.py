@@ -18,11 +18,9 @@ import stripe
 import structlog
 from pydantic import ValidationError
 
-from statemachine import causes
+from statemachine import causes, metadata
 from statemachine.callbacks import CallbackResult, Callbacks
-from statemachine.codec import TokenCodecError, encode_token
 from statemachine.models import (
-    STRIPE_METADATA_VALUE_MAX_CHARS,
     CancelOutcome,
     CancelPaymentTask,
     CreatePaymentTask,
@@ -33,9 +31,10 @@ from statemachine.models import (
     Task,
     describe_validation_error,
 )
+from statemachine.seal import Binding, TokenKeys
 from worker.errors import TaskFailure
 from worker.queue import Message
-from worker.stripe_api import ATTEMPT_KEY, EXECUTION_KEY, ORDER_KEY, StripeApi
+from worker.stripe_api import StripeApi
 
 log = structlog.get_logger("paystep.worker")
 
@@ -49,6 +48,9 @@ class Handlers:
     stripe: StripeApi
     callbacks: Callbacks
     idempotency_horizon_s: float
+    token_keys: TokenKeys
+    # The mode of the Stripe key: sealed into the token, as the events will carry it.
+    livemode: bool
     clock: Callable[[], float] = time.time
 
     async def __call__(self, task: Task, message: Message) -> str:
@@ -64,7 +66,8 @@ class Handlers:
         """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""
         request = _payment_request(task)
         structlog.contextvars.bind_contextvars(order_id=request.order_id)
-        params = payment_intent_params(task, request)
+        sealed = payment_metadata(task, request, self.token_keys, livemode=self.livemode)
+        params = payment_intent_params(task, request, sealed)
         if self.clock() - message.sent_at_s > self.idempotency_horizon_s:
             # Stripe may have pruned the idempotency key of a create sent this long ago:
             # the key alone no longer guards against a second PaymentIntent.
@@ -74,9 +77,18 @@ class Handlers:
             existing = await self.stripe.find_attempt(task.execution_id, task.attempt)
             if existing:
                 return _adopt(existing)
-        intent = await self.stripe.create_payment_intent(
-            params, idempotency_key=task.idempotency_key
-        )
+        try:
+            intent = await self.stripe.create_payment_intent(
+                params, idempotency_key=task.idempotency_key
+            )
+        except stripe.IdempotencyError:
+            # Same key, other parameters: the create went through before with other
+            # metadata (a token key rotated within the key's 24 h, a deploy that changed
+            # the request). That PaymentIntent is this attempt's: adopt it.
+            existing = await self.stripe.find_attempt(task.execution_id, task.attempt)
+            if not existing:
+                raise  # not searchable yet (search lags writes): retried later
+            return _adopt(existing)
         replayed = intent.last_response is not None and (
             intent.last_response.headers.get("Idempotent-Replayed") == "true"
         )
@@ -138,8 +150,10 @@ class Handlers:
                 {
                     "payment_intent": task.payment_intent_id,
                     "metadata": {
-                        ORDER_KEY: task.order_id,
-                        EXECUTION_KEY: task.execution_id[:STRIPE_METADATA_VALUE_MAX_CHARS],
+                        metadata.ORDER_KEY: task.order_id,
+                        metadata.EXECUTION_KEY: task.execution_id[
+                            : metadata.STRIPE_METADATA_VALUE_MAX_CHARS
+                        ],
                         "paystep_reason": task.reason,
                     },
                 },
@@ -171,7 +185,7 @@ def _payment_request(task: CreatePaymentTask) -> PaymentRequest:
 
 
 def payment_intent_params(
-    task: CreatePaymentTask, request: PaymentRequest
+    task: CreatePaymentTask, request: PaymentRequest, sealed_metadata: dict[str, str]
 ) -> stripe.params.PaymentIntentCreateParams:
     """The one PaymentIntent create of a task; raises `TaskFailure` for what Stripe cannot hold.
 
@@ -189,7 +203,7 @@ def payment_intent_params(
     params: stripe.params.PaymentIntentCreateParams = {
         "amount": request.amount,
         "currency": request.currency,
-        "metadata": _metadata(task, request),
+        "metadata": sealed_metadata,
     }
     if request.customer:
         params["customer"] = request.customer
@@ -209,26 +223,18 @@ def payment_intent_params(
     return params
 
 
-def _metadata(task: CreatePaymentTask, request: PaymentRequest) -> dict[str, str]:
-    """Caller metadata, order, execution, attempt, and the token split by the codec."""
-    if len(task.execution_id) > STRIPE_METADATA_VALUE_MAX_CHARS:
-        raise TaskFailure(
-            causes.invalid_input(
-                f"metadata: the execution id is {len(task.execution_id)} characters, "
-                f"Stripe holds {STRIPE_METADATA_VALUE_MAX_CHARS}"
-            )
-        )
+def payment_metadata(
+    task: CreatePaymentTask, request: PaymentRequest, keys: TokenKeys, *, livemode: bool
+) -> dict[str, str]:
+    """Caller metadata, the ids and the token sealed to this payment; `TaskFailure` if no fit."""
+    binding = Binding(
+        task.execution_id, str(task.attempt), request.amount, request.currency, livemode
+    )
     try:
-        return encode_token(
-            task.task_token,
-            {
-                **request.metadata,
-                ORDER_KEY: request.order_id,
-                EXECUTION_KEY: task.execution_id,
-                ATTEMPT_KEY: str(task.attempt),
-            },
+        return metadata.payment_intent_metadata(
+            keys, task.task_token, binding, order_id=request.order_id, caller=request.metadata
         )
-    except TokenCodecError as exc:
+    except metadata.MetadataError as exc:
         raise TaskFailure(causes.invalid_input(f"metadata: {exc}")) from None
 
 

@@ -97,6 +97,8 @@ async def run(settings: WorkerSettings) -> int:
                 StripeApi(client, limit, metrics),
                 callbacks,
                 idempotency_horizon_s=settings.worker_idempotency_horizon_s,
+                token_keys=settings.keyring,
+                livemode=settings.livemode,
             ),
             callbacks,
             concurrency=settings.worker_concurrency,

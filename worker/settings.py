@@ -6,7 +6,7 @@ from typing import Final
 
 from pydantic import Field
 
-from paystep_common.settings import StripeSettings
+from paystep_common.settings import StripeSettings, TokenKeySettings, stripe_key_mode
 from worker.queue import RECEIVE_SLACK_S
 
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
@@ -21,8 +21,8 @@ IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
 SHUTDOWN_RELEASE_S: Final = 5
 
 
-class WorkerSettings(StripeSettings):
-    """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT` and the Stripe ones."""
+class WorkerSettings(StripeSettings, TokenKeySettings):
+    """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe and token keys."""
 
     queue_url: str
     worker_concurrency: int = Field(default=64, ge=1, le=4096)
@@ -41,6 +41,11 @@ class WorkerSettings(StripeSettings):
     # Deletes and visibility changes wait this long for a batch of 10 to fill up.
     worker_batch_delay_s: float = Field(default=0.2, ge=0, le=5)
     worker_stripe_min_in_flight: int = Field(default=1, ge=1)
+
+    @property
+    def livemode(self) -> bool:
+        """Whether the Stripe key makes live payments (a key of no known prefix: test)."""
+        return stripe_key_mode(self.stripe_api_key) == "live"
 
     @property
     def shutdown_budget_s(self) -> float:

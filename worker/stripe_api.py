@@ -12,29 +12,14 @@ from typing import Final, TypeVar
 
 import stripe
 
+from statemachine.metadata import attempt_query
 from worker.limiter import AdaptiveLimit
 from worker.metrics import Metrics
 
 T = TypeVar("T")
 
-# Keys paystep writes into a PaymentIntent's metadata, next to the token's own keys.
-ORDER_KEY: Final = "order_id"
-EXECUTION_KEY: Final = "paystep_execution"
-ATTEMPT_KEY: Final = "paystep_attempt"
 # https://docs.stripe.com/search#search-query-language: a page holds at most 100 results.
 SEARCH_LIMIT: Final = 100
-
-
-def attempt_query(execution_id: str, attempt: int) -> str:
-    """Stripe search query for the PaymentIntents of one attempt of one execution."""
-    return (
-        f"metadata['{EXECUTION_KEY}']:'{_quote(execution_id)}' AND "
-        f"metadata['{ATTEMPT_KEY}']:'{attempt}'"
-    )
-
-
-def _quote(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("'", "\\'")
 
 
 class StripeApi:

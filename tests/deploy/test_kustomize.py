@@ -17,6 +17,7 @@ from typing import Any, Final
 import pytest
 import yaml  # type: ignore[import-untyped,unused-ignore]
 
+from statemachine.seal import new_key
 from tests.deploy.conftest import OVERLAYS, Manifest, by_kind, one
 from tests.deploy.tools import INSTALL_HINT, explain, require_tool, run
 from webhook.reconcile import parse_duration
@@ -226,6 +227,7 @@ def test_the_worker_drains_before_kubernetes_kills_it(
     env = {
         **config_of(docs),
         **{item["name"]: item.get("value", "from-a-secret") for item in container["env"]},
+        "PAYSTEP_TOKEN_KEYS": new_key(),  # from the Secret too, but parsed at start
     }
     for name in [name for name in os.environ if name.startswith("PAYSTEP_")]:
         monkeypatch.delenv(name)

@@ -36,7 +36,13 @@ from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from paystep_local.signing import signature_header
-from statemachine.codec import encode_token
+from statemachine.metadata import (
+    ATTEMPT_KEY,
+    CHUNK_CHARS,
+    EXECUTION_KEY,
+    TOKEN_CHUNK_PREFIX,
+    TOKEN_PARTS_KEY,
+)
 from tests.faults.conftest import SOAK
 from tests.faults.harness import rss_kib, start_webhook
 
@@ -149,6 +155,15 @@ junk_token = st.text(
     max_size=600,
 )
 metadata = st.dictionaries(st.text(max_size=45), st.text(max_size=80), max_size=6)
+FUZZ_MACHINE: Final = "arn:aws:states:us-east-1:123456789012:stateMachine:fuzz"
+FUZZ_EXECUTION: Final = "arn:aws:states:us-east-1:123456789012:execution:fuzz:ord_x"
+
+
+def chunked(token: str) -> dict[str, str]:
+    """`token` laid over the token keys as the worker lays a sealed one, unsealed."""
+    chunks = [token[i : i + CHUNK_CHARS] for i in range(0, len(token), CHUNK_CHARS)]
+    parts = {f"{TOKEN_CHUNK_PREFIX}{index}": chunk for index, chunk in enumerate(chunks)}
+    return {**parts, TOKEN_PARTS_KEY: str(len(chunks))}
 
 
 def mostly(valid: Any, junk: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
@@ -161,9 +176,14 @@ def event_body(draw: st.DrawFn) -> bytes:
     """An event as Stripe shapes it, with junk in the places paystep reads."""
     meta = draw(metadata)
     if draw(st.booleans()):
-        meta = {**meta, **encode_token(draw(junk_token))}
+        meta = {**meta, **chunked(draw(junk_token))}
+        # Mostly an execution of the webhook's own state machine: the token gets opened.
+        meta[EXECUTION_KEY] = draw(mostly(FUZZ_EXECUTION, st.text(max_size=60)))
+        meta[ATTEMPT_KEY] = draw(mostly("1", st.text(max_size=3)))
     if draw(st.integers(0, 9)) == 0:
-        meta["paystep_token_parts"] = draw(st.text(max_size=5))
+        meta[TOKEN_PARTS_KEY] = draw(
+            st.one_of(st.sampled_from(["²", "\u0661"]), st.text(max_size=5))
+        )
     obj: dict[str, Any] = {
         "id": draw(mostly("pi_fuzz", st.text(max_size=30))),
         "object": draw(mostly("payment_intent", st.sampled_from(["charge", "", "event"]))),
@@ -391,7 +411,7 @@ def _flood_refused(client: RawClient, count: int) -> None:
 def test_fuzzed_requests_never_5xx_never_accepted_unsigned_and_memory_stays_flat(
     bare: LocalStack, cases: int
 ) -> None:
-    webhook = start_webhook(bare)
+    webhook = start_webhook(bare, env={"PAYSTEP_STATE_MACHINE_ARN": FUZZ_MACHINE})
     client = RawClient(webhook.urls["base"])
     fuzz = Fuzz(client, Counter(), [])
     try:

@@ -28,7 +28,8 @@ import pytest
 
 from paystep_local.localstack import LocalStack
 from paystep_local.signing import signature_header
-from statemachine.codec import encode_token
+from statemachine.metadata import payment_intent_metadata
+from statemachine.seal import Binding, TokenKeys
 from tests.faults.conftest import SOAK
 from tests.faults.harness import rss_kib, start_webhook
 
@@ -50,7 +51,10 @@ def _token() -> str:
     return base64.b64encode(secrets.token_bytes(length)).decode()[:length]
 
 
-def _deliveries(secret: str) -> list[tuple[str, bytes, dict[str, str], int]]:
+MACHINE = "arn:aws:states:us-east-1:123456789012:stateMachine:load"
+
+
+def _deliveries(secret: str, keys: TokenKeys) -> list[tuple[str, bytes, dict[str, str], int]]:
     """(kind, body, headers, expected status), signed now: well inside the 300 s tolerance."""
     made = []
     for index in range(DISTINCT_EVENTS):
@@ -63,7 +67,19 @@ def _deliveries(secret: str) -> list[tuple[str, bytes, dict[str, str], int]]:
             "amount": 1999,
             "amount_received": 1999,
             "currency": "usd",
-            "metadata": encode_token(_token(), {"order_id": f"ord_load{index}"}),
+            # Sealed for this PaymentIntent: opened, then already closed at Step Functions.
+            "metadata": payment_intent_metadata(
+                keys,
+                _token(),
+                Binding(
+                    f"{MACHINE.replace('stateMachine', 'execution')}:{index}",
+                    "1",
+                    1999,
+                    "usd",
+                    False,
+                ),
+                order_id=f"ord_load{index}",
+            ),
         }
         event = {
             "id": f"evt_load{index}",
@@ -127,8 +143,9 @@ class Load:
 def test_fifty_connections_get_no_errors_and_memory_stays_flat(
     bare: LocalStack, duration_s: float
 ) -> None:
-    webhook = start_webhook(bare)
-    load = Load(webhook.urls["webhook"], _deliveries(bare.webhook_secret))
+    webhook = start_webhook(bare, env={"PAYSTEP_STATE_MACHINE_ARN": MACHINE})
+    keys = TokenKeys.parse(bare.token_keys)
+    load = Load(webhook.urls["webhook"], _deliveries(bare.webhook_secret, keys))
     asyncio.run(load.run(WARMUP_S, record=False))
     rss_before = rss_kib(webhook)
     begun = time.monotonic()

@@ -10,7 +10,7 @@ import pytest
 import stripe
 
 from statemachine import causes, errors
-from tests.webhook.conftest import Waiting, event, payment_intent
+from tests.webhook.conftest import Waiting, event, payment_intent, reader_for
 from webhook.events import parse_event
 from webhook.mapping import Fail, Plan, plan
 from worker.classify import FailTask, classify
@@ -78,7 +78,7 @@ def by_the_webhook(error: dict[str, Any]) -> causes.Failure:
     """payment_intent.payment_failed carries the same error as last_payment_error."""
     pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=error)
     evt = event("payment_intent.payment_failed", {**pi, "id": PI_ID})
-    decision = plan(parse_event({**evt, "id": EVENT_ID}))
+    decision = plan(parse_event({**evt, "id": EVENT_ID}), reader_for(WAITING))
     assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
     return decision.callback.failure
 

@@ -20,13 +20,17 @@ from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.polling import eventually
 from paystep_local.prometheus import metric
 from paystep_local.signing import signed
-from statemachine.codec import encode_token
+from statemachine.metadata import payment_intent_metadata
+from statemachine.seal import Binding, TokenKeys, new_key
 from tests.support import aws
 from webhook.app import METRICS, create_app
+from webhook.mapping import TokenReader
 from webhook.settings import WebhookSettings
 
 SECRET = "whsec_" + "a1" * 16
 OTHER_SECRET = "whsec_" + "b2" * 16
+TOKEN_KEYS = new_key("test1")
+KEYS = TokenKeys.parse(TOKEN_KEYS)
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,42 @@ class Waiting:
     attempt: int
 
 
-def make_settings(**overrides: Any) -> WebhookSettings:
+def make_settings(state_machine_arn: str, **overrides: Any) -> WebhookSettings:
     values: dict[str, Any] = {
         "webhook_secrets": (SecretStr(SECRET),),
         "stripe_api_key": SecretStr(LOCAL_STRIPE_KEY),
         "webhook_ready_cache_s": 0,
+        "token_keys": SecretStr(TOKEN_KEYS),
+        "state_machine_arn": state_machine_arn,
         **overrides,
     }
     return WebhookSettings(**values)
+
+
+def machine_of(execution_arn: str) -> str:
+    """The state machine ARN of an execution ARN."""
+    parts = execution_arn.split(":")
+    return ":".join([*parts[:5], "stateMachine", parts[6]])
+
+
+def reader_for(waiting: Waiting, keys: TokenKeys = KEYS) -> TokenReader:
+    return TokenReader(keys, machine_of(waiting.execution_arn))
+
+
+def sealed_metadata(
+    waiting: Waiting,
+    *,
+    amount: int = 1999,
+    currency: str = "usd",
+    livemode: bool = False,
+    keys: TokenKeys = KEYS,
+    caller: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """What the worker writes: the ids and the token sealed for this payment."""
+    binding = Binding(waiting.execution_arn, str(waiting.attempt), amount, currency, livemode)
+    return payment_intent_metadata(
+        keys, waiting.token, binding, order_id=waiting.order_id, caller=caller
+    )
 
 
 def payment_intent(
@@ -60,15 +92,7 @@ def payment_intent(
     """A PaymentIntent as Stripe serialises it (API 2024+), with the worker's metadata."""
     metadata: dict[str, str] = {"campaign": "winter"}
     if waiting is not None:
-        metadata = encode_token(
-            waiting.token,
-            {
-                **metadata,
-                "order_id": waiting.order_id,
-                "paystep_execution": waiting.execution_arn,
-                "paystep_attempt": str(waiting.attempt),
-            },
-        )
+        metadata = sealed_metadata(waiting, amount=amount, currency=currency, caller=metadata)
     pi_id = "pi_" + uuid.uuid4().hex[:24]
     return {
         "id": pi_id,
@@ -211,12 +235,29 @@ def deployment(deploy_fresh: Any) -> dict[str, Any]:
 
 
 @pytest.fixture
-async def webhook(stack: LocalStack) -> AsyncIterator[Webhook]:
-    hook, client = await open_webhook(make_settings())
+async def webhook(stack: LocalStack, deployment: dict[str, Any]) -> AsyncIterator[Webhook]:
+    hook, client = await open_webhook(make_settings(deployment["state_machine_arn"]))
     try:
         yield hook
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def webhook_on(stack: LocalStack) -> AsyncIterator[Callable[..., Any]]:
+    """`await webhook_on(deployment)`: a webhook whose state machine is that deployment's."""
+    opened: list[TestClient[Any, Any]] = []
+
+    async def open_on(deployed: Mapping[str, Any]) -> Webhook:
+        hook, client = await open_webhook(make_settings(deployed["state_machine_arn"]))
+        opened.append(client)
+        return hook
+
+    try:
+        yield open_on
+    finally:
+        for client in opened:
+            await client.close()
 
 
 async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:

@@ -26,18 +26,22 @@ from webhook.app import sfn_config
 
 pytestmark = pytest.mark.timeout(120)
 
-SETTINGS = make_settings()
+# The Step Functions tuning every test here counts with; the state machine is the deployment's.
+SETTINGS = make_settings("arn:aws:states:us-east-1:123456789012:stateMachine:unused")
 
 
 @pytest.fixture
-async def proxied(stack: LocalStack) -> AsyncIterator[tuple[Webhook, SfnProxy]]:
+async def proxied(
+    stack: LocalStack, deployment: dict[str, Any]
+) -> AsyncIterator[tuple[Webhook, SfnProxy]]:
     """The webhook whose Step Functions client goes through an `SfnProxy`."""
+    settings = SETTINGS.model_copy(update={"state_machine_arn": deployment["state_machine_arn"]})
     with SfnProxy(os.environ["AWS_ENDPOINT_URL"]) as proxy:
         client_cm = aws_session().client(
-            "stepfunctions", endpoint_url=proxy.url, config=sfn_config(SETTINGS)
+            "stepfunctions", endpoint_url=proxy.url, config=sfn_config(settings)
         )
         async with client_cm as sfn:
-            hook, client = await open_webhook(SETTINGS, sfn_client=sfn)
+            hook, client = await open_webhook(settings, sfn_client=sfn)
             try:
                 yield hook, proxy
             finally:
@@ -99,6 +103,23 @@ async def test_a_failing_step_functions_answers_503(
 
     status, answer = await webhook.deliver(
         event("payment_intent.canceled", payment_intent(waiting, status="canceled"))
+    )
+
+    assert (status, answer) == (503, {"error": "step_functions_unavailable"})
+    assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
+
+
+async def test_access_denied_on_our_own_state_machine_answers_503_not_2xx(
+    deployment: dict[str, Any], proxied: tuple[Webhook, SfnProxy]
+) -> None:
+    """Rule: a wrong IAM policy must not acknowledge events and drop them (app.py: 503 only
+    when Step Functions did not take the callback); Stripe redelivers, the execution waits."""
+    webhook, proxy = proxied
+    waiting = await in_thread(start_waiting, deployment)
+    proxy.fail("SendTaskSuccess", times=10, status=400, code="AccessDeniedException")
+
+    status, answer = await webhook.deliver(
+        event("payment_intent.succeeded", payment_intent(waiting))
     )
 
     assert (status, answer) == (503, {"error": "step_functions_unavailable"})

@@ -9,9 +9,9 @@ import stripe
 
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
-from statemachine.codec import PARTS_KEY
+from statemachine.metadata import TOKEN_PARTS_KEY
 from statemachine.models import PaymentOutcome
-from tests.webhook.conftest import Waiting, event, payment_intent
+from tests.webhook.conftest import Waiting, event, payment_intent, reader_for
 from webhook.events import MalformedEvent, parse_event
 from webhook.mapping import (
     Fail,
@@ -27,7 +27,8 @@ from webhook.mapping import (
 
 TOKEN = "T" * 1500 + "end"
 EVENT_ID = "evt_planned"
-WAITING = Waiting("arn:aws:states:us-east-1:1:execution:m:ord_1", "ord_1", TOKEN, 1)
+WAITING = Waiting("arn:aws:states:us-east-1:123456789012:execution:m:ord_1", "ord_1", TOKEN, 1)
+READER = reader_for(WAITING)
 
 
 class FakeCallbacks:
@@ -58,13 +59,13 @@ class FakeCallbacks:
 
 def planned(event_type: str, **pi_fields: Any) -> Plan | Ignore:
     evt = event(event_type, payment_intent(WAITING, **pi_fields))
-    return plan(parse_event({**evt, "id": EVENT_ID}))
+    return plan(parse_event({**evt, "id": EVENT_ID}), READER)
 
 
 def test_succeeded_plans_success_with_the_payment_of_the_snapshot() -> None:
     evt = event("payment_intent.succeeded", payment_intent(WAITING, latest_charge="ch_9"))
 
-    decision = plan(parse_event(evt))
+    decision = plan(parse_event(evt), READER)
 
     assert isinstance(decision, Plan)
     assert decision.token == TOKEN
@@ -149,16 +150,17 @@ def test_progress_plans_a_heartbeat(event_type: str) -> None:
 
 
 def test_a_token_missing_a_part_is_not_reassembled() -> None:
+    """Rule: damaged parts are ignored, never reassembled into a wrong token (metadata.py)."""
     pi = payment_intent(WAITING)
-    pi["metadata"][PARTS_KEY] = str(int(pi["metadata"][PARTS_KEY]) + 1)
+    pi["metadata"][TOKEN_PARTS_KEY] = str(int(pi["metadata"][TOKEN_PARTS_KEY]) + 1)
 
-    decision = plan(parse_event(event("payment_intent.succeeded", pi)))
+    decision = plan(parse_event(event("payment_intent.succeeded", pi)), READER)
 
-    assert decision == Ignore(IgnoreReason.INCOMPLETE_TOKEN, decision.payment_intent)
+    assert decision == Ignore(IgnoreReason.DAMAGED_TOKEN, decision.payment_intent)
 
 
 def test_other_types_are_ignored_without_reading_the_object() -> None:
-    decision = plan(parse_event(event("invoice.paid", {"object": "invoice"})))
+    decision = plan(parse_event(event("invoice.paid", {"object": "invoice"})), READER)
 
     assert decision == Ignore(IgnoreReason.UNHANDLED_TYPE)
 
@@ -173,7 +175,7 @@ def test_odd_payment_intent_fields_are_malformed_or_ignored_never_a_crash(
     evt = event("payment_intent.succeeded", payment_intent(WAITING, latest_charge=None, **fields))
 
     try:
-        decision = plan(parse_event(evt))
+        decision = plan(parse_event(evt), READER)
     except MalformedEvent:
         return
     assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
@@ -182,14 +184,17 @@ def test_odd_payment_intent_fields_are_malformed_or_ignored_never_a_crash(
 
 def test_a_payment_intent_type_with_another_object_is_malformed() -> None:
     with pytest.raises(MalformedEvent, match="payment_intent"):
-        plan(parse_event(event("payment_intent.succeeded", {"object": "charge", "id": "ch_1"})))
+        plan(
+            parse_event(event("payment_intent.succeeded", {"object": "charge", "id": "ch_1"})),
+            READER,
+        )
 
 
 async def test_handle_event_takes_a_plain_mapping_and_sends_the_callback() -> None:
     callbacks = FakeCallbacks()
     evt = event("payment_intent.succeeded", payment_intent(WAITING))
 
-    outcome = await handle_event(evt, callbacks)  # type: ignore[arg-type]
+    outcome = await handle_event(evt, callbacks, READER)  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.DELIVERED, "succeed")
     assert [(name, token) for name, token, _ in callbacks.calls] == [("succeed", TOKEN)]
@@ -202,7 +207,7 @@ async def test_handle_event_takes_an_event_listed_from_stripes_api() -> None:
         event("payment_intent.canceled", payment_intent(WAITING)), "sk_test_x"
     )
 
-    outcome = await handle_event(listed, callbacks)  # type: ignore[arg-type]
+    outcome = await handle_event(listed, callbacks, READER)  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.ALREADY_CLOSED, "fail")
     assert callbacks.calls[0][2][0] == "Payment.Canceled"
@@ -212,7 +217,11 @@ async def test_handle_event_lets_a_callback_error_through_for_the_caller_to_retr
     callbacks = FakeCallbacks(error=CallbackError("throttled", code="ThrottlingException"))
 
     with pytest.raises(CallbackError):
-        await handle_event(event("payment_intent.succeeded", payment_intent(WAITING)), callbacks)  # type: ignore[arg-type]
+        await handle_event(
+            event("payment_intent.succeeded", payment_intent(WAITING)),
+            callbacks,  # type: ignore[arg-type]
+            READER,
+        )
 
 
 async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
@@ -221,6 +230,7 @@ async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
     outcome = await handle_event(
         event("payment_intent.succeeded", payment_intent(None)),
         callbacks,  # type: ignore[arg-type]
+        READER,
     )
 
     assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.NO_TOKEN)

@@ -23,8 +23,15 @@ from paystep_local.processes import free_port, wait_http
 from paystep_local.prometheus import metric, scrape
 from paystep_local.sfn_proxy import SfnProxy
 from paystep_local.signing import signed
-from statemachine.codec import encode_token
-from tests.webhook.conftest import Waiting, event, payment_intent, start_waiting, wait_done
+from tests.webhook.conftest import (
+    TOKEN_KEYS,
+    Waiting,
+    event,
+    payment_intent,
+    sealed_metadata,
+    start_waiting,
+    wait_done,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -32,15 +39,8 @@ pytestmark = pytest.mark.timeout(120)
 def create_payment_intent(
     stripe_base: str, waiting: Waiting, payment_method: str
 ) -> dict[str, Any]:
-    """What the worker does: a confirmed PaymentIntent carrying the task token in its metadata."""
-    metadata = encode_token(
-        waiting.token,
-        {
-            "order_id": waiting.order_id,
-            "paystep_execution": waiting.execution_arn,
-            "paystep_attempt": str(waiting.attempt),
-        },
-    )
+    """What the worker does: a confirmed PaymentIntent carrying the sealed token in its metadata."""
+    metadata = sealed_metadata(waiting)
     form = {
         "amount": "1999",
         "currency": "usd",
@@ -67,7 +67,9 @@ def test_localstripe_deliveries_resume_the_executions(
 ) -> None:
     # A localstripe of its own: its webhooks reach this test's webhook and nothing else.
     assert stack.aws_endpoint
-    with LocalStack(tmp_path, aws_endpoint=stack.aws_endpoint) as local:
+    with LocalStack(
+        tmp_path, aws_endpoint=stack.aws_endpoint, deployment=deployment, token_keys=TOKEN_KEYS
+    ) as local:
         stripe_base = local.start_stripe()
         webhook = local.start_webhook()
         paid, declined = start_waiting(deployment), start_waiting(deployment)
@@ -112,7 +114,9 @@ def test_sigterm_stops_accepting_finishes_the_request_in_flight_and_exits_0(
     assert stack.aws_endpoint
     with (
         SfnProxy(stack.aws_endpoint) as proxy,
-        LocalStack(tmp_path, aws_endpoint=proxy.url) as local,
+        LocalStack(
+            tmp_path, aws_endpoint=proxy.url, deployment=deployment, token_keys=TOKEN_KEYS
+        ) as local,
     ):
         port = free_port()
         webhook = local.spawn(

@@ -163,9 +163,10 @@ def short_heartbeat(deploy_fresh: Any) -> dict[str, Any]:
 
 
 async def test_heartbeats_keep_a_payment_alive_past_its_heartbeat_window(
-    short_heartbeat: dict[str, Any], webhook: Webhook
+    short_heartbeat: dict[str, Any], webhook_on: Any
 ) -> None:
     deployment = short_heartbeat
+    webhook = await webhook_on(deployment)
     waiting = await in_thread(start_waiting, deployment)
     processing = event("payment_intent.processing", payment_intent(waiting, status="processing"))
     started = time.monotonic()
@@ -229,9 +230,10 @@ async def test_the_same_event_three_times_resumes_once_and_acknowledges_all(
 
 
 async def test_a_decline_of_an_old_attempt_after_the_retry_began_changes_nothing(
-    deploy_fresh: Any, webhook: Webhook
+    deploy_fresh: Any, webhook_on: Any
 ) -> None:
     deployment = await in_thread(deploy_fresh, "--max-attempts", "2", "--retry-backoff-s", "0")
+    webhook = await webhook_on(deployment)
     first = await in_thread(start_waiting, deployment)
     declined = payment_intent(
         first,
@@ -278,8 +280,9 @@ async def test_an_event_with_the_token_of_a_finished_execution_changes_nothing(
 
 
 async def test_an_outcome_after_the_wait_timed_out_is_acknowledged_and_changes_nothing(
-    short_heartbeat: dict[str, Any], webhook: Webhook
+    short_heartbeat: dict[str, Any], webhook_on: Any
 ) -> None:
+    webhook = await webhook_on(short_heartbeat)
     waiting = await in_thread(start_waiting, short_heartbeat)
     # No heartbeat within 2 s: the wait times out and the execution goes on to cancel.
     await in_thread(_wait_for_history, waiting.execution_arn, "TaskTimedOut")
@@ -385,7 +388,9 @@ async def test_a_timestamp_inside_the_tolerance_is_accepted(
 async def test_rotation_accepts_the_secret_configured_second(
     stack: LocalStack, deployment: dict[str, Any]
 ) -> None:
-    settings = make_settings(webhook_secrets=(OTHER_SECRET, SECRET))
+    settings = make_settings(
+        deployment["state_machine_arn"], webhook_secrets=(OTHER_SECRET, SECRET)
+    )
     hook, client = await open_webhook(settings)
     try:
         waiting = await in_thread(start_waiting, deployment)

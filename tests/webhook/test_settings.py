@@ -5,15 +5,20 @@ from __future__ import annotations
 import pytest
 
 from paystep_common.settings import SettingsError, load_settings
+from statemachine.seal import new_key
 from webhook.settings import WebhookSettings
 
 A, B = "whsec_" + "e5" * 16, "whsec_" + "f6" * 16
+KEY = new_key("k1")
+MACHINE = "arn:aws:states:us-east-1:123456789012:stateMachine:paystep"
 
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("PAYSTEP_STRIPE_API_KEY", "PAYSTEP_WEBHOOK_LIVEMODE", "PAYSTEP_WEBHOOK_SECRETS"):
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", KEY)
+    monkeypatch.setenv("PAYSTEP_STATE_MACHINE_ARN", MACHINE)
 
 
 def test_secrets_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -66,3 +71,33 @@ def test_the_expected_mode_follows_the_key_unless_set(
         monkeypatch.setenv(name, value)
 
     assert WebhookSettings().expected_mode == mode  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "problem"),
+    [
+        ("PAYSTEP_TOKEN_KEYS", "", "expected at least one kid:base64key"),
+        ("PAYSTEP_TOKEN_KEYS", KEY.split(":")[1], "key 1: expected kid:base64key"),
+        ("PAYSTEP_TOKEN_KEYS", KEY[:-8] + "*", "not base64"),
+        ("PAYSTEP_TOKEN_KEYS", KEY[:-8], "60 bytes, expected 64"),
+        ("PAYSTEP_STATE_MACHINE_ARN", "arn:aws:states:us-east-1:1:execution:x:y", "expected arn"),
+    ],
+    ids=["empty", "no-kid", "not-base64", "short", "an-execution"],
+)
+def test_token_keys_and_state_machine_are_checked_and_a_key_never_echoed(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+    value: str,
+    problem: str,
+) -> None:
+    """Rule: the token key is a secret, never logged or echoed (README, deploying)."""
+    monkeypatch.setenv("PAYSTEP_WEBHOOK_SECRETS", A)
+    monkeypatch.setenv(name, value)
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(WebhookSettings, "webhook")
+
+    (reported,) = caught.value.problems
+    assert reported.startswith(f"{name}: ") and problem in reported
+    assert KEY.split(":")[1][:20] not in capsys.readouterr().err

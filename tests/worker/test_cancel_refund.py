@@ -21,7 +21,6 @@ from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from statemachine import errors
-from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
 from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
@@ -113,7 +112,11 @@ def test_cancel_finds_the_payment_succeeded_after_all(impatient: Any, fake: Fake
 
 
 def test_a_failed_order_is_refunded_once(
-    deployed: dict[str, Any], workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deployed: dict[str, Any],
+    workers: Workers,
+    worker_stack: LocalStack,
+    fake_stripe: FakeStripe,
+    aws: tuple[Any, Any],
 ) -> None:
     sfn, _ = aws
     ddb = boto3.client("dynamodb")
@@ -136,7 +139,7 @@ def test_a_failed_order_is_refunded_once(
         outcome = PaymentOutcome(
             payment_intent_id=intent["id"], status="succeeded", amount_received=1999, currency="usd"
         )
-        sfn.send_task_success(taskToken=decode_token(intent["metadata"]), output=dump_json(outcome))
+        sfn.send_task_success(taskToken=worker_stack.read_token(intent), output=dump_json(outcome))
 
     for arn in arns:
         done = wait_done(sfn, arn)

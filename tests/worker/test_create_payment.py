@@ -14,15 +14,17 @@ import signal
 import uuid
 from typing import Any
 
+import boto3
 import pytest
 
 from paystep_local.fake_stripe import FakeStripe, Fault
+from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from statemachine import errors
-from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
+from statemachine.seal import new_key
 from tests.conftest import Deployer
 from tests.support.aws import run_to_end, start, wait_done
 from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty
@@ -95,7 +97,11 @@ def test_a_worker_killed_after_the_stripe_call_leaves_one_payment_intent(
 
 
 def test_aws_length_tokens_survive_the_round_trip_through_metadata(
-    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+    deploy_fresh: Deployer,
+    workers: Workers,
+    worker_stack: LocalStack,
+    fake_stripe: FakeStripe,
+    aws: tuple[Any, Any],
 ) -> None:
     sfn, sqs = aws
     deployed = deploy_fresh("--payment-heartbeat-s", "0")
@@ -116,7 +122,7 @@ def test_aws_length_tokens_survive_the_round_trip_through_metadata(
     workers.start(deployed, fake_stripe.url)
 
     intents = eventually(lambda: len(fake_stripe.intents()) == 2 and fake_stripe.intents())
-    tokens = {decode_token(pi["metadata"]) for pi in intents}
+    tokens = {worker_stack.read_token(pi) for pi in intents}
     assert tokens == {real_token, longest}
     for intent in intents:
         assert len(intent["metadata"]) <= 50
@@ -126,7 +132,7 @@ def test_aws_length_tokens_survive_the_round_trip_through_metadata(
     outcome = PaymentOutcome(
         payment_intent_id=paid["id"], status="succeeded", amount_received=1999, currency="usd"
     )
-    sfn.send_task_success(taskToken=decode_token(paid["metadata"]), output=dump_json(outcome))
+    sfn.send_task_success(taskToken=worker_stack.read_token(paid), output=dump_json(outcome))
     done = wait_done(sfn, arn)
     assert done["status"] == "SUCCEEDED", done
     assert json.loads(done["output"])["payment"]["payment_intent_id"] == paid["id"]
@@ -197,3 +203,44 @@ def test_a_pending_payment_sends_one_heartbeat_a_settled_one_none(
         eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="the task done")
         assert proxy.forwarded["SendTaskHeartbeat"] == heartbeats
     assert sfn.describe_execution(executionArn=arn)["status"] == "RUNNING"
+
+
+def test_a_create_redelivered_after_a_key_rotation_adopts_its_payment_intent(
+    deployed: dict[str, Any], workers: Workers, worker_stack: LocalStack, fake_stripe: FakeStripe
+) -> None:
+    """Rule (docs/deploying.md, token keys): a key rotated within an idempotency key's 24 h
+    seals other metadata, Stripe answers idempotency_error, and the worker adopts this
+    attempt's PaymentIntent instead of failing or creating a second one
+    (https://docs.stripe.com/api/idempotent_requests)."""
+    sfn, sqs = boto3.client("stepfunctions"), boto3.client("sqs")
+    arn = start(sfn, deployed["state_machine_arn"], order())  # no payment method: it waits
+    taken = take_message(sqs, deployed["queue_url"])
+    sqs.delete_message(QueueUrl=deployed["queue_url"], ReceiptHandle=taken["ReceiptHandle"])
+    body = taken["Body"]
+    old = worker_stack.token_keys
+    new = new_key("rotated")
+
+    sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=body)
+    first = workers.start(deployed, fake_stripe.url, PAYSTEP_TOKEN_KEYS=old)
+    eventually(lambda: len(fake_stripe.intents()) == 1, what="the first create")
+    eventually(lambda: queue_empty(sqs, deployed["queue_url"]), what="the message deleted")
+    first.stop()
+
+    sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=body)
+    second = workers.start(deployed, fake_stripe.url, PAYSTEP_TOKEN_KEYS=f"{new},{old}")
+    adopted = eventually(
+        lambda: [e for e in second.log_events() if e["event"] == "payment_intent.adopted"],
+        what="the redelivered create adopting the PaymentIntent",
+    )
+
+    (intent,) = fake_stripe.intents()
+    assert adopted[0]["payment_intent"] == intent["id"]
+    assert intent["metadata"]["paystep_execution"] == arn
+    # Still opened by the rotated list: the old key stays listed while executions use it.
+    assert worker_stack.read_token(intent) is not None
+    assert describe_status(sfn, arn) == "RUNNING"
+
+
+def describe_status(sfn: Any, arn: str) -> str:
+    status: str = sfn.describe_execution(executionArn=arn)["status"]
+    return status

@@ -16,7 +16,8 @@ import pytest
 import stripe
 
 from paystep_local.fake_stripe import FakeStripe, Fault
-from statemachine.codec import decode_token, encode_token
+from statemachine.metadata import attempt_query, payment_intent_metadata, read_token
+from statemachine.seal import Binding, TokenKeys, new_key
 
 # What the worker sends: confirmed off-session, as Stripe takes it without a return_url.
 CARD = {
@@ -112,14 +113,19 @@ async def test_search_finds_by_metadata_and_tokens_round_trip(
     fake: FakeStripe, client: stripe.StripeClient
 ) -> None:
     token = "a+b/c=" * 341
-    metadata = encode_token(token, {"paystep_execution": "arn:x:y", "paystep_attempt": "2"})
+    keys = TokenKeys.parse(new_key())
+    metadata = payment_intent_metadata(
+        keys, token, Binding("arn:x:y", "2", 1999, "usd", False), order_id="o"
+    )
     created = await create(client, "s", metadata=metadata)
     await create(client, "other", metadata={"paystep_execution": "arn:x:y", "paystep_attempt": "1"})
-    found = await client.v1.payment_intents.search_async(
-        {"query": "metadata['paystep_execution']:'arn:x:y' AND metadata['paystep_attempt']:'2'"}
-    )
+    found = await client.v1.payment_intents.search_async({"query": attempt_query("arn:x:y", 2)})
     assert [pi.id for pi in found.data] == [created.id]
-    assert decode_token(found.data[0].metadata.to_dict()) == token
+    read = found.data[0].to_dict()
+    opened = read_token(
+        keys, read["metadata"], amount=read["amount"], currency=read["currency"], livemode=False
+    )
+    assert opened == token
 
 
 async def test_refunds_once_then_refuses(fake: FakeStripe, client: stripe.StripeClient) -> None:

@@ -14,7 +14,6 @@ import stripe
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.polling import eventually
 from paystep_local.processes import Workers
-from statemachine.codec import decode_token
 from statemachine.models import PaymentOutcome, dump_json
 from tests.support.aws import start, wait_done
 
@@ -49,7 +48,7 @@ def test_a_real_payment_intent_carries_the_token_in_its_metadata(
     assert metadata["order_id"] == order_id
     assert metadata["paystep_execution"] == arn
     assert metadata["paystep_attempt"] == "1"
-    token = decode_token(metadata)
+    token = stack.read_token(intent.to_dict())
     assert token is not None and len(token) >= 1000
     # The token stored at Stripe is the execution's own: it resumes the wait.
     outcome = PaymentOutcome(

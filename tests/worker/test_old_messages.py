@@ -28,6 +28,7 @@ from paystep_local.prometheus import metric, scrape
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackResult
 from statemachine.models import CreatePaymentTask
+from statemachine.seal import TokenKeys, new_key
 from tests.conftest import Deployer
 from tests.support.aws import start, wait_done
 from tests.worker.support import queue_empty
@@ -158,7 +159,14 @@ def sent(age_s: float, now: float) -> Message:
 
 
 def handlers(stub: StubStripe, callbacks: StubCallbacks, now: float) -> Handlers:
-    return Handlers(stub, callbacks, idempotency_horizon_s=23 * HOUR_S, clock=lambda: now)  # type: ignore[arg-type]
+    return Handlers(
+        stub,  # type: ignore[arg-type]
+        callbacks,  # type: ignore[arg-type]
+        idempotency_horizon_s=23 * HOUR_S,
+        token_keys=TokenKeys.parse(new_key()),
+        livemode=False,
+        clock=lambda: now,
+    )
 
 
 async def test_a_recent_message_creates_without_heartbeat_or_search() -> None:

@@ -16,7 +16,10 @@ import pytest
 from paystep_common.settings import STRIPE_API_VERSION
 from paystep_local import stripe_rules
 from statemachine.models import CreatePaymentTask
-from worker.handlers import payment_intent_params
+from statemachine.seal import TokenKeys, new_key
+from worker.handlers import payment_intent_params, payment_metadata
+
+KEYS = TokenKeys.parse(new_key())
 
 NEVER = {"enabled": True, "allow_redirects": "never"}
 
@@ -30,7 +33,9 @@ def _params(**request: Any) -> dict[str, Any]:
         attempt=1,
         request={"order_id": "ord_1", "amount": 1999, "currency": "usd", **request},
     )
-    return dict(payment_intent_params(task, task.payment_request()))
+    payment = task.payment_request()
+    sealed = payment_metadata(task, payment, KEYS, livemode=False)
+    return dict(payment_intent_params(task, payment, sealed))
 
 
 def _form(params: dict[str, Any]) -> dict[str, Any]:
