@@ -21,6 +21,7 @@ from typing import Any, Final
 import pytest
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack, free_port
+from statemachine.seal import new_key
 from tests.deploy.conftest import Manifest, one
 from tests.deploy.podman import Container, Podman
 
@@ -73,7 +74,12 @@ def test_image_runs_paystep_as_non_root(podman: Podman, image: str) -> None:
 
 def test_webhook_container_answers_healthz(podman: Podman, image: str) -> None:
     http_port, metrics_port = free_port(), free_port()
-    env = {**FAKE_AWS, "PAYSTEP_WEBHOOK_SECRETS": "whsec_x"}
+    env = {
+        **FAKE_AWS,
+        "PAYSTEP_WEBHOOK_SECRETS": "whsec_x",
+        "PAYSTEP_TOKEN_KEYS": new_key(),
+        "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:000000000000:stateMachine:paystep",
+    }
     with podman.container(
         image, ["webhook"], env=env, publish={http_port: 8080, metrics_port: 9090}
     ) as webhook:
@@ -125,6 +131,7 @@ def test_worker_container_says_so_when_its_queue_is_unreachable(podman: Podman, 
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
         "PAYSTEP_QUEUE_URL": f"http://127.0.0.1:{closed}/000000000000/paystep-tasks",
         "PAYSTEP_STRIPE_API_KEY": "sk_test_x",
+        "PAYSTEP_TOKEN_KEYS": new_key(),
         "PAYSTEP_METRICS_PORT": str(metrics_port),
     }
     with podman.container(image, ["worker"], env=env, host_network=True) as worker:
