@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import base64
 import importlib.util
 import json
+import re
 import sys
 from types import ModuleType
 from typing import Any, Final
@@ -12,7 +14,7 @@ from typing import Any, Final
 import pytest
 
 from statemachine import deploy as imperative
-from statemachine import errors
+from statemachine import errors, seal
 from statemachine.asl import load_definition, placeholders
 from tests.deploy.tools import REPO, explain, load_template, require_tool, run
 
@@ -20,6 +22,12 @@ TEMPLATE: Final = REPO / "deploy" / "aws" / "paystep.yaml"
 ASL_FILE: Final = REPO / "statemachine" / "payment.asl.json"
 OVERLAYS: Final = REPO / "deploy" / "k8s" / "overlays"
 SEND_TASK: Final = {"states:SendTaskSuccess", "states:SendTaskFailure", "states:SendTaskHeartbeat"}
+TOKEN_KEYS_RESOURCES: Final = (
+    {"Ref": "TokenKeysSecret"},
+    {"Fn::GetAtt": ["TokenKeysKey", "Arn"]},
+)
+SERVICE_ROLES: Final = ("WorkerRole", "WebhookRole", "ReconcileRole")
+READ_TOKEN_KEYS: Final = {"secretsmanager:GetSecretValue", "kms:Decrypt"}
 BUILD: Final = REPO / "deploy" / "aws" / "build.py"
 
 
@@ -218,35 +226,101 @@ def test_worker_role_only_consumes_its_queue_and_answers_tasks(
         "sqs:ChangeMessageVisibility",
         "sqs:GetQueueAttributes",
         *SEND_TASK,
+        *READ_TOKEN_KEYS,
     }
     for statement in statements(role):
         assert statement["Resource"] in (
             {"Fn::GetAtt": ["TaskQueue", "Arn"]},
             {"Ref": "PaymentStateMachine"},
+            *TOKEN_KEYS_RESOURCES,
         )
 
 
 def test_webhook_role_only_answers_tasks(template: dict[str, Any]) -> None:
     role = template["Resources"]["WebhookRole"]
-    assert actions(role) == {*SEND_TASK, "states:ListStateMachines"}
+    assert actions(role) == {*SEND_TASK, "states:ListStateMachines", *READ_TOKEN_KEYS}
     for statement in statements(role):
         if statement["Action"] == "states:ListStateMachines":
             continue  # readiness probe; the action takes no resource ARN
-        assert statement["Resource"] == {"Ref": "PaymentStateMachine"}
+        assert statement["Resource"] in ({"Ref": "PaymentStateMachine"}, *TOKEN_KEYS_RESOURCES)
 
 
 def test_reconcile_role_only_answers_tasks(template: dict[str, Any]) -> None:
     role = template["Resources"]["ReconcileRole"]
-    assert actions(role) == SEND_TASK
+    assert actions(role) == SEND_TASK | READ_TOKEN_KEYS
     for statement in statements(role):
         assert statement["Effect"] == "Allow"
-        assert statement["Resource"] == {"Ref": "PaymentStateMachine"}
+        assert statement["Resource"] in ({"Ref": "PaymentStateMachine"}, *TOKEN_KEYS_RESOURCES)
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]
     }
 
 
-@pytest.mark.parametrize("role_name", ["WorkerRole", "WebhookRole", "ReconcileRole"])
+def test_token_keys_secret_comes_from_a_no_echo_parameter(template: dict[str, Any]) -> None:
+    [(name, secret)] = resources(template, "AWS::SecretsManager::Secret").items()
+    properties = secret["Properties"]
+    assert properties["SecretString"] == {"Ref": "TokenKeys"}
+    assert template["Parameters"]["TokenKeys"]["NoEcho"] is True
+    assert "Default" not in template["Parameters"]["TokenKeys"]
+    assert properties["KmsKeyId"] == {"Ref": "TokenKeysKey"}
+    assert template["Outputs"]["TokenKeysSecretArn"]["Value"] == {"Ref": name}
+
+
+def test_only_the_service_roles_read_the_token_keys(template: dict[str, Any]) -> None:
+    readers = {
+        name: granted
+        for name, role in resources(template, "AWS::IAM::Role").items()
+        if (granted := {a for a in actions(role) if a.startswith(("secretsmanager:", "kms:"))})
+    }
+    assert readers == {name: READ_TOKEN_KEYS for name in SERVICE_ROLES}
+    for name in SERVICE_ROLES:
+        grants = {
+            statement["Action"]: statement
+            for statement in statements(template["Resources"][name])
+            if isinstance(statement["Action"], str) and statement["Action"] in READ_TOKEN_KEYS
+        }
+        assert grants["secretsmanager:GetSecretValue"]["Resource"] == {"Ref": "TokenKeysSecret"}
+        decrypt = grants["kms:Decrypt"]
+        assert decrypt["Resource"] == {"Fn::GetAtt": ["TokenKeysKey", "Arn"]}
+        # Through Secrets Manager only, never a direct decrypt with the key.
+        assert decrypt["Condition"]["StringEquals"] == {
+            "kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
+        }
+
+
+def test_token_keys_pattern_takes_keygen_output_and_refuses_junk(
+    template: dict[str, Any],
+) -> None:
+    # CloudFormation's AllowedPattern is a Java regex; this one reads the same in Python.
+    pattern = re.compile(template["Parameters"]["TokenKeys"]["AllowedPattern"])
+    longest_kid = "k" * seal.KID_MAX_CHARS
+    accepted = [
+        seal.new_key(),
+        seal.new_key(longest_kid),
+        f"{seal.new_key('k2026b')},{seal.new_key('k2026a')}",
+    ]
+    for value in accepted:
+        assert pattern.fullmatch(value), value
+        seal.TokenKeys.parse(value)  # what the pattern lets through, the services take
+    kid, key = seal.new_key("k1").split(":")
+    refused = [
+        "",
+        "junk",
+        key,  # no kid
+        f":{key}",
+        f"{longest_kid}x:{key}",  # kid too long
+        f"k.1:{key}",  # kid outside A-Z a-z 0-9 _ -
+        f"{kid}:{key[:-4]}",  # 63 bytes, not 64
+        f"{kid}:{base64.b64encode(bytes(seal.KEY_BYTES + 1)).decode()}",
+        f"{kid}:{key.replace('=', '')}",  # padding missing
+        f"{kid}:{key},",  # trailing separator
+        f"{kid}:{key}, {kid}2:{key}",  # space after the comma
+    ]
+    for value in refused:
+        assert not pattern.fullmatch(value), value
+
+
+@pytest.mark.parametrize("role_name", SERVICE_ROLES)
 def test_service_roles_trust_one_service_account(template: dict[str, Any], role_name: str) -> None:
     trust = template["Resources"][role_name]["Properties"]["AssumeRolePolicyDocument"]
     text, variables = trust["Fn::Sub"]
