@@ -172,8 +172,8 @@ def plot_fleet(results: dict[str, Any], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     halved_at = end = 0.0
     for pods, figures in fleets.items():
-        times = [t for t, _ in figures["series"]]
-        ax.plot(times, [r for _, r in figures["series"]], label=f"{pods} worker(s)")
+        times = [t for t, _, _ in figures["series"]]
+        ax.plot(times, [r for _, r, _ in figures["series"]], label=f"{pods} worker(s)")
         halved_at, end = figures["halved_at_s"], max(end, times[-1])
     ax.step(
         [0, halved_at, halved_at, end],

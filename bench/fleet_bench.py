@@ -229,7 +229,7 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
     quantiles = statistics.quantiles(latencies, n=100, method="inclusive")
     all_ok = sum(1 for _, s in creates if s == 200)
     windows_all = _windows(creates, began, drained_at)
-    series = [(round(t - began, 2), created) for t, created, _ in windows_all]
+    series = [(round(t - began, 2), ok_s, round(per * ok_s, 2)) for t, ok_s, per in windows_all]
     return {
         "pods": pods,
         "orders": count,

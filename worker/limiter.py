@@ -8,7 +8,8 @@ same account and none knows how many others there are, so each paces its calls
 (a start every 1/rate seconds) and adjusts the rate from what Stripe answers:
 
 - per window (about a second of calls): if f of the calls started in it were
-  refused, the rate is cut to (1 - f) of itself (at most halved). Each pod then
+  refused, the rate is cut to (1 - f) of the rate it sent at (at most halved;
+  a pod with less work than its rate allows sent below it). Each pod then
   keeps what Stripe let through; together the pods land on the limit in one
   window, however many they are, instead of sawing between it and half of it;
 - a window without 429s while calls were waiting for their turn raises the rate
@@ -76,6 +77,7 @@ class Pacer:
         self._next_at = clock()
         self._epoch = 0
         self._window_at = self._next_at
+        self._started = 0
         self._answered = 0
         self._refused = 0
         self._waited = False
@@ -96,6 +98,7 @@ class Pacer:
         now = self._clock()
         self._close_window(now)
         self._waited = self._waited or waited
+        self._started += 1
         # A start late by timer jitter keeps its slot: the average stays at the rate.
         self._next_at = max(self._next_at, now - 1.0 / self._rate) + 1.0 / self._rate
         return self._epoch
@@ -111,13 +114,16 @@ class Pacer:
             return
         if self._refused:
             share = self._refused / self._answered
-            self._set(self._rate * max(MAX_CUT, 1.0 - share))
+            # A pod with fewer calls than its rate allows is cut from what it sent: the
+            # rate it never used says nothing of what Stripe lets through.
+            sent_per_s = self._started / (now - self._window_at)
+            self._set(min(self._rate, sent_per_s) * max(MAX_CUT, 1.0 - share))
             self.cuts += 1
         elif self._waited:
             self._set(self._rate * (1.0 + self.probe_share) + self.probe_per_s)
         self._epoch += 1
         self._window_at = now
-        self._answered = self._refused = 0
+        self._started = self._answered = self._refused = 0
         self._waited = False
 
     def _set(self, rate: float) -> None:

@@ -56,8 +56,15 @@ def test_a_window_with_a_share_of_429s_cuts_the_rate_by_that_share() -> None:
 def test_a_cut_is_at_most_a_halving() -> None:
     clock = Clock()
     pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=10, refused=10)
+    _window(pacer, clock, sent=20, refused=20)
     assert pacer.rate == pytest.approx(20 * MAX_CUT)
+
+
+def test_a_pod_that_sent_less_than_its_rate_is_cut_from_what_it_sent() -> None:
+    clock = Clock()
+    pacer = Pacer(max_per_s=20, clock=clock)
+    _window(pacer, clock, sent=8, refused=2)
+    assert pacer.rate == pytest.approx(8 * 0.75)
 
 
 def test_429s_of_calls_started_before_a_cut_do_not_cut_again() -> None:
@@ -68,19 +75,19 @@ def test_429s_of_calls_started_before_a_cut_do_not_cut_again() -> None:
         pacer.finish(epoch, refused=True)
     clock.now += pacer.window_s
     pacer.finish(-1, refused=False)
-    assert (pacer.cuts, pacer.rate) == (1, 10)
+    assert (pacer.cuts, pacer.rate) == (1, 5), "10 sent in the window, half refused"
     for epoch in first[5:]:
         pacer.finish(epoch, refused=True)
     clock.now += pacer.window_s
     pacer.finish(pacer.start(waited=True), refused=False)
     assert pacer.cuts == 1, "the late 429s belong to the window already judged"
-    assert pacer.rate > 10
+    assert pacer.rate > 5
 
 
 def test_windows_without_429s_probe_up_only_while_calls_wait_and_never_past_the_maximum() -> None:
     clock = Clock()
     pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=10, refused=5)
+    _window(pacer, clock, sent=20, refused=10)
     assert pacer.rate == pytest.approx(10)
     idle = pacer.start(waited=False)
     clock.now += pacer.window_s
