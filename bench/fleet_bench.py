@@ -67,7 +67,7 @@ class Plan:
 
 
 FULL: Final = Plan(run_s=30, settle_s=5)
-QUICK: Final = Plan(run_s=12, settle_s=3)
+QUICK: Final = Plan(run_s=15, settle_s=5)
 
 
 @contextlib.contextmanager

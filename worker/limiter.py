@@ -13,8 +13,9 @@ same account and none knows how many others there are, so each paces its calls
   keeps what Stripe let through; together the pods land on the limit in one
   window, however many they are, instead of sawing between it and half of it;
 - a window without 429s while calls were waiting for their turn raises the rate
-  a little (`probe_share` of it plus `probe_per_s`): the probe that finds room
-  when a pod leaves or a limit is raised, at under 1 % more a second;
+  a little (`probe_share` of it plus `probe_per_s`), twice as much after every
+  10 such windows in a row: the probe that finds room when a pod leaves or a
+  limit is raised;
 - only answers to calls started in the current window count: the 429s of calls
   sent before a cut say nothing of the rate after it.
 
@@ -44,6 +45,9 @@ WINDOW_S: Final = 1.0
 # which lets a pod that was cut deep catch up with the others.
 PROBE_SHARE: Final = 0.008
 PROBE_PER_S: Final = 0.02
+# Every 10 windows in a row without 429s double the 0.8 %: a fleet cut deep (an outage
+# of 429s, a limit raised) is back at 25/s within about a minute, not several.
+SPEED_UP_EVERY: Final = 10
 MIN_RATE_PER_S: Final = 0.5
 
 
@@ -81,6 +85,7 @@ class Pacer:
         self._answered = 0
         self._refused = 0
         self._waited = False
+        self._clean_windows = 0
         self.cuts = 0
         if on_change is not None:
             on_change(self._rate)
@@ -119,8 +124,11 @@ class Pacer:
             sent_per_s = self._started / (now - self._window_at)
             self._set(min(self._rate, sent_per_s) * max(MAX_CUT, 1.0 - share))
             self.cuts += 1
+            self._clean_windows = 0
         elif self._waited:
-            self._set(self._rate * (1.0 + self.probe_share) + self.probe_per_s)
+            self._clean_windows += 1
+            speed_up = 2 ** (self._clean_windows // SPEED_UP_EVERY)
+            self._set(self._rate * (1.0 + self.probe_share * speed_up) + self.probe_per_s)
         self._epoch += 1
         self._window_at = now
         self._started = self._answered = self._refused = 0
