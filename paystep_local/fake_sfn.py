@@ -22,8 +22,9 @@ import argparse
 import asyncio
 import json
 import signal
-import time
 from typing import Final
+
+from paystep_local.stripe_rate_limits import TokenBucket
 
 OK: Final = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
@@ -44,22 +45,16 @@ THROTTLED: Final = (
 
 
 class Quota:
-    """A token bucket of `rate_per_s`, one second of burst; None: no quota."""
+    """The account's SendTask* bucket (one second of burst); None: no quota."""
 
     def __init__(self, rate_per_s: float | None) -> None:
-        self.rate_per_s = rate_per_s
-        self.tokens = rate_per_s or 0.0
-        self.at = time.monotonic()
+        self.bucket = None if rate_per_s is None else TokenBucket(rate_per_s)
         self.throttled = 0
 
     def take(self) -> bool:
-        if self.rate_per_s is None:
-            return True
-        now = time.monotonic()
-        self.tokens = min(self.rate_per_s, self.tokens + (now - self.at) * self.rate_per_s)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
+        if self.bucket is None or self.bucket.has_token():
+            if self.bucket is not None:
+                self.bucket.take()
             return True
         self.throttled += 1
         return False
