@@ -16,8 +16,20 @@ same account and none knows how many others there are, so each paces its calls
   a little (`probe_share` of it plus `probe_per_s`), twice as much after every
   10 such windows in a row: the probe that finds room when a pod leaves or a
   limit is raised;
+- each 429 of the current window also takes half a call a second off the rate at
+  once (off the rate the pod sends at, once a quarter of the window has shown it):
+  the bucket's one second of burst hides an overshoot until it is spent, and from
+  then every 200 ms of waiting for the window's end costs a fifth of the excess in
+  429s. The window's share cut still settles the rate at its end;
 - only answers to calls started in the current window count: the 429s of calls
   sent before a cut say nothing of the rate after it.
+
+Pods start at the full rate, not with a slow start: Stripe's bucket admits a
+second's worth of calls beyond its rate before the first 429
+(https://docs.stripe.com/rate-limits), so a pod growing by a factor per clean
+window is told of the limit only several windows after passing it, sending up to
+that factor above it; the fleet's first 429s (at most a burst's worth later, at
+the excess the orders bring) are cut at once instead.
 
 There is a pacer for the account and one per endpoint (operation); a call waits
 for both, and a 429 cuts the one its reason header names (`global-*`: the
@@ -48,6 +60,12 @@ PROBE_PER_S: Final = 0.02
 # Every 10 windows in a row without 429s double the 0.8 %: a fleet cut deep (an outage
 # of 429s, a limit raised) is back at 25/s within about a minute, not several.
 SPEED_UP_EVERY: Final = 10
+# Per 429, at once: half a call a second. Summed over the pods it removes the fleet's
+# excess at half the rate 429s come in; the window's share cut does the rest.
+CUT_PER_REFUSAL_PER_S: Final = 0.5
+# The rate a pod sends at is read from a quarter of a window at least: fewer calls
+# say too little of it.
+SENT_RATE_SPAN: Final = 0.25
 MIN_RATE_PER_S: Final = 0.5
 
 
@@ -109,10 +127,19 @@ class Pacer:
         return self._epoch
 
     def finish(self, epoch: int, *, refused: bool) -> None:
+        now = self._clock()
         if epoch == self._epoch:
             self._answered += 1
             self._refused += refused
-        self._close_window(self._clock())
+            if refused:
+                self._cut_now(now)
+        self._close_window(now)
+
+    def _cut_now(self, now: float) -> None:
+        rate, span = self._rate, now - self._window_at
+        if span >= SENT_RATE_SPAN * self.window_s:
+            rate = min(rate, self._started / span)
+        self._set(max(rate * MAX_CUT, rate - CUT_PER_REFUSAL_PER_S / self.window_s))
 
     def _close_window(self, now: float) -> None:
         if now - self._window_at < self.window_s or self._answered == 0:

@@ -8,7 +8,14 @@ import pytest
 import stripe
 
 from paystep_local.stripe_rate_limits import StripeRateLimits
-from worker.limiter import MAX_CUT, UNNAMED_LIMITER, Budget, Pacer, refusal
+from worker.limiter import (
+    CUT_PER_REFUSAL_PER_S,
+    MAX_CUT,
+    UNNAMED_LIMITER,
+    Budget,
+    Pacer,
+    refusal,
+)
 
 CREATE = "payment_intents.create"
 
@@ -25,10 +32,13 @@ class Clock:
 
 
 def _window(pacer: Pacer, clock: Clock, *, sent: int, refused: int) -> None:
-    """One window: `sent` calls started and answered in it, `refused` of them 429."""
+    """One window: `sent` calls started and answered in it, `refused` of them 429.
+
+    The calls start evenly over the window whatever the pace: the window closes once.
+    """
     end = clock.now + pacer.window_s
     for index in range(sent):
-        clock.now += max(pacer.wait(), 0.9 * pacer.window_s / sent)
+        clock.now += 0.9 * pacer.window_s / sent
         pacer.finish(pacer.start(waited=True), refused=index < refused)
     clock.now = max(clock.now, end)
     pacer.finish(-1, refused=False)  # any later answer closes the window
@@ -45,19 +55,40 @@ async def test_calls_start_one_every_1_over_rate_in_order() -> None:
     assert started == [0.0, 0.05, 0.1, 0.15, 0.2]
 
 
-def test_a_window_with_a_share_of_429s_cuts_the_rate_by_that_share() -> None:
+def test_a_window_with_a_share_of_429s_cuts_the_rate_by_at_least_that_share() -> None:
     clock = Clock()
     pacer = Pacer(max_per_s=20, clock=clock)
     _window(pacer, clock, sent=20, refused=5)
-    assert pacer.rate == pytest.approx(15)
+    assert 20 * MAX_CUT < pacer.rate <= 15
     assert pacer.cuts == 1
 
 
-def test_a_cut_is_at_most_a_halving() -> None:
+def test_each_429_takes_half_a_call_a_second_off_at_once() -> None:
+    clock = Clock()
+    pacer = Pacer(max_per_s=20, clock=clock)
+    first = pacer.start(waited=True)
+    clock.now += 0.1
+    pacer.finish(first, refused=True)
+    assert pacer.rate == pytest.approx(20 - CUT_PER_REFUSAL_PER_S), "the window is too young"
+    assert pacer.cuts == 0, "the window's own cut comes at its end"
+
+
+def test_a_429_after_a_quarter_window_cuts_from_the_rate_the_pod_sends_at() -> None:
+    clock = Clock()
+    pacer = Pacer(max_per_s=20, clock=clock)
+    epochs = []
+    for _ in range(5):
+        epochs.append(pacer.start(waited=False))
+        clock.now += 0.1
+    pacer.finish(epochs[0], refused=True)
+    assert pacer.rate == pytest.approx(5 / 0.5 - CUT_PER_REFUSAL_PER_S)
+
+
+def test_a_window_of_nothing_but_429s_cuts_deep_but_not_below_the_minimum() -> None:
     clock = Clock()
     pacer = Pacer(max_per_s=20, clock=clock)
     _window(pacer, clock, sent=20, refused=20)
-    assert pacer.rate == pytest.approx(20 * MAX_CUT)
+    assert pacer.min_per_s <= pacer.rate <= 20 * MAX_CUT
 
 
 def test_a_pod_that_sent_less_than_its_rate_is_cut_from_what_it_sent() -> None:
@@ -88,13 +119,14 @@ def test_windows_without_429s_probe_up_only_while_calls_wait_and_never_past_the_
     clock = Clock()
     pacer = Pacer(max_per_s=20, clock=clock)
     _window(pacer, clock, sent=20, refused=10)
-    assert pacer.rate == pytest.approx(10)
+    cut = pacer.rate
+    assert cut <= 10
     idle = pacer.start(waited=False)
     clock.now += pacer.window_s
     pacer.finish(idle, refused=False)
-    assert pacer.rate == pytest.approx(10), "no call waited: no need for more"
+    assert pacer.rate == pytest.approx(cut), "no call waited: no need for more"
     _window(pacer, clock, sent=10, refused=0)
-    assert pacer.rate == pytest.approx(10 * (1 + pacer.probe_share) + pacer.probe_per_s)
+    assert pacer.rate == pytest.approx(cut * (1 + pacer.probe_share) + pacer.probe_per_s)
     for _ in range(60):
         _window(pacer, clock, sent=10, refused=0)
     assert pacer.rate == 20, "growing faster the longer no 429 came, up to the maximum"
@@ -104,9 +136,10 @@ def test_a_slower_rate_applies_to_the_next_call_already() -> None:
     clock = Clock()
     pacer = Pacer(max_per_s=10, clock=clock)
     _window(pacer, clock, sent=10, refused=5)
+    assert pacer.rate < 10
     clock.now += pacer.wait()
     pacer.start(waited=True)
-    assert pacer.wait() == pytest.approx(1 / 5)
+    assert pacer.wait() == pytest.approx(1 / pacer.rate)
 
 
 def _rate_limit(code: str = "rate_limit", **headers: str) -> stripe.RateLimitError:
@@ -169,4 +202,8 @@ def test_pods_that_never_talk_share_stripes_limit_and_follow_it_when_it_halves(p
     assert refused_per_payment <= 0.02
     rate, refused_per_payment = figures(35, 60)
     assert rate >= 0.95 * 12.5, "back at the halved limit within 5 s"
-    assert refused_per_payment <= 0.03
+    assert refused_per_payment <= 0.02
+    # The first 429s, when the bucket's burst is spent, cut at once: cutting only at the
+    # window's end cost 0.016 / 0.052 / 0.109 429s per payment over this run.
+    _, refused_per_payment = figures(0, 60)
+    assert refused_per_payment <= {1: 0.015, 2: 0.045, 4: 0.095}[pods]
