@@ -3,8 +3,12 @@
 Runs the worker, webhook and pipeline benchmarks one after the other (never side by
 side: they would measure each other), each as its own process writing its own
 results file, then merges them into `bench/results.json`, writes the table
-`bench/results.md` and the plot `bench/throughput.png` (worker throughput against
-tasks in flight, paystep and the naive consumer on the same axes).
+`bench/results.md` and the plots `bench/throughput.png` (worker throughput against
+tasks in flight, paystep and the naive consumer on the same axes) and
+`bench/fleet.png` (the fleets' create rate against Stripe's limit over time).
+
+A fixed calibration workload (`bench/calibration.py`) is measured before and after
+the runs; CPU per task and events/s are also given as multiples of it.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ RUNS: Final = (
     ("bench.worker_bench", HERE / "results-worker.json"),
     ("bench.webhook_bench", HERE / "results-webhook.json"),
     ("bench.pipeline_bench", HERE / "results-pipeline.json"),
+    ("bench.fleet_bench", HERE / "results-fleet.json"),
 )
 STRIPE_LATENCY_S: Final = 0.2
 
@@ -54,6 +59,33 @@ TABLE: Final = (
     ("pipeline_overhead_ms_median", "pipeline overhead, start to SUCCEEDED minus Stripe's and "
      "the webhook delivery's own delays", "end to end on the local stack", "< 100 ms median",
      lambda v, _: v < 100),
+    ("worker_cpu_per_task_calibrated", "worker CPU per task / calibration unit",
+     "same run, bench/calibration.py", "report", None),
+    ("webhook_events_per_s_calibrated", "webhook events/s x calibration unit (s)",
+     "same run, bench/calibration.py", "report", None),
+    ("fleet_share_of_limit_k1", "1 worker: creates/s over the 25/s endpoint limit",
+     "fleet benchmark, settled full-limit phase", ">= 0.95", lambda v, _: v >= 0.95),
+    ("fleet_share_of_limit_k2", "2 workers: creates/s over the limit", "fleet benchmark",
+     ">= 0.95", lambda v, _: v >= 0.95),
+    ("fleet_share_of_limit_k4", "4 workers: creates/s over the limit", "fleet benchmark",
+     ">= 0.95", lambda v, _: v >= 0.95),
+    ("fleet_429_per_payment", "429s per successful payment once settled (worst K)",
+     "fleet benchmark", "<= 0.02", lambda v, _: v <= 0.02),
+    ("fleet_recovery_s", "recovery after the limit halves (worst K)", "fleet benchmark",
+     "<= 10 s", lambda v, _: v is not None and v <= 10),
+    ("fleet_enqueue_to_created_p99_s", "enqueue to PaymentIntent created p99 (worst K)",
+     "fleet benchmark, orders at 1.2x the limit", "report", None),
+    ("fleet_lost", "orders lost / duplicated in the fleet runs", "fleet benchmark", "0",
+     lambda v, r: v == 0 and r.get("fleet_duplicated") == 0),
+    ("webhook_quota_lost_events", "webhook events lost under the SendTask* quota",
+     "webhook benchmark, events at 1.6x the quota, 503s redelivered", "0", lambda v, _: v == 0),
+    ("webhook_quota_503_share", "share of deliveries answered 503 under the quota",
+     "webhook benchmark", "report", None),
+)  # fmt: skip
+
+CALIBRATED: Final = (
+    ("worker_cpu_per_task_calibrated", "worker_cpu_ms_per_task", lambda v, unit_ms: v / unit_ms),
+    ("webhook_events_per_s_calibrated", "webhook_events_per_s", lambda v, ms: v * ms / 1000),
 )  # fmt: skip
 
 
@@ -88,6 +120,9 @@ def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Measured {machine['measured_at']} on {machine['cpu']}, {machine['cores']} cores, "
         f"Python {machine['python']}{' (quick run)' if results['quick'] else ''}.",
+        "",
+        f"Calibration unit (bench/calibration.py): {results['calibration']['calibration_ms']:.3f} "
+        "ms CPU, measured before and after the runs.",
         "",
         "| figure | how | target | measured | met |",
         "| --- | --- | --- | --- | --- |",
@@ -126,11 +161,47 @@ def plot(results: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_fleet(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fleets = results["runs"]["bench.fleet_bench"]["fleet_by_pods"]
+    limit = results["runs"]["bench.fleet_bench"]["fleet_binding_limit_per_s"]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    halved_at = end = 0.0
+    for pods, figures in fleets.items():
+        times = [t + 1.0 for t, _, _ in figures["series"]]  # the middle of each 2 s window
+        ax.plot(times, [r for _, r, _ in figures["series"]], label=f"{pods} worker(s)")
+        halved_at, end = figures["halved_at_s"], max(end, times[-1])
+    run_s = results["runs"]["bench.fleet_bench"]["fleet_run_s"]
+    ax.step(
+        [0, halved_at, run_s, end],
+        [limit, limit / 2, limit, limit],
+        where="post",
+        color="black",
+        linestyle=":",
+        label="endpoint limit (halved; restored once orders stop, to drain)",
+    )
+    ax.set_xlabel("seconds since the first order (rate over 2 s windows)")
+    ax.set_ylabel("PaymentIntents created/s")
+    ax.set_title("A fleet of workers against Stripe's 25/s create limit")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="a reduced run (under a minute)")
     args = parser.parse_args(argv)
+    from bench.calibration import calibrate
+
     results: dict[str, Any] = {"quick": args.quick, "machine": _machine(), "runs": {}}
+    before = calibrate()
     failed = []
     for module, output in RUNS:
         begun = time.monotonic()
@@ -142,14 +213,21 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"][module] = {"seconds": round(time.monotonic() - begun, 1), **figures}
         # The pipeline run's Stripe count is the one on the real stack: it wins.
         results.update({k: v for k, v in figures.items() if k in dict.fromkeys(t[0] for t in TABLE)
-                        or k == "naive_tasks_per_s"})  # fmt: skip
+                        or k in ("naive_tasks_per_s", "fleet_duplicated")})  # fmt: skip
+    after = calibrate()
+    unit_ms = (before["calibration_ms"] + after["calibration_ms"]) / 2
+    results["calibration"] = {"before": before, "after": after, "calibration_ms": unit_ms}
+    for key, source, convert in CALIBRATED:
+        if isinstance(results.get(source), int | float):
+            results[key] = round(convert(results[source], unit_ms), 3)
     (HERE / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
     (HERE / "results.md").write_text(table)
     plot(results, HERE / "throughput.png")
+    plot_fleet(results, HERE / "fleet.png")
     print()
     print(table)
-    print(f"wrote {HERE / 'results.json'}, {HERE / 'results.md'}, {HERE / 'throughput.png'}")
+    print(f"wrote results.json, results.md, throughput.png and fleet.png in {HERE}")
     if failed:
         print(f"benchmarks that reported failures: {failed}", file=sys.stderr)
     return 1 if failed else 0

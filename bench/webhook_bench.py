@@ -14,6 +14,13 @@ way: size check, signature, parse, the event table, SendTask* through aioboto3
   (and its inverse, events per CPU-second, which other load on the machine
   disturbs less than events/s).
 
+- under the SendTask* quota: a second webhook against a fake that throttles at
+  `QUOTA_PER_S` (`--throttle-per-s`), events offered open loop at 1.6 times that
+  for `quota_s`; a delivery answered anything but 200 is sent again a second
+  later, as Stripe redelivers (over hours; here compressed), until a deadline.
+  Lost events: those never answered 200; the 503 share: non-200 answers over
+  all deliveries.
+
 The mix is 80 % `payment_intent.succeeded`, 10 % `payment_intent.processing`
 (heartbeats) and 10 % `charge.succeeded` (verified, then ignored).
 
@@ -51,6 +58,10 @@ from statemachine.seal import Binding, TokenKeys, new_key
 RESULTS: Final = Path(__file__).with_name("results-webhook.json")
 SECRET: Final = "whsec_" + "be" * 16
 FIXED_RATE_PER_S: Final = 200
+QUOTA_PER_S: Final = 200
+QUOTA_OVERLOAD: Final = 1.6
+REDELIVER_S: Final = 1.0
+REDELIVERY_DEADLINE_S: Final = 120.0
 DISTINCT_EVENTS: Final = 2000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 TOKEN_KEYS: Final = new_key("bench")
@@ -63,10 +74,11 @@ class Plan:
     throughput_s: float
     latency_s: float
     concurrency: int
+    quota_s: float
 
 
-FULL: Final = Plan(warmup_s=3, throughput_s=20, latency_s=30, concurrency=32)
-QUICK: Final = Plan(warmup_s=1, throughput_s=5, latency_s=8, concurrency=32)
+FULL: Final = Plan(warmup_s=3, throughput_s=20, latency_s=30, concurrency=32, quota_s=30)
+QUICK: Final = Plan(warmup_s=1, throughput_s=5, latency_s=8, concurrency=32, quota_s=8)
 
 
 # -- events ------------------------------------------------------------------------------
@@ -158,7 +170,9 @@ class Processes:
             proc.wait(15)
 
 
-def start(workdir: Path, webhook_core: int, load_cores: set[int]) -> Processes:
+def start(
+    workdir: Path, webhook_core: int, load_cores: set[int], throttle_per_s: float | None = None
+) -> Processes:
     fake_port, port = free_port(), free_port()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PAYSTEP_"))},
@@ -173,8 +187,9 @@ def start(workdir: Path, webhook_core: int, load_cores: set[int]) -> Processes:
         "PAYSTEP_METRICS_PORT": str(free_port()),
         "PAYSTEP_LOG_FORMAT": "json",
     }
+    throttle = [] if throttle_per_s is None else ["--throttle-per-s", str(throttle_per_s)]
     fake = subprocess.Popen(
-        [sys.executable, "-m", "paystep_local.fake_sfn", "--port", str(fake_port)],
+        [sys.executable, "-m", "paystep_local.fake_sfn", "--port", str(fake_port), *throttle],
         env=env,
         preexec_fn=lambda: os.sched_setaffinity(0, load_cores),
     )
@@ -246,6 +261,51 @@ async def open_loop(
     return latencies_s, failed
 
 
+async def under_quota(procs: Processes, plan: Plan) -> dict[str, Any]:
+    """Events at 1.6x the quota, each redelivered until answered 200 or the deadline."""
+    rate = QUOTA_PER_S * QUOTA_OVERLOAD
+    bodies = [_event(i) for i in range(int(plan.quota_s * rate))]
+    attempts = refused = 0
+    delivered_after_s: list[float] = []
+    connector = aiohttp.TCPConnector(limit=512)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        first = time.perf_counter() + 0.05
+        deadline = first + plan.quota_s + REDELIVERY_DEADLINE_S
+
+        async def until_delivered(scheduled: float, body: bytes) -> None:
+            nonlocal attempts, refused
+            while time.perf_counter() < deadline:
+                attempts += 1
+                try:
+                    if await _deliver(session, procs.url, body):
+                        delivered_after_s.append(time.perf_counter() - scheduled)
+                        return
+                except aiohttp.ClientError:
+                    pass
+                refused += 1
+                await asyncio.sleep(REDELIVER_S)
+
+        tasks = []
+        for index, body in enumerate(bodies):
+            scheduled = first + index / rate
+            pause = scheduled - time.perf_counter()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            tasks.append(asyncio.create_task(until_delivered(scheduled, body)))
+        await asyncio.gather(*tasks)
+    return {
+        "webhook_quota_per_s": QUOTA_PER_S,
+        "webhook_quota_offered_per_s": rate,
+        "webhook_quota_events": len(bodies),
+        "webhook_quota_lost_events": len(bodies) - len(delivered_after_s),
+        "webhook_quota_503_share": round(refused / max(attempts, 1), 3),
+        "webhook_quota_deliveries_per_event": round(attempts / max(len(bodies), 1), 3),
+        "webhook_quota_delivered_p99_s": round(
+            statistics.quantiles(delivered_after_s, n=100, method="inclusive")[98], 2
+        ),
+    }
+
+
 async def measure(procs: Processes, plan: Plan) -> dict[str, Any]:
     bodies = cycle([_event(i) for i in range(DISTINCT_EVENTS)])
     connector = aiohttp.TCPConnector(limit=plan.concurrency * 2)
@@ -311,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             procs.stop()
         delivered = procs.log_path.read_text().count('"event": "webhook.callback_delivered"')
+        (Path(workdir) / "quota").mkdir()
+        quota = start(Path(workdir) / "quota", webhook_core, load_cores, QUOTA_PER_S)
+        try:
+            results.update(asyncio.run(under_quota(quota, plan)))
+        finally:
+            quota.stop()
     results.update(
         quick=args.quick,
         cores=len(cores),

@@ -54,6 +54,7 @@ RESULTS: Final = Path(__file__).with_name("results-worker.json")
 STRIPE_LATENCY_S: Final = 0.2
 LEVELS: Final = (16, 64, 256)
 HEADLINE_LEVEL: Final = 64
+UNLIMITED_PER_S: Final = 100_000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 ROOT: Final = Path(__file__).resolve().parent.parent
 
@@ -233,6 +234,10 @@ def _measure_worker(stack: Stack, in_flight: int, plan: Plan) -> dict[str, float
         PAYSTEP_STRIPE_API_KEY="sk_test_bench",
         PAYSTEP_STRIPE_API_BASE=stack.stripe_url,
         PAYSTEP_WORKER_CONCURRENCY=str(in_flight),
+        # The worker's own capacity: a Stripe account whose limits are far above it
+        # (bench/fleet_bench.py measures the fleet at Stripe's real limits).
+        PAYSTEP_WORKER_STRIPE_ACCOUNT_RATE_PER_S=str(UNLIMITED_PER_S),
+        PAYSTEP_WORKER_STRIPE_ENDPOINT_RATE_PER_S=str(UNLIMITED_PER_S),
         PAYSTEP_METRICS_PORT=str(metrics_port),
         PAYSTEP_METRICS_HOST="127.0.0.1",
     )

@@ -6,15 +6,25 @@ each request with `{}` and costs a few microseconds per call, so the service
 under test is what gets measured. Tokens starting with `closed-` answer
 `TaskTimedOut`, as a duplicate event would meet.
 
-    python paystep_local/fake_sfn.py --port 9999
+With `--throttle-per-s R` it plays the account's SendTask* quota, shared by every
+caller: a token bucket of R a second (burst of one second) and, beyond it,
+`ThrottlingException` as Step Functions answers
+(https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html:
+SendTaskSuccess/Failure/Heartbeat refill 500/s in the large regions, 300/s in
+others). It prints the calls it answered and throttled on SIGTERM.
+
+    python paystep_local/fake_sfn.py --port 9999 [--throttle-per-s 200]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import signal
 from typing import Final
+
+from paystep_local.stripe_rate_limits import TokenBucket
 
 OK: Final = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/x-amz-json-1.0\r\n"
@@ -26,10 +36,33 @@ CLOSED: Final = (
     b"x-amzn-RequestId: fake\r\nContent-Length: " + str(len(_CLOSED_BODY)).encode() + b"\r\n\r\n"
     + _CLOSED_BODY
 )  # fmt: skip
+_THROTTLED_BODY: Final = b'{"__type":"ThrottlingException","message":"Rate exceeded"}'
+THROTTLED: Final = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/x-amz-json-1.0\r\n"
+    b"x-amzn-RequestId: fake\r\nContent-Length: " + str(len(_THROTTLED_BODY)).encode()
+    + b"\r\n\r\n" + _THROTTLED_BODY
+)  # fmt: skip
+
+
+class Quota:
+    """The account's SendTask* bucket (one second of burst); None: no quota."""
+
+    def __init__(self, rate_per_s: float | None) -> None:
+        self.bucket = None if rate_per_s is None else TokenBucket(rate_per_s)
+        self.throttled = 0
+
+    def take(self) -> bool:
+        if self.bucket is None or self.bucket.has_token():
+            if self.bucket is not None:
+                self.bucket.take()
+            return True
+        self.throttled += 1
+        return False
 
 
 class FakeStepFunctions(asyncio.Protocol):
     calls = 0
+    quota = Quota(None)
 
     def __init__(self) -> None:
         self._buffer = bytearray()
@@ -54,8 +87,11 @@ class FakeStepFunctions(asyncio.Protocol):
                 return
             body = bytes(self._buffer[end + 4 : end + 4 + length])
             del self._buffer[: end + 4 + length]
-            FakeStepFunctions.calls += 1
             assert self._transport is not None
+            if not FakeStepFunctions.quota.take():
+                self._transport.write(THROTTLED)
+                continue
+            FakeStepFunctions.calls += 1
             self._transport.write(CLOSED if b'"taskToken": "closed-' in body else OK)
 
 
@@ -67,13 +103,17 @@ async def serve(host: str, port: int) -> None:
         loop.add_signal_handler(signum, stop.set)
     async with server:
         await stop.wait()
+    counts = {"answered": FakeStepFunctions.calls, "throttled": FakeStepFunctions.quota.throttled}
+    print(json.dumps(counts), flush=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--throttle-per-s", type=float, help="the SendTask* quota, calls/s")
     args = parser.parse_args()
+    FakeStepFunctions.quota = Quota(args.throttle_per_s)
     asyncio.run(serve(args.host, args.port))
 
 

@@ -17,6 +17,7 @@ or as a process (other suites, benchmarks):
 
     python -m paystep_local.fake_stripe --port 12111 [--latency-s 0.2] [--jitter-s 0.05]
         [--rate-limit-per-s 25] [--same-key-in-flight conflict|wait]
+        [--global-rate-per-s 100] [--endpoint-rate-per-s 25]   # paystep_local.stripe_rate_limits
 
 It prints `listening on http://127.0.0.1:PORT` once it serves.
 
@@ -113,6 +114,7 @@ from paystep_local.idempotency import (
     Reply,
     SameKeyInFlight,
 )
+from paystep_local.stripe_rate_limits import StripeRateLimits
 from paystep_local.stripe_rules import StripeFailure, check_metadata, decode_form, invalid
 
 FaultKind = Literal["error", "drop", "hold"]
@@ -175,9 +177,12 @@ class FakeStripe:
         jitter_s: float = 0.0,
         rate_limit_per_s: float | None = None,
         same_key_in_flight: SameKeyInFlight = "conflict",
+        rate_limits: StripeRateLimits | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
+        # Stripe's account-wide and per-endpoint limiters, refusing before the app runs.
+        self.rate_limits = rate_limits or StripeRateLimits()
         self.latency_s = latency_s
         self.jitter_s = jitter_s
         self.rate_limit_per_s = rate_limit_per_s
@@ -388,6 +393,7 @@ class FakeStripe:
         app.router.add_post("/_fake/faults", self._control_faults)
         app.router.add_post("/_fake/forget_idempotency_keys", self._control_forget)
         app.router.add_post("/_fake/reset", self._control_reset)
+        self.rate_limits.install(app, delay=self._latency)
         return app
 
     def _api(
@@ -935,9 +941,11 @@ def main(argv: list[str] | None = None) -> None:
     options.add_argument("--jitter-s", type=float, default=0.0)
     options.add_argument("--rate-limit-per-s", type=float)
     options.add_argument("--same-key-in-flight", choices=["conflict", "wait"], default="conflict")
+    StripeRateLimits.add_arguments(options)
     # Each option is named as the constructor's keyword it sets.
     settings = vars(options.parse_args(argv))
-    serve.serve_forever(lambda: FakeStripe(**settings))
+    limits = StripeRateLimits.from_arguments(settings)
+    serve.serve_forever(lambda: FakeStripe(rate_limits=limits, **settings))
 
 
 if __name__ == "__main__":

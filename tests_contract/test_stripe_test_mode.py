@@ -24,7 +24,7 @@ from statemachine.seal import TokenKeys, new_key
 from webhook.events import PaymentIntentSnapshot, parse_event
 from webhook.reconcile import list_events
 from worker.handlers import payment_intent_params, payment_metadata
-from worker.limiter import AdaptiveLimit
+from worker.limiter import Budget
 from worker.metrics import Metrics
 from worker.stripe_api import StripeApi
 
@@ -55,7 +55,7 @@ KEYS = TokenKeys.parse(new_key())
 
 
 def _api(client: stripe.StripeClient) -> StripeApi:
-    return StripeApi(client, AdaptiveLimit(maximum=4), Metrics())
+    return StripeApi(client, Budget(account_per_s=25, endpoint_per_s=25), Metrics())
 
 
 async def _create(api: StripeApi, task: CreatePaymentTask) -> stripe.PaymentIntent:

@@ -6,7 +6,7 @@ One module per concept:
 - `queue`: SQS receive, and deletes / visibility changes sent in batches.
 - `leases`: the messages this process holds, and when their visibility needs extending.
 - `messages`: the task message decoded at the edge; a poison message is an exception.
-- `limiter`: the adaptive (AIMD) limit on Stripe calls in flight.
+- `limiter`: the pace of Stripe calls, found from Stripe's 429s (no coordinator).
 - `stripe_api`: the Stripe calls the worker makes, through the limit, timed.
 - `handlers`: create, cancel and refund a payment.
 - `classify`: the one place deciding retry, fail or dead-letter for an exception.

@@ -27,7 +27,7 @@ from statemachine.callbacks import Callbacks
 from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.handlers import Handlers
-from worker.limiter import AdaptiveLimit
+from worker.limiter import Budget
 from worker.metrics import Metrics
 from worker.queue import TaskQueue
 from worker.settings import WorkerSettings
@@ -77,10 +77,11 @@ async def run(settings: WorkerSettings) -> int:
             )
         )
         client = stripe_client(settings, STRIPE_WORKER, session=http)
-        limit = AdaptiveLimit(
-            maximum=settings.worker_concurrency,
-            minimum=min(settings.worker_stripe_min_in_flight, settings.worker_concurrency),
-            on_change=metrics.stripe_limit.set,
+        limit = Budget(
+            account_per_s=settings.worker_stripe_account_rate_per_s * settings.worker_stripe_share,
+            endpoint_per_s=settings.worker_stripe_endpoint_rate_per_s
+            * settings.worker_stripe_share,
+            on_change=lambda limiter, rate: metrics.stripe_rate.labels(limiter).set(rate),
         )
         callbacks = Callbacks(sfn)
         queue = TaskQueue(

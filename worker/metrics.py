@@ -27,9 +27,10 @@ class Metrics:
             buckets=STRIPE_LATENCY_BUCKETS_S,
             registry=r,
         )
-        self.stripe_limit = Gauge(
-            "paystep_worker_stripe_limit",
-            "Adaptive limit on Stripe calls in flight (cut on 429, grows back on success).",
+        self.stripe_rate = Gauge(
+            "paystep_worker_stripe_rate_per_s",
+            "Paced rate of Stripe calls, by limiter (the account, or an operation).",
+            ["limiter"],
             registry=r,
         )
         self.stripe_throttled = Counter(

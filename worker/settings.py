@@ -40,7 +40,12 @@ class WorkerSettings(StripeSettings, TokenKeySettings):
     worker_idempotency_horizon_s: float = Field(default=IDEMPOTENCY_HORIZON_S, ge=0)
     # Deletes and visibility changes wait this long for a batch of 10 to fill up.
     worker_batch_delay_s: float = Field(default=0.2, ge=0, le=5)
-    worker_stripe_min_in_flight: int = Field(default=1, ge=1)
+    # What Stripe lets the account do (https://docs.stripe.com/rate-limits: 100 requests/s
+    # in live mode, 25 in a sandbox; 25/s per endpoint) and the share of it this deployment
+    # may take; every pod paces its calls within share * limit and finds its part by probing.
+    worker_stripe_account_rate_per_s: float = Field(default=100.0, gt=0)
+    worker_stripe_endpoint_rate_per_s: float = Field(default=25.0, gt=0)
+    worker_stripe_share: float = Field(default=1.0, gt=0, le=1)
 
     @property
     def livemode(self) -> bool:

@@ -1,7 +1,7 @@
-"""The Stripe calls the worker makes, each through the adaptive limit and timed.
+"""The Stripe calls the worker makes, each paced by the budget and timed.
 
 An injected `stripe.StripeClient` (never the global `stripe.api_key`); errors pass
-through untouched for `classify` to judge, except that a 429 also cuts the limit.
+through untouched for `classify` to judge, except that a 429 also slows the pace.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Final, TypeVar
 import stripe
 
 from statemachine.metadata import attempt_query
-from worker.limiter import AdaptiveLimit
+from worker.limiter import Budget, refusal
 from worker.metrics import Metrics
 
 T = TypeVar("T")
@@ -23,7 +23,7 @@ SEARCH_LIMIT: Final = 100
 
 
 class StripeApi:
-    def __init__(self, client: stripe.StripeClient, limit: AdaptiveLimit, metrics: Metrics) -> None:
+    def __init__(self, client: stripe.StripeClient, limit: Budget, metrics: Metrics) -> None:
         self._client = client
         self._limit = limit
         self._metrics = metrics
@@ -81,22 +81,24 @@ class StripeApi:
         )
 
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
-        epoch = await self._limit.acquire()
+        ticket = await self._limit.acquire(operation)
         started = time.perf_counter()
         result = "error"
+        refused_by = None
         try:
             value = await call()
             result = "ok"
             return value
-        except stripe.RateLimitError:
+        except stripe.RateLimitError as exc:
             result = "throttled"
+            refused_by = refusal(exc)
             self._metrics.stripe_throttled.inc()
             raise
         except stripe.StripeError as exc:
             result = str(exc.http_status or "connection")
             raise
         finally:
-            self._limit.release(epoch, throttled=result == "throttled")
+            self._limit.release(ticket, refused_by=refused_by)
             self._metrics.stripe_seconds.labels(operation, result).observe(
                 time.perf_counter() - started
             )

@@ -81,7 +81,8 @@ def test_a_429_storm_slows_the_worker_and_every_task_gets_done(
     assert statuses(sfn, arns) == {"RUNNING"}, "none failed: all wait for the webhook"
     figures = scrape(worker.urls["metrics"])
     assert metric(figures, "paystep_worker_stripe_throttled_total") > 0
-    assert metric(figures, "paystep_worker_stripe_limit") < 64, "the limit was cut"
+    rate = metric(figures, "paystep_worker_stripe_rate_per_s", limiter="payment_intents.create")
+    assert rate < 25, "the pace was cut"
     for outcome in ("declined", "rejected", "invalid_input", "failed", "poison"):
         # Counted per outcome once one happens: none happened, so no series exists yet.
         assert metric(figures, "paystep_worker_tasks_total", outcome=outcome, default=0) == 0
