@@ -43,12 +43,13 @@ import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from paystep_local.polling import eventually
 from paystep_local.processes import free_port, wait_http
+from statemachine.seal import new_key
 
 RESULTS: Final = Path(__file__).with_name("results-worker.json")
 STRIPE_LATENCY_S: Final = 0.2
@@ -135,6 +136,7 @@ class Stack:
     sqs_url: str
     workdir: Path
     worker_cores: set[int]
+    token_keys: str = field(default_factory=new_key, repr=False)
 
     def aws_env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "PAYSTEP_"))}
@@ -146,6 +148,7 @@ class Stack:
             # Never called by card payments; set so nothing reaches a real endpoint.
             AWS_ENDPOINT_URL_SFN=self.sqs_url,
             PYTHONPATH=str(ROOT),
+            PAYSTEP_TOKEN_KEYS=self.token_keys,
         )
         return env
 
