@@ -15,6 +15,7 @@ CANCELED: Final = "Payment.Canceled"
 TIMED_OUT: Final = "Payment.TimedOut"
 UNFULFILLABLE: Final = "Order.Unfulfillable"
 REFUND_FAILED: Final = "Payment.RefundFailed"
+MISMATCH: Final = "Payment.Mismatch"
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,12 @@ ERRORS: Final = (
         UNFULFILLABLE,
         "the payment succeeded but fulfilment failed (out of stock, order already paid); "
         "it was refunded",
+    ),
+    ContractError(
+        MISMATCH,
+        "the payment does not match the order (not captured, or another amount received or "
+        "currency than the order's); it was refunded",
+        alert=True,
     ),
     ContractError(
         REFUND_FAILED,

@@ -3,7 +3,8 @@
 - `PaymentRequest`: the execution input, the JSON a caller passes to StartExecution
   (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html).
 - `CreatePaymentTask`, `CancelPaymentTask`, `RefundPaymentTask`: the SQS task
-  messages the state machine sends, a union discriminated by `type`.
+  messages the state machine sends, and `CheckPaymentTask`, the one the webhook and
+  reconcile send about a payment whose task was closed: a union discriminated by `type`.
 - `PaymentOutcome`, `CancelOutcome`, `RefundOutcome`: what the services send back
   with SendTaskSuccess.
 """
@@ -68,6 +69,10 @@ def _idempotency_key(*parts: str) -> str:
     # Stripe keys are at most 255 characters; execution ARNs can come close on their own.
     digest = hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
     return f"paystep-{parts[0]}-{digest[:40]}"
+
+
+def _cancel_idempotency_key(execution_id: str, payment_intent_id: str) -> str:
+    return _idempotency_key("cancel", execution_id, payment_intent_id)
 
 
 class Frozen(BaseModel):
@@ -146,6 +151,17 @@ class PaymentRequest(Frozen):
         return self
 
 
+class PreviousDecline(BaseModel):
+    """The cause of the attempt before this one, when it was declined (`causes.declined`).
+
+    Read loosely: the cause's other fields (codes, message, event) are not the worker's.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    payment_intent_id: PaymentIntentId | None = None
+
+
 class CreatePaymentTask(Frozen):
     """Create (and, with a payment method, confirm) the PaymentIntent of one attempt.
 
@@ -160,6 +176,8 @@ class CreatePaymentTask(Frozen):
     state: str = Field(min_length=1, max_length=80)
     attempt: StrictInt = Field(ge=1)
     request: JsonValue
+    # Empty on the first attempt (and in messages sent before the field existed).
+    previous_decline: PreviousDecline = PreviousDecline()
 
     def payment_request(self) -> PaymentRequest:
         """The validated request; raises `ValidationError` naming the field."""
@@ -169,6 +187,10 @@ class CreatePaymentTask(Frozen):
     def idempotency_key(self) -> str:
         """Same task, same key: redeliveries and racing workers create one PaymentIntent."""
         return _idempotency_key("create", self.execution_id, self.state, str(self.attempt))
+
+    def cancel_idempotency_key(self, payment_intent_id: str) -> str:
+        """The cancel task's key: one cancel per PaymentIntent of the execution."""
+        return _cancel_idempotency_key(self.execution_id, payment_intent_id)
 
 
 class CancelPaymentTask(Frozen):
@@ -181,7 +203,7 @@ class CancelPaymentTask(Frozen):
 
     def idempotency_key(self, payment_intent_id: str) -> str:
         """One cancel per PaymentIntent of this execution, however often the task runs."""
-        return _idempotency_key("cancel", self.execution_id, payment_intent_id)
+        return _cancel_idempotency_key(self.execution_id, payment_intent_id)
 
 
 class RefundPaymentTask(Frozen):
@@ -200,8 +222,33 @@ class RefundPaymentTask(Frozen):
         return _idempotency_key("refund", self.payment_intent_id)
 
 
+class CheckPaymentTask(Frozen):
+    """A payment succeeded after its task had closed: keep it, or refund it as an orphan.
+
+    Sent by the webhook and reconcile (no task token: nothing waits for it). The ids
+    come from the PaymentIntent's metadata; the worker reads the rest from Stripe and
+    the execution from Step Functions.
+    """
+
+    type: Literal["check_payment"]
+    execution_id: ExecutionId
+    payment_intent_id: PaymentIntentId
+    order_id: OrderId | None = None
+    attempt: StrictInt | None = Field(default=None, ge=1)
+    event_id: str | None = Field(default=None, max_length=255)
+
+    @property
+    def refund_idempotency_key(self) -> str:
+        """The key of `RefundPaymentTask`: one refund per PaymentIntent, whoever asks."""
+        return _idempotency_key("refund", self.payment_intent_id)
+
+
+WaitingTask = CreatePaymentTask | CancelPaymentTask | RefundPaymentTask
+"""A task an execution waits for: it carries the token that resumes it."""
+
 Task = Annotated[
-    CreatePaymentTask | CancelPaymentTask | RefundPaymentTask, Field(discriminator="type")
+    CreatePaymentTask | CancelPaymentTask | RefundPaymentTask | CheckPaymentTask,
+    Field(discriminator="type"),
 ]
 TASK_ADAPTER: Final[TypeAdapter[Task]] = TypeAdapter(Task)
 
@@ -210,7 +257,8 @@ class PaymentOutcome(Frozen):
     """SendTaskSuccess output of the payment wait (the `payment` of the execution output)."""
 
     payment_intent_id: PaymentIntentId
-    status: Literal["succeeded", "requires_capture"]
+    # Only captured money is paid: an authorisation (`requires_capture`) is not.
+    status: Literal["succeeded"]
     amount_received: StrictInt = Field(ge=0)
     currency: CurrencyCode
     latest_charge: str | None = None

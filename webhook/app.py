@@ -7,7 +7,8 @@ handled or deliberately ignored (whatever its metadata holds: a token damaged,
 sealed for another PaymentIntent or under an unknown key, an execution of another
 state machine); 4xx for what no retry can fix; 503 only when Step Functions did
 not take the callback and a redelivery can. That includes `AccessDenied` on our
-own state machine: a wrong IAM policy must not acknowledge events and drop them.
+own state machine: a wrong IAM policy must not acknowledge events and drop them;
+and a payment to check (its task closed) that could not be queued.
 https://docs.stripe.com/webhooks#handle-events
 """
 
@@ -26,6 +27,7 @@ from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import CALLBACKS_WEBHOOK
 from statemachine.callbacks import CallbackError, Callbacks
 from webhook import signature
+from webhook.checks import CheckError, QueueChecks
 from webhook.events import MalformedEvent, StripeEvent, parse_event
 from webhook.mapping import IgnoreReason, Result, TokenReader, handle_event
 from webhook.metrics import WebhookMetrics
@@ -39,6 +41,7 @@ METRICS: Final = web.AppKey("metrics", WebhookMetrics)
 CALLBACKS: Final = web.AppKey("callbacks", Callbacks)
 READINESS: Final = web.AppKey("readiness", Readiness)
 READER: Final = web.AppKey("reader", TokenReader)
+CHECKS: Final = web.AppKey("checks", QueueChecks)
 
 log = structlog.get_logger("webhook.app")
 
@@ -47,14 +50,15 @@ def create_app(
     settings: WebhookSettings,
     *,
     sfn_client: Any | None = None,
+    sqs_client: Any | None = None,
     metrics: WebhookMetrics | None = None,
 ) -> web.Application:
-    """The webhook app; `sfn_client` (an aioboto3 `stepfunctions` client) is opened here if None."""
+    """The webhook app; the aioboto3 `stepfunctions` and `sqs` clients are opened if None."""
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or WebhookMetrics.create()
     app[READER] = TokenReader.from_settings(settings)
-    app.cleanup_ctx.append(_step_functions(sfn_client))
+    app.cleanup_ctx.append(_aws_clients(sfn_client, sqs_client))
     app.router.add_post(WEBHOOK_PATH, receive_event)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -73,19 +77,25 @@ def sfn_config(settings: WebhookSettings) -> AioConfig:
     )
 
 
-def _step_functions(
-    injected: Any | None,
+def _aws_clients(
+    sfn_client: Any | None, sqs_client: Any | None
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         async with contextlib.AsyncExitStack() as stack:
-            sfn = injected
+            sfn, sqs = sfn_client, sqs_client
             if sfn is None:
                 sfn = await stack.enter_async_context(
                     aws_session().client("stepfunctions", config=sfn_config(settings))
                 )
+            if sqs is None:
+                # Same profile as the callbacks: a check is sent while Stripe waits.
+                sqs = await stack.enter_async_context(
+                    aws_session().client("sqs", config=sfn_config(settings))
+                )
             app[CALLBACKS] = Callbacks(sfn)
+            app[CHECKS] = QueueChecks(sqs, settings.queue_url)
             app[READINESS] = Readiness(sfn, settings.webhook_ready_cache_s)
             yield
 
@@ -145,7 +155,7 @@ async def receive_event(request: web.Request) -> web.Response:
 async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
     metrics = app[METRICS]
     try:
-        outcome = await handle_event(event, app[CALLBACKS], app[READER])
+        outcome = await handle_event(event, app[CALLBACKS], app[READER], app[CHECKS])
     except MalformedEvent as exc:
         metrics.count_event(event.type, "malformed")
         log.warning(
@@ -158,6 +168,11 @@ async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
     except CallbackError as exc:
         metrics.count_event(event.type, "callback_failed")
         return _error(503, "throttled" if exc.throttled else "step_functions_unavailable")
+    except CheckError as exc:
+        # The payment must reach the worker to be kept or refunded: Stripe sends it again.
+        metrics.count_event(event.type, "check_failed")
+        log.warning("webhook.payment_check_failed", event_id=event.id, error=str(exc)[:300])
+        return _error(503, "queue_unavailable")
 
     metrics.count_event(event.type, outcome.result)
     if outcome.action is not None and outcome.callback_s is not None:
@@ -168,9 +183,13 @@ async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
         metrics.ignored.labels(outcome.reason).inc()
     if outcome.reason is IgnoreReason.MISMATCH:
         metrics.mismatches.inc()
+    if outcome.checked:
+        metrics.payment_checks.inc()
     answer: dict[str, str] = {"outcome": outcome.result}
     if outcome.action is not None:
         answer["action"] = outcome.action
+    if outcome.checked:
+        answer["check"] = "queued"
     if outcome.reason is not None:
         answer["reason"] = outcome.reason
     return web.json_response(answer)

@@ -1,7 +1,7 @@
 """Stripe event → Step Functions callback: the one table both the webhook and reconciliation use.
 
 `plan(event, reader)` is the pure part: which callback an event asks for and with
-which token. `handle_event(event, callbacks, reader)` carries it out. The token
+which token. `handle_event(event, callbacks, reader, checks)` carries it out. The token
 always comes from the event's own PaymentIntent snapshot, never from a fresh
 fetch, so an old event can only act on the token of its own attempt; if that
 task is closed by now, Step Functions says so and nothing changes.
@@ -29,8 +29,9 @@ from pydantic import ValidationError
 from paystep_common.logging import token_hash
 from statemachine import causes, metadata
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
-from statemachine.models import PaymentOutcome, describe_validation_error
+from statemachine.models import CheckPaymentTask, PaymentOutcome, describe_validation_error
 from statemachine.seal import Damaged, Mismatch, TokenKeys, UnknownKey
+from webhook.checks import PaymentChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
 from webhook.settings import EventSettings
 
@@ -146,17 +147,15 @@ class EventOutcome:
     action: str | None = None
     reason: IgnoreReason | None = None
     callback_s: float | None = None
+    checked: bool = False
+    """A success met a closed task: the payment was handed to the worker to keep or refund."""
 
 
 def _succeeded(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
     # Stripe always reports amount_received; the local emulator leaves it out,
     # and a succeeded PaymentIntent received its whole amount.
     received = pi.amount if pi.amount_received is None else pi.amount_received
-    return Succeed(_outcome(event, pi, "succeeded", received))
-
-
-def _capturable(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
-    return Succeed(_outcome(event, pi, "requires_capture", pi.amount_received or 0))
+    return Succeed(_outcome(event, pi, received))
 
 
 def _payment_failed(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
@@ -177,7 +176,9 @@ EVENT_TABLE: Final[Mapping[str, Callable[[StripeEvent, PaymentIntentSnapshot], C
     "payment_intent.canceled": _canceled,
     "payment_intent.processing": _heartbeat,
     "payment_intent.requires_action": _heartbeat,
-    "payment_intent.amount_capturable_updated": _capturable,
+    # An authorisation is not a payment (only captured money is paid): the payment is
+    # under way, as for a customer still authenticating.
+    "payment_intent.amount_capturable_updated": _heartbeat,
 }
 """Event types that resume (or keep alive) an execution; every other type is ignored."""
 
@@ -201,11 +202,13 @@ async def handle_event(
     event: StripeEvent | Mapping[str, Any] | stripe.StripeObject,
     callbacks: Callbacks,
     reader: TokenReader,
+    checks: PaymentChecks,
 ) -> EventOutcome:
-    """Carry out what `event` asks for: one callback at most.
+    """Carry out what `event` asks for: one callback at most, and a check of a closed success.
 
-    Raises `MalformedEvent` for an event that cannot be read, and `CallbackError`
-    when Step Functions did not take the callback (retrying later may help).
+    Raises `MalformedEvent` for an event that cannot be read, `CallbackError` when
+    Step Functions did not take the callback and `CheckError` when a check could not
+    be queued (retrying later may help, for both).
     """
     if not isinstance(event, StripeEvent):
         event = parse_event(event)
@@ -246,7 +249,34 @@ async def handle_event(
     elapsed_s = time.perf_counter() - started
     outcome = Result(result.value)
     bound.info(f"webhook.callback_{outcome}", callback_s=round(elapsed_s, 4))
-    return EventOutcome(outcome, action=callback.action, callback_s=elapsed_s)
+    checked = False
+    if outcome is Result.ALREADY_CLOSED and isinstance(callback, Succeed):
+        task = check_task(decision.payment_intent, event.id)
+        if task is not None:
+            await checks.check(task)
+            bound.info("webhook.payment_check_queued")
+            checked = True
+    return EventOutcome(outcome, action=callback.action, callback_s=elapsed_s, checked=checked)
+
+
+def check_task(pi: PaymentIntentSnapshot, event_id: str) -> CheckPaymentTask | None:
+    """The check of a payment whose task was closed; None without an execution to ask."""
+    execution = pi.metadata.get(metadata.EXECUTION_KEY)
+    if not execution:
+        return None
+    attempt = pi.metadata.get(metadata.ATTEMPT_KEY, "")
+    try:
+        return CheckPaymentTask(
+            type="check_payment",
+            execution_id=execution,
+            payment_intent_id=pi.id,
+            order_id=pi.metadata.get(metadata.ORDER_KEY),
+            attempt=int(attempt) if attempt.isdecimal() else None,
+            event_id=event_id,
+        )
+    except ValidationError:
+        log.warning("webhook.payment_check_unreadable", payment_intent=pi.id)
+        return None
 
 
 async def _send(callbacks: Callbacks, token: str, callback: Callback) -> CallbackResult:
@@ -259,15 +289,10 @@ async def _send(callbacks: Callbacks, token: str, callback: Callback) -> Callbac
             return await callbacks.heartbeat(token)
 
 
-def _outcome(
-    event: StripeEvent,
-    pi: PaymentIntentSnapshot,
-    status: Literal["succeeded", "requires_capture"],
-    amount_received: int,
-) -> PaymentOutcome:
+def _outcome(event: StripeEvent, pi: PaymentIntentSnapshot, amount_received: int) -> PaymentOutcome:
     return PaymentOutcome(
         payment_intent_id=pi.id,
-        status=status,
+        status="succeeded",
         amount_received=amount_received,
         currency=pi.currency,
         latest_charge=pi.latest_charge,

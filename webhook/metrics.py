@@ -31,6 +31,7 @@ class WebhookMetrics:
     ignored: Counter
     mismatches: Counter
     api_versions: Counter
+    payment_checks: Counter
     _versions_seen: set[str] = field(default_factory=set)
 
     @classmethod
@@ -79,6 +80,12 @@ class WebhookMetrics:
                 "paystep_webhook_event_api_versions",
                 "Events received, by the API version their object is rendered in.",
                 ["api_version"],
+                registry=registry,
+            ),
+            payment_checks=Counter(
+                "paystep_webhook_payment_checks",
+                "Successful payments whose task was already closed, handed to the worker to "
+                "keep or refund.",
                 registry=registry,
             ),
         )

@@ -5,7 +5,9 @@ an endpoint can be down for a weekend; a bank debit can stay `processing` for
 two weeks. This command lists the PaymentIntent events of a window from
 Stripe's Events API (kept 30 days) and feeds each one, oldest first, through
 exactly the webhook's own mapping (`webhook.mapping.handle_event`). Replaying is
-safe: a callback on a task that is already closed answers "already closed".
+safe: a callback on a task that is already closed answers "already closed"; a
+success whose task is closed goes to the worker as a payment to check, as from
+the webhook (the worker keeps it or refunds it, once).
 
 With `--heartbeat`, PaymentIntents of the window that are still open (processing,
 waiting for the customer) get a SendTaskHeartbeat on their current token, so a
@@ -37,6 +39,7 @@ from paystep_common.logging import configure_logging, token_hash
 from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
 from paystep_common.settings import StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from webhook.checks import CheckError, PaymentChecks, QueueChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
 from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
 from webhook.settings import EventSettings
@@ -84,6 +87,7 @@ class Summary:
     skipped: int = 0
     would_send: int = 0
     heartbeats: int = 0
+    payment_checks: int = 0
     errors: int = 0
 
     def line(self, dry_run: bool) -> str:
@@ -92,7 +96,8 @@ class Summary:
         )
         return (
             f"events seen {self.events_seen}, {sent}, already closed {self.already_closed}, "
-            f"skipped {self.skipped}, heartbeats {self.heartbeats}, errors {self.errors}"
+            f"skipped {self.skipped}, heartbeats {self.heartbeats}, "
+            f"payments to check {self.payment_checks}, errors {self.errors}"
         )
 
 
@@ -136,6 +141,7 @@ async def replay(
     events: Sequence[StripeEvent],
     callbacks: Callbacks,
     reader: TokenReader,
+    checks: PaymentChecks,
     summary: Summary,
     *,
     dry_run: bool,
@@ -154,7 +160,7 @@ async def replay(
     async def one_payment_intent(pi_events: list[StripeEvent]) -> None:
         async with slots:
             for event in pi_events:
-                await _replay_one(event, callbacks, reader, summary, dry_run=dry_run)
+                await _replay_one(event, callbacks, reader, checks, summary, dry_run=dry_run)
 
     await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
 
@@ -163,6 +169,7 @@ async def _replay_one(
     event: StripeEvent,
     callbacks: Callbacks,
     reader: TokenReader,
+    checks: PaymentChecks,
     summary: Summary,
     *,
     dry_run: bool,
@@ -179,7 +186,7 @@ async def _replay_one(
                 bound.info("reconcile.would_send", action=decision.callback.action,
                            payment_intent=decision.payment_intent.id)  # fmt: skip
             return
-        outcome = await handle_event(event, callbacks, reader)
+        outcome = await handle_event(event, callbacks, reader, checks)
     except MalformedEvent as exc:
         summary.skipped += 1
         bound.warning("reconcile.event_malformed", error=str(exc))
@@ -188,6 +195,11 @@ async def _replay_one(
         summary.errors += 1
         bound.error("reconcile.callback_failed", code=exc.code, error=str(exc))
         return
+    except CheckError as exc:
+        summary.errors += 1
+        bound.error("reconcile.payment_check_failed", error=str(exc))
+        return
+    summary.payment_checks += outcome.checked
     if outcome.result is Result.DELIVERED:
         summary.callbacks_sent += 1
     elif outcome.result is Result.ALREADY_CLOSED:
@@ -253,7 +265,11 @@ async def reconcile(
         sfn = await stack.enter_async_context(
             aws_session().client("stepfunctions", config=aws_config(RECONCILE))
         )
+        sqs = await stack.enter_async_context(
+            aws_session().client("sqs", config=aws_config(RECONCILE))
+        )
         callbacks = Callbacks(sfn)
+        checks = QueueChecks(sqs, settings.queue_url)
         reader = TokenReader.from_settings(settings)
         try:
             events = await list_events(client, since_ts, list(EVENT_TABLE))
@@ -267,6 +283,7 @@ async def reconcile(
             events,
             callbacks,
             reader,
+            checks,
             summary,
             dry_run=dry_run,
             concurrency=settings.reconcile_concurrency,

@@ -29,9 +29,13 @@ class EventSettings(TokenKeySettings):
 
     `PAYSTEP_STATE_MACHINE_ARN` says which executions are ours: a Stripe account can
     serve several deployments, and the others' events are not for us to resume.
+    `PAYSTEP_QUEUE_URL` is the worker's task queue.
     """
 
     state_machine_arn: str
+    # The worker's task queue: a successful payment whose task is closed is sent there as
+    # a `check_payment` task, for the worker to keep or refund.
+    queue_url: str = Field(pattern=r"^https?://\S+$")
 
     @field_validator("state_machine_arn")
     @classmethod

@@ -46,7 +46,7 @@ import structlog
 from paystep_common.logging import token_hash
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
-from statemachine.models import Task
+from statemachine.models import Task, WaitingTask
 from worker.classify import DeadLetter, FailTask, Retry, RetryPolicy
 from worker.leases import Leases
 from worker.messages import decode
@@ -234,7 +234,7 @@ class Consumer:
             structlog.contextvars.bind_contextvars(
                 task=task.type,
                 execution=task.execution_id,
-                token=token_hash(task.task_token),
+                token=token_hash(task.task_token) if isinstance(task, WaitingTask) else None,
                 receive_count=message.receive_count,
             )
             outcome = await self._handler(task, message)
@@ -245,13 +245,13 @@ class Consumer:
 
     async def _settle_failure(self, message: Message, task: Task | None, exc: Exception) -> str:
         match self._retry_policy.decide(exc, message.receive_count):
-            case FailTask(error=error, cause=cause) if task is not None:
+            case FailTask(error=error, cause=cause) if isinstance(task, WaitingTask):
                 return await self._fail_task(message, task, error, cause)
             case Retry() as decision:
                 self._retry(message, decision, exc)
                 return "retry"
             case DeadLetter(reason=reason) | FailTask(cause=reason):
-                # (A task failure needs a decoded task: without one the message is poison.)
+                # (A task failure needs a task that waits: without one the message is poison.)
                 log.error(
                     "message.poison",
                     reason=reason,
@@ -262,7 +262,7 @@ class Consumer:
                 self._queue.change_visibility(message, POISON_VISIBILITY_S, reason="poison")
                 return "poison"
 
-    async def _fail_task(self, message: Message, task: Task, error: str, cause: str) -> str:
+    async def _fail_task(self, message: Message, task: WaitingTask, error: str, cause: str) -> str:
         try:
             result = await self._callbacks.fail(task.task_token, error, cause)
         except CallbackError as exc:

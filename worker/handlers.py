@@ -1,4 +1,8 @@
-"""The three tasks: create, cancel and refund a payment.
+"""The four tasks: create, cancel and refund a payment, and check one no task waits for.
+
+The money rule holds in all of them: once an execution has ended, the one payment
+in its output is kept if it SUCCEEDED, none if it FAILED, and every other
+successful PaymentIntent of the order is refunded in full, with an alert.
 
 Each handler returns its outcome (a metrics label) once the message may be
 deleted, and raises for anything else; `classify` decides what an exception
@@ -12,17 +16,19 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, Protocol
 
 import stripe
 import structlog
 from pydantic import ValidationError
+from stripe import PaymentIntent, Refund
 
 from statemachine import causes, metadata
 from statemachine.callbacks import CallbackResult, Callbacks
 from statemachine.models import (
     CancelOutcome,
     CancelPaymentTask,
+    CheckPaymentTask,
     CreatePaymentTask,
     PaymentOutcome,
     PaymentRequest,
@@ -30,17 +36,35 @@ from statemachine.models import (
     RefundPaymentTask,
     Task,
     describe_validation_error,
+    dump_json,
 )
 from statemachine.seal import Binding, TokenKeys
-from worker.errors import TaskFailure
+from worker.alerts import Alerts, RefundAlert
+from worker.errors import PoisonMessage, TaskFailure
+from worker.executions import Executions, NoSuchExecution
+from worker.metrics import Metrics
 from worker.queue import Message
 from worker.stripe_api import StripeApi
 
 log = structlog.get_logger("paystep.worker")
 
-PAID: Final = frozenset({"succeeded", "requires_capture"})
+# Only captured money is paid: an authorisation (`requires_capture`) is canceled like
+# any other unfinished PaymentIntent.
+PAID: Final = "succeeded"
 PENDING: Final = frozenset({"processing", "requires_action"})
 LIVE_REFUNDS: Final = frozenset({"succeeded", "pending", "requires_action"})
+# https://docs.stripe.com/api/payment_intents/cancel: the statuses a cancel is taken in
+# (Stripe names `processing` as a rare exception, which paystep does not count on).
+CANCELABLE: Final = frozenset(
+    {"requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"}
+)
+UNEXPECTED_STATE: Final = "payment_intent_unexpected_state"
+# https://docs.stripe.com/error-codes#charge-already-refunded
+ALREADY_REFUNDED: Final = "charge_already_refunded"
+
+
+class Requeue(Protocol):
+    async def send(self, body: str, *, delay_s: int = 0) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -51,6 +75,11 @@ class Handlers:
     token_keys: TokenKeys
     # The mode of the Stripe key: sealed into the token, as the events will carry it.
     livemode: bool
+    executions: Executions
+    alerts: Alerts
+    requeue: Requeue
+    metrics: Metrics
+    check_again_s: int
     clock: Callable[[], float] = time.time
 
     async def __call__(self, task: Task, message: Message) -> str:
@@ -61,11 +90,22 @@ class Handlers:
                 return await self.cancel_payment(task)
             case RefundPaymentTask():
                 return await self.refund_payment(task)
+            case CheckPaymentTask():
+                return await self.check_payment(task)
 
     async def create_payment(self, task: CreatePaymentTask, message: Message) -> str:
         """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""
         request = _payment_request(task)
         structlog.contextvars.bind_contextvars(order_id=request.order_id)
+        previous = task.previous_decline.payment_intent_id
+        if previous is not None:
+            paid = await self._close_declined(task, previous)
+            if paid is not None:
+                # The customer paid the declined attempt after all (Stripe leaves it open
+                # for another payment method): that payment is this attempt's outcome.
+                log.info("payment_intent.adopted", payment_intent=paid.id, declined_before=True)
+                await self._succeed(task.task_token, _payment_outcome(paid))
+                return "adopted_paid"
         sealed = payment_metadata(task, request, self.token_keys, livemode=self.livemode)
         params = payment_intent_params(task, request, sealed)
         if self.clock() - message.sent_at_s > self.idempotency_horizon_s:
@@ -113,7 +153,7 @@ class Handlers:
     async def cancel_payment(self, task: CancelPaymentTask) -> str:
         """The payment wait timed out: cancel the attempt's PaymentIntent, or report it paid."""
         intents = await self.stripe.find_attempt(task.execution_id, task.attempt)
-        paid = next((pi for pi in intents if pi.status in PAID), None)
+        paid = next((pi for pi in intents if pi.status == PAID), None)
         if paid is not None:
             outcome = CancelOutcome(
                 outcome="succeeded", payment_intent_id=paid.id, payment=_payment_outcome(paid)
@@ -142,25 +182,13 @@ class Handlers:
         structlog.contextvars.bind_contextvars(
             order_id=task.order_id, payment_intent=task.payment_intent_id
         )
-        refunds = await self.stripe.list_refunds(task.payment_intent_id)
-        refund = next((r for r in refunds if r.status in LIVE_REFUNDS), None)
-        outcome = "refund_found"
-        if refund is None:
-            refund = await self.stripe.create_refund(
-                {
-                    "payment_intent": task.payment_intent_id,
-                    "metadata": {
-                        metadata.ORDER_KEY: task.order_id,
-                        metadata.EXECUTION_KEY: task.execution_id[
-                            : metadata.STRIPE_METADATA_VALUE_MAX_CHARS
-                        ],
-                        "paystep_reason": task.reason,
-                    },
-                },
-                idempotency_key=task.idempotency_key,
-            )
-            outcome = "refunded"
-            log.info("refund.created", refund=refund.id, status=refund.status)
+        refund, created = await self._refund(
+            task.payment_intent_id,
+            idempotency_key=task.idempotency_key,
+            order_id=task.order_id,
+            execution_id=task.execution_id,
+            reason=task.reason,
+        )
         await self._succeed(
             task.task_token,
             RefundOutcome(
@@ -170,9 +198,158 @@ class Handlers:
                 currency=refund.currency,
             ),
         )
+        return "refunded" if created else "refund_found"
+
+    async def check_payment(self, task: CheckPaymentTask) -> str:
+        """A payment succeeded with its task closed: keep it if its execution does, else refund.
+
+        An orphan is a successful PaymentIntent whose execution ended without it in its
+        output. While the execution runs, the payment may still be its own (the cancel
+        after a timeout adopts it, and so does the next attempt after a decline that the
+        customer paid): it is looked at again later, until the execution ends.
+        """
+        structlog.contextvars.bind_contextvars(
+            order_id=task.order_id, payment_intent=task.payment_intent_id, event_id=task.event_id
+        )
+        try:
+            execution = await self.executions.describe(task.execution_id)
+        except NoSuchExecution:
+            # Refunding on the word of a missing execution could refund every payment of
+            # a misconfigured worker: a person looks at the dead-letter queue instead.
+            raise PoisonMessage("the payment's execution does not exist") from None
+        if not execution.ended:
+            await self.requeue.send(dump_json(task), delay_s=self.check_again_s)
+            log.info("payment.check_again", execution_status=execution.status)
+            return "check_again"
+        if execution.kept_payment_intent_id == task.payment_intent_id:
+            log.info("payment.kept", execution_status=execution.status)
+            return "kept"
+        intent = await self.stripe.retrieve_payment_intent(task.payment_intent_id)
+        if intent.status != PAID:
+            log.info("payment.not_paid", status=intent.status)
+            return "not_paid"
+        log.warning(
+            "payment.orphan",
+            execution_status=execution.status,
+            kept_payment_intent=execution.kept_payment_intent_id,
+        )
+        reason = f"orphan: execution {execution.status.lower()}" + (
+            ", another payment kept" if execution.kept_payment_intent_id else ""
+        )
+        order_id = task.order_id or metadata.ids(intent.to_dict().get("metadata") or {}).get(
+            "order_id"
+        )
+        try:
+            _, created = await self._refund(
+                task.payment_intent_id,
+                idempotency_key=task.refund_idempotency_key,
+                order_id=order_id,
+                execution_id=task.execution_id,
+                reason=reason,
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code == ALREADY_REFUNDED:
+                self.metrics.orphans.labels("already_refunded").inc()
+                return "already_refunded"
+            # Stripe will not refund it (a dispute, a balance too low): a person must.
+            self.metrics.orphans.labels("refund_failed").inc()
+            await self.alerts.publish(
+                RefundAlert(
+                    type="refund_failed",
+                    reason=reason,
+                    order_id=order_id,
+                    execution_id=task.execution_id,
+                    payment_intent_id=task.payment_intent_id,
+                    amount=intent.amount_received,
+                    currency=intent.currency,
+                    error=f"{exc.code or exc.http_status}: {exc.user_message or exc}"[:500],
+                )
+            )
+            log.error("refund.refused", code=exc.code, status=exc.http_status)
+            return "refund_failed"
+        outcome = "refunded" if created else "already_refunded"
+        self.metrics.orphans.labels(outcome).inc()
         return outcome
 
-    async def _succeed(self, token: str, outcome: CancelOutcome | RefundOutcome) -> None:
+    async def _refund(
+        self,
+        intent_id: str,
+        *,
+        idempotency_key: str,
+        order_id: str | None,
+        execution_id: str,
+        reason: str,
+    ) -> tuple[Refund, bool]:
+        """The PaymentIntent's live refund, made now (True) or found (False); alerts when made.
+
+        Both refund paths share the key (`refund:<PaymentIntent>`), so whichever comes
+        second finds the first's refund. The alert is published once the refund exists:
+        a worker stopped between the two leaves the refund without its alert.
+        """
+        refunds = await self.stripe.list_refunds(intent_id)
+        refund = next((r for r in refunds if r.status in LIVE_REFUNDS), None)
+        if refund is not None:
+            log.info("refund.found", refund=refund.id, status=refund.status)
+            return refund, False
+        refund_metadata = {
+            metadata.EXECUTION_KEY: execution_id[: metadata.STRIPE_METADATA_VALUE_MAX_CHARS],
+            "paystep_reason": reason[: metadata.STRIPE_METADATA_VALUE_MAX_CHARS],
+        }
+        if order_id:
+            refund_metadata[metadata.ORDER_KEY] = order_id
+        refund = await self.stripe.create_refund(
+            {"payment_intent": intent_id, "metadata": refund_metadata},
+            idempotency_key=idempotency_key,
+        )
+        log.info("refund.created", refund=refund.id, status=refund.status, reason=reason)
+        await self.alerts.publish(
+            RefundAlert(
+                type="payment_refunded",
+                reason=reason,
+                order_id=order_id,
+                execution_id=execution_id,
+                payment_intent_id=intent_id,
+                amount=refund.amount,
+                currency=refund.currency,
+                refund_id=refund.id,
+                refund_status=refund.status,
+            )
+        )
+        return refund, True
+
+    async def _close_declined(
+        self, task: CreatePaymentTask, intent_id: str
+    ) -> PaymentIntent | None:
+        """Cancel the declined attempt's PaymentIntent; the PaymentIntent if it was paid instead.
+
+        Stripe keeps a declined PaymentIntent open (`requires_payment_method`) for the
+        customer to pay with another method: left open, it could be paid beside the next
+        attempt's. A bank debit still `processing` cannot be canceled; if it succeeds
+        later, its execution has moved on without it and it is refunded as an orphan.
+        """
+        intent = await self.stripe.retrieve_payment_intent(intent_id)
+        if intent.status in CANCELABLE:
+            try:
+                intent = await self.stripe.cancel_payment_intent(
+                    intent_id, idempotency_key=task.cancel_idempotency_key(intent_id)
+                )
+                log.info("payment_intent.canceled", payment_intent=intent_id, declined_before=True)
+            except stripe.InvalidRequestError as exc:
+                if exc.code != UNEXPECTED_STATE:
+                    raise
+                # Paid (or canceled) between the read and the cancel: read it again.
+                intent = await self.stripe.retrieve_payment_intent(intent_id)
+        if intent.status == PAID:
+            return intent
+        if intent.status != "canceled":
+            log.warning(
+                "payment_intent.declined_still_open", payment_intent=intent_id, status=intent.status
+            )
+        return None
+
+    async def _succeed(
+        self, token: str, outcome: CancelOutcome | RefundOutcome | PaymentOutcome
+    ) -> None:
         if await self.callbacks.succeed(token, outcome) is CallbackResult.ALREADY_CLOSED:
             log.info("task.already_closed")
 
@@ -264,12 +441,9 @@ def _adopt(intents: list[stripe.PaymentIntent]) -> str:
 
 def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:
     charge = intent.latest_charge
-    status: Literal["succeeded", "requires_capture"] = (
-        "requires_capture" if intent.status == "requires_capture" else "succeeded"
-    )
     return PaymentOutcome(
         payment_intent_id=intent.id,
-        status=status,
+        status="succeeded",
         amount_received=intent.amount_received,
         currency=intent.currency,
         latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,

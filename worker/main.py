@@ -24,8 +24,10 @@ from paystep_common.metrics import probe, start_metrics_server
 from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
+from worker.alerts import Alerts
 from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
+from worker.executions import Executions
 from worker.handlers import Handlers
 from worker.limiter import Budget
 from worker.metrics import Metrics
@@ -68,6 +70,9 @@ async def run(settings: WorkerSettings) -> int:
         sfn = await stack.enter_async_context(
             session.client("stepfunctions", config=aws_config(callbacks_profile))
         )
+        sns = await stack.enter_async_context(
+            session.client("sns", config=aws_config(CALLBACKS_WORKER))
+        )
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -100,6 +105,11 @@ async def run(settings: WorkerSettings) -> int:
                 idempotency_horizon_s=settings.worker_idempotency_horizon_s,
                 token_keys=settings.keyring,
                 livemode=settings.livemode,
+                executions=Executions(sfn),
+                alerts=Alerts(sns, settings.alarm_topic_arn),
+                requeue=queue,
+                metrics=metrics,
+                check_again_s=settings.worker_check_again_s,
             ),
             callbacks,
             concurrency=settings.worker_concurrency,

@@ -33,6 +33,13 @@ class Metrics:
             ["limiter"],
             registry=r,
         )
+        self.orphans = Counter(
+            "paystep_orphan_payments",
+            "Successful payments no execution keeps, by what became of them "
+            "(refunded, already_refunded, refund_failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.stripe_throttled = Counter(
             "paystep_worker_stripe_throttled", "Stripe calls answered 429.", registry=r
         )

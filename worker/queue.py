@@ -138,6 +138,11 @@ class TaskQueue:
         self._metrics.received.inc(len(messages))
         return messages
 
+    async def send(self, body: str, *, delay_s: int = 0) -> None:
+        """One new message, visible after `delay_s` (SQS allows at most 900 s)."""
+        self._metrics.sqs_requests.labels("SendMessage").inc()
+        await self._sqs.send_message(QueueUrl=self.url, MessageBody=body, DelaySeconds=delay_s)
+
     def delete(self, message: Message) -> None:
         self._deletes.add(message)
 

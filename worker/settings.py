@@ -13,6 +13,10 @@ from worker.queue import RECEIVE_SLACK_S
 SQS_MAX_VISIBILITY_TIMEOUT_S: Final = 43_200
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html
 SQS_MAX_WAIT_S: Final = 20
+# https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
+SQS_MAX_DELAY_S: Final = 900
+# https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html: names of 1-256 characters.
+SNS_TOPIC_ARN: Final = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 # https://docs.stripe.com/api/idempotent_requests: keys are pruned once at least 24 hours old;
 # an hour of margin covers clock skew and the time the message spent waiting for a slot.
 IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
@@ -25,6 +29,8 @@ class WorkerSettings(StripeSettings, TokenKeySettings):
     """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe and token keys."""
 
     queue_url: str
+    # The stack's alarm topic: every refund, and every refund Stripe refuses, is published.
+    alarm_topic_arn: str = Field(pattern=SNS_TOPIC_ARN)
     worker_concurrency: int = Field(default=64, ge=1, le=4096)
     # How long SIGTERM lets the tasks in flight finish; see `shutdown_budget_s`.
     worker_shutdown_grace_s: float = Field(default=25.0, ge=0)
@@ -46,6 +52,9 @@ class WorkerSettings(StripeSettings, TokenKeySettings):
     worker_stripe_account_rate_per_s: float = Field(default=100.0, gt=0)
     worker_stripe_endpoint_rate_per_s: float = Field(default=25.0, gt=0)
     worker_stripe_share: float = Field(default=1.0, gt=0, le=1)
+    # A payment that succeeded after its task closed, while its execution still runs, is
+    # looked at again this much later, until the execution ends or adopts it.
+    worker_check_again_s: int = Field(default=300, ge=0, le=SQS_MAX_DELAY_S)
 
     @property
     def livemode(self) -> bool:

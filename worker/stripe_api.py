@@ -38,6 +38,12 @@ class StripeApi:
             ),
         )
 
+    async def retrieve_payment_intent(self, intent_id: str) -> stripe.PaymentIntent:
+        return await self._call(
+            "payment_intents.retrieve",
+            lambda: self._client.v1.payment_intents.retrieve_async(intent_id),
+        )
+
     async def find_attempt(self, execution_id: str, attempt: int) -> list[stripe.PaymentIntent]:
         """The PaymentIntents created for this attempt (Search API, eventually consistent).
 
