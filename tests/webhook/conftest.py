@@ -21,6 +21,7 @@ from paystep_local.polling import eventually
 from paystep_local.prometheus import metric
 from paystep_local.signing import signed
 from statemachine.metadata import payment_intent_metadata
+from statemachine.models import CheckPaymentTask
 from statemachine.seal import Binding, TokenKeys, new_key
 from tests.support import aws
 from webhook.app import METRICS, create_app
@@ -43,8 +44,28 @@ class Waiting:
     attempt: int
 
 
-def make_settings(state_machine_arn: str, **overrides: Any) -> WebhookSettings:
+class FakeChecks:
+    """Records the payments handed to the worker to check (or raises `error`)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.sent: list[CheckPaymentTask] = []
+        self._error = error
+
+    async def check(self, task: CheckPaymentTask) -> None:
+        if self._error is not None:
+            raise self._error
+        self.sent.append(task)
+
+
+# Where no test reaches the queue: a closed success then answers 503, as with SQS down.
+UNREACHABLE_QUEUE = "http://127.0.0.1:9/000000000000/none"
+
+
+def make_settings(
+    state_machine_arn: str, queue_url: str = UNREACHABLE_QUEUE, **overrides: Any
+) -> WebhookSettings:
     values: dict[str, Any] = {
+        "queue_url": queue_url,
         "webhook_secrets": (SecretStr(SECRET),),
         "stripe_api_key": SecretStr(LOCAL_STRIPE_KEY),
         "webhook_ready_cache_s": 0,
@@ -167,6 +188,24 @@ def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -
     return Waiting(execution_arn, body["request"]["order_id"], body["task_token"], attempt)
 
 
+def receive_check(queue_url: str, payment_intent_id: str) -> dict[str, Any]:
+    """The check_payment task the webhook queued for `payment_intent_id` (deleted)."""
+    sqs = boto3.client("sqs")
+
+    def take() -> dict[str, Any] | None:
+        answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in answer.get("Messages", []):
+            body: dict[str, Any] = json.loads(message["Body"])
+            if body.get("payment_intent_id") == payment_intent_id:
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                return body
+        return None
+
+    body = eventually(take, interval_s=0, what=f"the check_payment task of {payment_intent_id}")
+    assert body["type"] == "check_payment"
+    return body
+
+
 def describe(execution_arn: str) -> dict[str, Any]:
     described: dict[str, Any] = boto3.client("stepfunctions").describe_execution(
         executionArn=execution_arn
@@ -236,7 +275,9 @@ def deployment(deploy_fresh: Any) -> dict[str, Any]:
 
 @pytest.fixture
 async def webhook(stack: LocalStack, deployment: dict[str, Any]) -> AsyncIterator[Webhook]:
-    hook, client = await open_webhook(make_settings(deployment["state_machine_arn"]))
+    hook, client = await open_webhook(
+        make_settings(deployment["state_machine_arn"], deployment["queue_url"])
+    )
     try:
         yield hook
     finally:
@@ -249,7 +290,9 @@ async def webhook_on(stack: LocalStack) -> AsyncIterator[Callable[..., Any]]:
     opened: list[TestClient[Any, Any]] = []
 
     async def open_on(deployed: Mapping[str, Any]) -> Webhook:
-        hook, client = await open_webhook(make_settings(deployed["state_machine_arn"]))
+        hook, client = await open_webhook(
+            make_settings(deployed["state_machine_arn"], deployed["queue_url"])
+        )
         opened.append(client)
         return hook
 

@@ -11,7 +11,8 @@ from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.metadata import TOKEN_PARTS_KEY
 from statemachine.models import PaymentOutcome
-from tests.webhook.conftest import Waiting, event, payment_intent, reader_for
+from tests.webhook.conftest import FakeChecks, Waiting, event, payment_intent, reader_for
+from webhook.checks import CheckError
 from webhook.events import MalformedEvent, parse_event
 from webhook.mapping import (
     Fail,
@@ -97,11 +98,11 @@ def test_older_api_versions_give_the_latest_charge_as_the_first_listed() -> None
     assert decision.callback.output.latest_charge == "ch_new"
 
 
-def test_capturable_plans_success_with_requires_capture() -> None:
+def test_an_authorisation_plans_a_heartbeat_not_a_payment() -> None:
+    # Only captured money is paid.
     decision = planned("payment_intent.amount_capturable_updated", status="requires_capture")
 
-    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
-    assert decision.callback.output.status == "requires_capture"
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Heartbeat)
 
 
 def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:
@@ -194,7 +195,7 @@ async def test_handle_event_takes_a_plain_mapping_and_sends_the_callback() -> No
     callbacks = FakeCallbacks()
     evt = event("payment_intent.succeeded", payment_intent(WAITING))
 
-    outcome = await handle_event(evt, callbacks, READER)  # type: ignore[arg-type]
+    outcome = await handle_event(evt, callbacks, READER, FakeChecks())  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.DELIVERED, "succeed")
     assert [(name, token) for name, token, _ in callbacks.calls] == [("succeed", TOKEN)]
@@ -207,7 +208,7 @@ async def test_handle_event_takes_an_event_listed_from_stripes_api() -> None:
         event("payment_intent.canceled", payment_intent(WAITING)), "sk_test_x"
     )
 
-    outcome = await handle_event(listed, callbacks, READER)  # type: ignore[arg-type]
+    outcome = await handle_event(listed, callbacks, READER, FakeChecks())  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.ALREADY_CLOSED, "fail")
     assert callbacks.calls[0][2][0] == "Payment.Canceled"
@@ -221,6 +222,7 @@ async def test_handle_event_lets_a_callback_error_through_for_the_caller_to_retr
             event("payment_intent.succeeded", payment_intent(WAITING)),
             callbacks,  # type: ignore[arg-type]
             READER,
+            FakeChecks(),
         )
 
 
@@ -231,7 +233,57 @@ async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
         event("payment_intent.succeeded", payment_intent(None)),
         callbacks,  # type: ignore[arg-type]
         READER,
+        FakeChecks(),
     )
 
     assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.NO_TOKEN)
     assert callbacks.calls == []
+
+
+async def test_a_success_on_a_closed_task_is_handed_to_the_worker_to_check() -> None:
+    checks = FakeChecks()
+    pi = payment_intent(WAITING)
+    evt = event("payment_intent.succeeded", pi)
+
+    outcome = await handle_event(
+        evt,
+        FakeCallbacks(CallbackResult.ALREADY_CLOSED),  # type: ignore[arg-type]
+        READER,
+        checks,
+    )
+
+    assert (outcome.result, outcome.checked) == (Result.ALREADY_CLOSED, True)
+    [task] = checks.sent
+    assert (task.execution_id, task.payment_intent_id) == (WAITING.execution_arn, pi["id"])
+    assert (task.order_id, task.attempt, task.event_id) == ("ord_1", 1, evt["id"])
+
+
+@pytest.mark.parametrize(
+    ("event_type", "result"),
+    [
+        ("payment_intent.succeeded", CallbackResult.DELIVERED),
+        ("payment_intent.payment_failed", CallbackResult.ALREADY_CLOSED),
+        ("payment_intent.canceled", CallbackResult.ALREADY_CLOSED),
+    ],
+)
+async def test_only_a_closed_success_is_checked(event_type: str, result: CallbackResult) -> None:
+    checks = FakeChecks()
+
+    outcome = await handle_event(
+        event(event_type, payment_intent(WAITING)),
+        FakeCallbacks(result),  # type: ignore[arg-type]
+        READER,
+        checks,
+    )
+
+    assert (outcome.checked, checks.sent) == (False, [])
+
+
+async def test_a_check_that_cannot_be_queued_raises_for_a_redelivery() -> None:
+    with pytest.raises(CheckError):
+        await handle_event(
+            event("payment_intent.succeeded", payment_intent(WAITING)),
+            FakeCallbacks(CallbackResult.ALREADY_CLOSED),  # type: ignore[arg-type]
+            READER,
+            FakeChecks(CheckError("queue down")),
+        )

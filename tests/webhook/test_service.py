@@ -30,6 +30,7 @@ from tests.webhook.conftest import (
     next_task,
     open_webhook,
     payment_intent,
+    receive_check,
     start_waiting,
     wait_done,
 )
@@ -113,19 +114,58 @@ async def test_canceled_fails_the_execution_as_canceled(
     assert json.loads(done["cause"])["cancellation_reason"] == "abandoned"
 
 
-async def test_amount_capturable_updated_resumes_with_requires_capture(
+async def test_an_authorisation_is_not_paid_it_keeps_the_wait_alive(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
+    # Only captured money is paid: `requires_capture` is an authorisation Stripe cancels
+    # after 7 days (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
     waiting = await in_thread(start_waiting, deployment)
     pi = payment_intent(waiting, status="requires_capture", amount_capturable=1999)
 
     status, answer = await webhook.deliver(event("payment_intent.amount_capturable_updated", pi))
 
-    assert (status, answer) == (200, {"outcome": "delivered", "action": "succeed"})
-    done = await in_thread(wait_done, waiting.execution_arn)
-    assert done["status"] == "SUCCEEDED"
-    payment = json.loads(done["output"])["payment"]
-    assert (payment["payment_intent_id"], payment["status"]) == (pi["id"], "requires_capture")
+    assert (status, answer) == (200, {"outcome": "delivered", "action": "heartbeat"})
+    assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
+
+
+async def test_a_success_whose_task_closed_is_queued_for_the_worker_to_check(
+    deployment: dict[str, Any], webhook: Webhook
+) -> None:
+    waiting = await in_thread(start_waiting, deployment)
+    first = payment_intent(waiting)
+    assert (await webhook.deliver(event("payment_intent.succeeded", first)))[0] == 200
+    await in_thread(wait_done, waiting.execution_arn)
+    # A second PaymentIntent of the same attempt paid (the token is the attempt's).
+    second = payment_intent(waiting)
+
+    status, answer = await webhook.deliver(event("payment_intent.succeeded", second))
+
+    assert (status, answer) == (
+        200,
+        {"outcome": "already_closed", "action": "succeed", "check": "queued"},
+    )
+    check = await in_thread(receive_check, deployment["queue_url"], second["id"])
+    assert check["execution_id"] == waiting.execution_arn
+    assert (check["order_id"], check["attempt"]) == (waiting.order_id, waiting.attempt)
+    assert webhook.metric("paystep_webhook_payment_checks_total") == 1
+
+
+async def test_a_closed_success_answers_503_when_the_check_cannot_be_queued(
+    stack: LocalStack, deployment: dict[str, Any]
+) -> None:
+    # Stripe redelivers a 503: the payment still reaches the worker once SQS is back.
+    hook, client = await open_webhook(make_settings(deployment["state_machine_arn"]))
+    try:
+        waiting = await in_thread(start_waiting, deployment)
+        pi = payment_intent(waiting)
+        assert (await hook.deliver(event("payment_intent.succeeded", pi)))[0] == 200
+        await in_thread(wait_done, waiting.execution_arn)
+
+        status, answer = await hook.deliver(event("payment_intent.succeeded", pi))
+
+        assert (status, answer) == (503, {"error": "queue_unavailable"})
+    finally:
+        await client.close()
 
 
 @pytest.mark.parametrize(
@@ -389,7 +429,9 @@ async def test_rotation_accepts_the_secret_configured_second(
     stack: LocalStack, deployment: dict[str, Any]
 ) -> None:
     settings = make_settings(
-        deployment["state_machine_arn"], webhook_secrets=(OTHER_SECRET, SECRET)
+        deployment["state_machine_arn"],
+        deployment["queue_url"],
+        webhook_secrets=(OTHER_SECRET, SECRET),
     )
     hook, client = await open_webhook(settings)
     try:
