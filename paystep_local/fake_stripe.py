@@ -43,10 +43,12 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
 - `GET /v1/events` (`type`, `limit`): the events each change emitted, newest first
   (`payment_intent.created`, `.succeeded`, `.payment_failed`, `.processing`, ...).
 - `GET /v1/payment_intents/{id}`, `GET /v1/payment_intents` (list, `limit`).
-- `POST /v1/payment_intents/{id}/cancel` (400 `payment_intent_unexpected_state`
-  once succeeded or canceled).
-- `GET /v1/payment_intents/search?query=...`: clauses `metadata['k']:'v'`,
-  `status:'v'`, `amount:v`, `currency:'v'` joined by `AND`.
+- `POST /v1/payment_intents/{id}/cancel`: refused as Stripe refuses
+  (`stripe_rules.check_cancel`: 400 `payment_intent_unexpected_state` once
+  processing, succeeded or canceled, the PaymentIntent in the error).
+- `GET /v1/payment_intents/search?query=...&limit=N&page=...` (`paystep_local.stripe_search`):
+  clauses `metadata['k']:'v'`, `status:'v'`, `amount:v`, `currency:'v'`,
+  `customer:'v'` joined by `AND`; anything else 400.
 - `POST /v1/refunds` (payment_intent, amount, reason, metadata): the rest of the
   amount received; 400 `charge_already_refunded` when nothing is left.
   `GET /v1/refunds?payment_intent=...`.
@@ -106,7 +108,7 @@ from typing import Any, Final, Literal
 
 from aiohttp import web
 
-from paystep_local import serve, stripe_rules
+from paystep_local import serve, stripe_rules, stripe_search
 from paystep_local.idempotency import (
     REPLAYED_HEADER,
     IdempotencyError,
@@ -126,10 +128,6 @@ DECLINING_METHODS: Final = {
     "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
 }
 PROCESSING_PREFIXES: Final = ("pm_processing", "pm_sepa", "pm_usBankAccount")
-SEARCH_CLAUSE: Final = re.compile(
-    r"""^\s*(?:metadata\['(?P<key>(?:[^'\\]|\\.)*)'\]|(?P<field>[a-z_]+))\s*:\s*"""
-    r"""(?:'(?P<quoted>(?:[^'\\]|\\.)*)'|(?P<bare>[^\s']+))\s*$"""
-)
 
 
 @dataclass
@@ -653,44 +651,15 @@ class FakeStripe:
         return _Answer(200, _list(data, "/v1/payment_intents"))
 
     async def _search_payment_intents(self, _: web.Request, params: dict[str, Any]) -> _Answer:
-        query = params.get("query")
-        if not isinstance(query, str) or not query.strip():
-            raise StripeFailure(
-                400, "invalid_request_error", "Missing required param: query.", param="query"
-            )
-        clauses = [_parse_clause(part) for part in re.split(r"\s+AND\s+", query.strip())]
-        limit = int(params.get("limit", 10))
         with self._lock:
-            data = [
-                dict(pi)
-                for pi in self.payment_intents.values()
-                if all(_clause_matches(pi, clause) for clause in clauses)
-            ]
-        data.sort(key=lambda pi: -pi["created"])
-        return _Answer(
-            200,
-            {
-                "object": "search_result",
-                "data": data[:limit],
-                "has_more": len(data) > limit,
-                "next_page": None,
-                "url": "/v1/payment_intents/search",
-            },
-        )
+            intents = [dict(pi) for pi in self.payment_intents.values()]
+        return _Answer(200, stripe_search.search(intents, params))
 
     async def _cancel_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
         intent = self._intent(request.match_info["id"])
         with self._lock:
             stored = self.payment_intents[intent["id"]]
-            if stored["status"] in ("succeeded", "canceled"):
-                raise StripeFailure(
-                    400,
-                    "invalid_request_error",
-                    "You cannot cancel this PaymentIntent because it has a status of "
-                    f"{stored['status']}.",
-                    code="payment_intent_unexpected_state",
-                    executed=True,
-                )
+            stripe_rules.check_cancel(stored)
             stored["status"] = "canceled"
             stored["canceled_at"] = int(time.time())
             stored["cancellation_reason"] = "requested_by_customer"
@@ -908,31 +877,6 @@ def _integer(params: dict[str, Any], name: str) -> int:
             code="parameter_invalid_integer" if raw is not None else "parameter_missing",
         )
     return int(raw)
-
-
-def _unescape(text: str) -> str:
-    return re.sub(r"\\(.)", r"\1", text)
-
-
-def _parse_clause(text: str) -> tuple[str | None, str | None, str]:
-    match = SEARCH_CLAUSE.match(text)
-    if match is None:
-        raise StripeFailure(
-            400,
-            "invalid_request_error",
-            f"Invalid search query clause: {text!r}",
-            param="query",
-        )
-    value = match["quoted"] if match["quoted"] is not None else match["bare"]
-    key = _unescape(match["key"]) if match["key"] is not None else None
-    return key, match["field"], _unescape(value)
-
-
-def _clause_matches(intent: dict[str, Any], clause: tuple[str | None, str | None, str]) -> bool:
-    key, field_, value = clause
-    if key is not None:
-        return bool(intent["metadata"].get(key) == value)
-    return str(intent.get(field_ or "")) == value
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,6 +51,9 @@ class LocalStack:
     workdir: Path
     workers: int = 1
     aws_length_tokens: bool = True
+    # How long a new PaymentIntent stays out of the local Stripe's search results, as
+    # Stripe's search lags writes (see paystep_local.stripe_chaos_proxy).
+    search_lag_s: float = 0.0
     webhook_secret: str = field(default_factory=lambda: "whsec_" + secrets.token_hex(16))
     # A token key of the stack's own, as `paystep keygen` makes one: every process shares it.
     token_keys: str = field(default_factory=new_key, repr=False)
@@ -114,6 +117,8 @@ class LocalStack:
                 localstripe,
                 "--port",
                 str(port),
+                "--search-lag-s",
+                str(self.search_lag_s),
             ],
         )
         base = f"http://127.0.0.1:{port}"

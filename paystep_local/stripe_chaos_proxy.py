@@ -17,6 +17,17 @@ localstripe instead:
   again) is played on localstripe as an update that sets the method and clears
   the failed charge, then a confirm: localstripe charges it and sends
   `payment_intent.succeeded` or `payment_intent.payment_failed` itself.
+- Stripe's rule for a cancel (`stripe_rules.check_cancel`): a PaymentIntent
+  already succeeded or canceled is refused 400 `payment_intent_unexpected_state`
+  with the PaymentIntent in the error, where localstripe answers a bare 400.
+- The Search API localstripe lacks (`GET /v1/payment_intents/search`, through
+  `paystep_local.stripe_search`): every PaymentIntent listed from localstripe,
+  filtered by the query. Stripe documents search as not read-after-write
+  (https://docs.stripe.com/search#data-freshness: "under normal operating
+  conditions, data is searchable in under 1 minute", later during an outage); with
+  `search_lag_s` a PaymentIntent is found only that long after this proxy saw
+  its create answered (localstripe's `created` has whole seconds only; one
+  created elsewhere counts from its `created`).
 - Idempotency as Stripe does it (`paystep_local.idempotency`): the first POST
   with a key runs and its answer is stored once it ran (any status below 500
   but 409 and 429; a request refused by the rules stores nothing); the same key
@@ -33,7 +44,8 @@ runs on its own thread and loop, so sync and async tests can both use it:
     with StripeChaosProxy(stack.localstripe_base, StripeFaults(error_rate=0.1), seed=7) as proxy:
         worker env PAYSTEP_STRIPE_API_BASE=proxy.url; ...; proxy.stats()
 
-or as a process: `python -m paystep_local.stripe_chaos_proxy --upstream URL [--port N]`
+or as a process: `python -m paystep_local.stripe_chaos_proxy --upstream URL [--port N]
+[--search-lag-s S]`
 prints `listening on URL` once it serves.
 """
 
@@ -46,15 +58,16 @@ import hashlib
 import json
 import re
 import threading
+import time
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
 import aiohttp
 from aiohttp import web
 
-from paystep_local import stripe_rules
+from paystep_local import stripe_rules, stripe_search
 from paystep_local.idempotency import IdempotencyError, IdempotencyStore, Reply, SameKeyInFlight
 from paystep_local.stripe_rules import StripeFailure
 from paystep_local.threaded_server import HOP_BY_HOP, ThreadedServer
@@ -62,6 +75,9 @@ from paystep_local.threaded_server import HOP_BY_HOP, ThreadedServer
 JSON: Final = {"Content-Type": "application/json"}
 CREATE: Final = re.compile(r"^/v1/payment_intents$")
 CONFIRM: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/confirm$")
+CANCEL: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/cancel$")
+# https://docs.stripe.com/api/pagination: a list page holds at most 100 objects.
+LIST_PAGE: Final = 100
 # The create parameters localstripe takes; the others Stripe takes are kept here.
 LOCALSTRIPE_CREATE_PARAMS: Final = frozenset(
     {
@@ -112,11 +128,15 @@ class StripeChaosProxy(ThreadedServer):
         faults: StripeFaults | None = None,
         *,
         same_key_in_flight: SameKeyInFlight = "conflict",
+        search_lag_s: float = 0.0,
+        clock: Callable[[], float] = time.time,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
         super().__init__(host, seed=seed, port=port)
+        self.search_lag_s = search_lag_s
+        self._clock = clock
         self.upstream = upstream.rstrip("/")
         self.faults = faults or StripeFaults()
         self._lose_first = self.faults.lose_first_answers
@@ -126,6 +146,8 @@ class StripeChaosProxy(ThreadedServer):
         )
         # What localstripe does not hold of each PaymentIntent, added to its answers.
         self._kept: dict[str, dict[str, Any]] = {}
+        # When each PaymentIntent's create was answered (`clock` time): the start of its lag.
+        self._created_at: dict[str, float] = {}
 
     # -- control -------------------------------------------------------------------------
 
@@ -252,11 +274,18 @@ class StripeChaosProxy(ThreadedServer):
             elif request.method == "POST" and (confirm := CONFIRM.match(request.path)):
                 params = stripe_rules.decode_form(body.decode())
                 reply = await self._confirm(request, confirm["id"], params, version)
+            elif request.method == "POST" and (cancel := CANCEL.match(request.path)):
+                reply = await self._cancel(request, cancel["id"], body)
+            elif request.method == "GET" and request.path == stripe_search.SEARCH_URL:
+                reply = await self._search(request)
             else:
                 reply = Reply(*await self._forward(request, body))
         except StripeFailure as refused:
             self._count("refused")
-            return Reply(refused.status, json.dumps(refused.body).encode(), JSON, ran=False)
+            # Stored for its key only when the endpoint ran (a refusal on state, not input).
+            return Reply(
+                refused.status, json.dumps(refused.body).encode(), JSON, ran=refused.executed
+            )
         return self._with_kept(reply)
 
     async def _create(
@@ -282,18 +311,16 @@ class StripeChaosProxy(ThreadedServer):
         if intent is not None:
             with self._lock:
                 self._kept[intent["id"]] = kept
+                self._created_at.setdefault(intent["id"], self._clock())
         return reply
 
     async def _confirm(
         self, request: web.Request, intent_id: str, params: Mapping[str, Any], version: str | None
     ) -> Reply[bytes]:
         headers = _passed_headers(request)
-        status, payload, _ = await self._upstream(
-            "GET", f"/v1/payment_intents/{intent_id}", headers
-        )
-        if status != 200:
-            return Reply(status, payload, JSON)
-        intent = {**json.loads(payload), **self._kept.get(intent_id, {})}
+        intent = await self._current(intent_id, headers)
+        if isinstance(intent, Reply):
+            return intent
         stripe_rules.check_confirm(intent, params, version)
         method = params.get("payment_method")
         if isinstance(method, str):
@@ -314,6 +341,58 @@ class StripeChaosProxy(ThreadedServer):
             "POST", request.path, {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         )
         return Reply(status, payload, reply_headers)
+
+    async def _cancel(self, request: web.Request, intent_id: str, body: bytes) -> Reply[bytes]:
+        intent = await self._current(intent_id, _passed_headers(request))
+        if isinstance(intent, Reply):
+            return intent
+        stripe_rules.check_cancel(intent)
+        return Reply(*await self._forward(request, body))
+
+    async def _search(self, request: web.Request) -> Reply[bytes]:
+        """Search as Stripe answers it, over the PaymentIntents searchable by now."""
+        params = stripe_rules.decode_form(request.query_string)
+        stripe_search.parse(params.get("query"))  # a bad query is refused before listing
+        headers = _passed_headers(request)
+        listed: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            path = f"/v1/payment_intents?limit={LIST_PAGE}"
+            if after is not None:
+                path += f"&starting_after={urllib.parse.quote(after)}"
+            status, payload, _ = await self._upstream("GET", path, headers)
+            if status != 200:
+                return Reply(status, payload, JSON)
+            page = json.loads(payload)
+            listed.extend(page["data"])
+            if not page["has_more"] or not page["data"]:
+                break
+            after = page["data"][-1]["id"]
+        now = self._clock()
+        with self._lock:
+            searchable = [
+                intent
+                for intent in listed
+                if self._created_at.get(intent["id"], float(intent["created"])) + self.search_lag_s
+                <= now
+            ]
+        # localstripe lists in creation order, as the matcher takes them.
+        answer = stripe_search.search(searchable, params)
+        return Reply(200, json.dumps(answer).encode(), JSON)
+
+    async def _current(
+        self, intent_id: str, headers: Mapping[str, str]
+    ) -> dict[str, Any] | Reply[bytes]:
+        """The PaymentIntent as Stripe holds it (localstripe's, with what is kept here), or
+        localstripe's answer when it has none."""
+        status, payload, _ = await self._upstream(
+            "GET", f"/v1/payment_intents/{intent_id}", headers
+        )
+        if status != 200:
+            return Reply(status, payload, JSON)
+        with self._lock:
+            kept = self._kept.get(intent_id, {})
+        return {**json.loads(payload), **kept}
 
     async def _upstream(
         self, method: str, path: str, headers: Mapping[str, str], body: bytes = b""
@@ -389,8 +468,14 @@ def main(argv: list[str] | None = None) -> None:
     options = argparse.ArgumentParser(prog="python -m paystep_local.stripe_chaos_proxy")
     options.add_argument("--upstream", required=True, help="localstripe's base URL")
     options.add_argument("--port", type=int, default=0)
+    options.add_argument(
+        "--search-lag-s",
+        type=float,
+        default=0.0,
+        help="seconds after its create before a PaymentIntent is found by search",
+    )
     args = options.parse_args(argv)
-    with StripeChaosProxy(args.upstream, port=args.port) as proxy:
+    with StripeChaosProxy(args.upstream, search_lag_s=args.search_lag_s, port=args.port) as proxy:
         print(f"listening on {proxy.url}", flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             threading.Event().wait()

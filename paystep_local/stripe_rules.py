@@ -1,4 +1,4 @@
-"""Stripe's documented rules for a PaymentIntent create or confirm, for the local doubles.
+"""Stripe's documented rules for a PaymentIntent create, confirm or cancel, for the local doubles.
 
 Both doubles ask this module before acting: the fake Stripe (`fake_stripe`, its
 own state) and the local Stripe in front of localstripe (`stripe_chaos_proxy`),
@@ -77,6 +77,12 @@ CREATE_PARAMS: Final = CONFIRM_PARAMS | {
 # https://docs.stripe.com/api/payment_intents/confirm: the statuses a confirm starts from.
 CONFIRMABLE: Final = frozenset(
     {"requires_payment_method", "requires_confirmation", "requires_action"}
+)
+# https://docs.stripe.com/api/payment_intents/cancel: the statuses a cancel starts from. Stripe
+# adds `processing` "in rare cases" (some payment methods only); neither double models those,
+# and localstripe refuses a processing one too.
+CANCELABLE: Final = frozenset(
+    {"requires_payment_method", "requires_capture", "requires_confirmation", "requires_action"}
 )
 # https://docs.stripe.com/changelog/dahlia/2026-07-29/allowed-payment-method-types-parameter:
 # `allowed_payment_method_types` excludes each of these.
@@ -243,6 +249,24 @@ def check_confirm(
             code="payment_method_types_no_longer_supported",
         )
     _check_confirmation(intent.get("automatic_payment_methods"), params, param="return_url")
+
+
+def check_cancel(intent: Mapping[str, Any]) -> None:
+    """Refuse a cancel (`POST /v1/payment_intents/{id}/cancel`) Stripe refuses: the
+    PaymentIntent's status is not one a cancel starts from. Stripe names the status and
+    puts the PaymentIntent in the error; the endpoint ran, so an idempotency key stores it."""
+    status = intent.get("status")
+    if status not in CANCELABLE:
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"You cannot cancel this PaymentIntent because it has a status of {status}. Only a "
+            "PaymentIntent with one of the following statuses may be canceled: "
+            f"{', '.join(sorted(CANCELABLE))}.",
+            executed=True,
+            code="payment_intent_unexpected_state",
+            payment_intent=dict(intent),
+        )
 
 
 def _check_confirmation(automatic: Any, params: Mapping[str, Any], *, param: str) -> None:

@@ -15,6 +15,12 @@ THEN it is refused or accepted as Stripe documents, each case naming its rule:
 - idempotency: https://docs.stripe.com/api/idempotent_requests (a key with other parameters)
 - confirm: https://docs.stripe.com/api/payment_intents/confirm (a declined PaymentIntent is
   confirmed again with another payment method)
+- cancel: https://docs.stripe.com/api/payment_intents/cancel (only from requires_payment_method,
+  requires_capture, requires_confirmation or requires_action; otherwise
+  `payment_intent_unexpected_state`)
+- search: https://docs.stripe.com/search (metadata clauses joined by AND, newest first, paged;
+  what the query language does not hold is refused) and its data freshness (a new
+  PaymentIntent is searchable only after a while: the local Stripe's `search_lag_s`)
 """
 
 from __future__ import annotations
@@ -28,10 +34,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import stripe
 
 from paystep_common.settings import STRIPE_API_VERSION
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.stripe_chaos_proxy import StripeChaosProxy
+from statemachine.metadata import attempt_query
 
 PINNED = STRIPE_API_VERSION
 BEFORE_AUTOMATIC = "2023-08-15"
@@ -66,16 +75,29 @@ CREATES: list[tuple[str, str, dict[str, str], int, str | None]] = [
 ]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def local_stripe(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
+    """localstripe behind the local Stripe, as `LocalStack` starts them."""
+    with LocalStack(tmp_path_factory.mktemp("local-stripe")) as stack:
+        stack.start_stripe()
+        yield stack
+
+
 @pytest.fixture(scope="module", params=["fake", "localstripe"])
-def stripe_base(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
+def stripe_base(request: pytest.FixtureRequest) -> Iterator[str]:
     if request.param == "fake":
         with FakeStripe().running_in_thread() as fake:
             yield fake.url
     else:
-        with LocalStack(tmp_path_factory.mktemp("local-stripe")) as stack:
-            yield stack.start_stripe()
+        stack: LocalStack = request.getfixturevalue("local_stripe")
+        assert stack.stripe_base
+        yield stack.stripe_base
+
+
+def _client(base: str) -> stripe.StripeClient:
+    return stripe.StripeClient(
+        LOCAL_STRIPE_KEY, base_addresses={"api": base}, max_network_retries=0
+    )
 
 
 def _call(
@@ -163,3 +185,96 @@ def _declined_intent(base: str) -> str:
     fresh = [pi for pi in declined if pi.get("last_payment_error")]
     assert fresh, listed
     return str(fresh[-1]["id"])
+
+
+def test_a_payment_intent_is_canceled_once_then_refused_with_its_status(stripe_base: str) -> None:
+    _, open_ = _call(stripe_base, "/v1/payment_intents", {"amount": "1999", "currency": "usd"})
+    client = _client(stripe_base)
+    canceled = client.v1.payment_intents.cancel(open_["id"])
+    assert canceled.status == "canceled"
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.payment_intents.cancel(open_["id"])
+    assert refused.value.code == "payment_intent_unexpected_state"
+    assert "status of canceled" in str(refused.value.user_message)
+
+
+def test_a_succeeded_payment_intent_cannot_be_canceled(stripe_base: str) -> None:
+    _, paid = _call(stripe_base, "/v1/payment_intents", {**CARD, **NEVER})
+    assert paid["status"] == "succeeded", paid
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        _client(stripe_base).v1.payment_intents.cancel(paid["id"])
+    assert (refused.value.http_status, refused.value.code) == (
+        400,
+        "payment_intent_unexpected_state",
+    )
+    assert "status of succeeded" in str(refused.value.user_message)
+    error = refused.value.error
+    assert error is not None and error.payment_intent is not None
+    assert (error.payment_intent.id, error.payment_intent.status) == (paid["id"], "succeeded")
+    _, fetched = _call(stripe_base, f"/v1/payment_intents/{paid['id']}", version=PINNED)
+    assert fetched["status"] == "succeeded"
+
+
+def test_search_finds_an_attempt_by_metadata_newest_first_and_pages(stripe_base: str) -> None:
+    execution = "arn:aws:states:us-east-1:0:execution:m:" + uuid.uuid4().hex
+    made = []
+    for attempt in ("1", "2", "2"):
+        tagged = {"metadata[paystep_execution]": execution, "metadata[paystep_attempt]": attempt}
+        _, body = _call(stripe_base, "/v1/payment_intents", {**CARD, **NEVER, **tagged})
+        made.append(body["id"])
+    client = _client(stripe_base)
+
+    found = client.v1.payment_intents.search({"query": attempt_query(execution, 2)})
+    assert [pi.id for pi in found.data] == [made[2], made[1]]
+    assert (found.object, found.has_more, found.next_page) == ("search_result", False, None)
+    assert found.url == "/v1/payment_intents/search"
+
+    first = client.v1.payment_intents.search({"query": attempt_query(execution, 2), "limit": 1})
+    assert ([pi.id for pi in first.data], first.has_more) == ([made[2]], True)
+    assert first.next_page
+    rest = client.v1.payment_intents.search(
+        {"query": attempt_query(execution, 2), "limit": 1, "page": first.next_page}
+    )
+    assert ([pi.id for pi in rest.data], rest.has_more) == ([made[1]], False)
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["status:'succeeded' OR status:'canceled'", "colour:'red'", "-status:'canceled'", "amount>5"],
+)
+def test_search_refuses_what_the_query_language_does_not_hold(stripe_base: str, query: str) -> None:
+    status, body = _call(
+        stripe_base,
+        "/v1/payment_intents/search?" + urllib.parse.urlencode({"query": query}),
+        version=PINNED,
+    )
+    assert (status, body["error"]["type"], body["error"]["param"]) == (
+        400,
+        "invalid_request_error",
+        "query",
+    )
+
+
+def test_search_finds_a_new_payment_intent_only_after_the_lag(local_stripe: LocalStack) -> None:
+    assert local_stripe.localstripe_base
+    now = [0.0]
+    lag_s = 60.0
+    with StripeChaosProxy(
+        local_stripe.localstripe_base, search_lag_s=lag_s, clock=lambda: now[0]
+    ) as proxy:
+        now[0] = 1_000_000.0
+        run = uuid.uuid4().hex
+        _, body = _call(proxy.url, "/v1/payment_intents", {**CARD, **NEVER, "metadata[run]": run})
+        query = "/v1/payment_intents/search?" + urllib.parse.urlencode(
+            {"query": f"metadata['run']:'{run}'"}
+        )
+
+        now[0] += lag_s - 1
+        _, early = _call(proxy.url, query, version=PINNED)
+        now[0] += 1
+        _, due = _call(proxy.url, query, version=PINNED)
+        _, fetched = _call(proxy.url, f"/v1/payment_intents/{body['id']}", version=PINNED)
+
+    assert early["data"] == []
+    assert [pi["id"] for pi in due["data"]] == [body["id"]]
+    assert fetched["id"] == body["id"], "retrieve is read-after-write"
