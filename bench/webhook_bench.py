@@ -66,6 +66,9 @@ DISTINCT_EVENTS: Final = 2000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
 TOKEN_KEYS: Final = new_key("bench")
 STATE_MACHINE_ARN: Final = "arn:aws:states:us-east-1:123456789012:stateMachine:bench"
+# Where the webhook asks for a check of a payment whose task is already closed; the
+# bench's payments all have open tasks, so nothing is sent there.
+TASK_QUEUE_URL: Final = "https://sqs.us-east-1.amazonaws.com/123456789012/bench-tasks"
 
 
 @dataclass(frozen=True)
@@ -183,6 +186,7 @@ def start(
         "PAYSTEP_WEBHOOK_SECRETS": SECRET,
         "PAYSTEP_TOKEN_KEYS": TOKEN_KEYS,
         "PAYSTEP_STATE_MACHINE_ARN": STATE_MACHINE_ARN,
+        "PAYSTEP_QUEUE_URL": TASK_QUEUE_URL,
         "PAYSTEP_WEBHOOK_PORT": str(port),
         "PAYSTEP_METRICS_PORT": str(free_port()),
         "PAYSTEP_LOG_FORMAT": "json",

@@ -57,6 +57,7 @@ LEVELS: Final = (16, 64, 256)
 HEADLINE_LEVEL: Final = 64
 UNLIMITED_PER_S: Final = 100_000
 CLK_TCK: Final = os.sysconf("SC_CLK_TCK")
+BENCH_ALARM_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:bench-alarms"
 ROOT: Final = Path(__file__).resolve().parent.parent
 
 
@@ -147,8 +148,11 @@ class Stack:
             AWS_ENDPOINT_URL_SQS=self.sqs_url,
             # Never called by card payments; set so nothing reaches a real endpoint.
             AWS_ENDPOINT_URL_SFN=self.sqs_url,
+            AWS_ENDPOINT_URL_SNS=self.sqs_url,
             PYTHONPATH=str(ROOT),
             PAYSTEP_TOKEN_KEYS=self.token_keys,
+            # Only refunds publish to it, and the bench makes none: no SNS behind it.
+            PAYSTEP_ALARM_TOPIC_ARN=BENCH_ALARM_TOPIC_ARN,
         )
         return env
 

@@ -175,6 +175,7 @@ class LocalStack:
         if self.deployment:
             env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
             env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
+            env["PAYSTEP_ALARM_TOPIC_ARN"] = self.deployment["alarms_topic_arn"]
         env.update(extra)
         return env
 

@@ -180,6 +180,7 @@ class Workers:
             {
                 "PAYSTEP_QUEUE_URL": deployment["queue_url"],
                 "PAYSTEP_STATE_MACHINE_ARN": deployment["state_machine_arn"],
+                "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
                 "PAYSTEP_STRIPE_API_BASE": stripe_base,
                 "PAYSTEP_WORKER_POLL_WAIT_S": "1",
                 "PAYSTEP_WORKER_BATCH_DELAY_S": "0.05",

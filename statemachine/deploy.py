@@ -47,6 +47,8 @@ class DeployResult(BaseModel):
     inventory_table: str
     receipts_topic_arn: str
     notifications_topic_arn: str
+    # Where a person is told to act: the worker reports every refund it makes here.
+    alarms_topic_arn: str
     role_arn: str
     changed: list[str]
 
@@ -79,6 +81,7 @@ async def deploy(options: DeployOptions) -> DeployResult:
         inventory = await _table(ddb, f"{options.name}-inventory", "sku", changed)
         receipts = (await sns.create_topic(Name=f"{options.name}-receipts"))["TopicArn"]
         notifications = (await sns.create_topic(Name=f"{options.name}-notifications"))["TopicArn"]
+        alarms = (await sns.create_topic(Name=f"{options.name}-alarms"))["TopicArn"]
 
         resources = Resources(
             TaskQueueUrl=queue_url,
@@ -106,6 +109,7 @@ async def deploy(options: DeployOptions) -> DeployResult:
         inventory_table=inventory,
         receipts_topic_arn=receipts,
         notifications_topic_arn=notifications,
+        alarms_topic_arn=alarms,
         role_arn=role_arn,
         changed=changed,
     )

@@ -29,6 +29,12 @@ TOKEN_KEYS_RESOURCES: Final = (
 SERVICE_ROLES: Final = ("WorkerRole", "WebhookRole", "ReconcileRole")
 READ_TOKEN_KEYS: Final = {"secretsmanager:GetSecretValue", "kms:Decrypt"}
 BUILD: Final = REPO / "deploy" / "aws" / "build.py"
+TASK_QUEUE: Final = {"Fn::GetAtt": ["TaskQueue", "Arn"]}
+# DescribeExecution is authorised on execution ARNs: this machine's only.
+MACHINE_EXECUTIONS: Final = {
+    "Fn::Sub": "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}"
+    ":execution:${PaymentStateMachine.Name}:*"
+}
 
 
 @pytest.fixture(scope="module")
@@ -216,41 +222,58 @@ def test_state_machine_role_is_least_privilege(template: dict[str, Any]) -> None
     assert [statement["Principal"] for statement in trust] == [{"Service": "states.amazonaws.com"}]
 
 
-def test_worker_role_only_consumes_its_queue_and_answers_tasks(
-    template: dict[str, Any],
-) -> None:
-    role = template["Resources"]["WorkerRole"]
-    assert actions(role) == {
-        "sqs:ReceiveMessage",
-        "sqs:DeleteMessage",
-        "sqs:ChangeMessageVisibility",
-        "sqs:GetQueueAttributes",
-        *SEND_TASK,
-        *READ_TOKEN_KEYS,
-    }
-    for statement in statements(role):
-        assert statement["Resource"] in (
-            {"Fn::GetAtt": ["TaskQueue", "Arn"]},
-            {"Ref": "PaymentStateMachine"},
-            *TOKEN_KEYS_RESOURCES,
-        )
-
-
-def test_webhook_role_only_answers_tasks(template: dict[str, Any]) -> None:
-    role = template["Resources"]["WebhookRole"]
-    assert actions(role) == {*SEND_TASK, "states:ListStateMachines", *READ_TOKEN_KEYS}
-    for statement in statements(role):
-        if statement["Action"] == "states:ListStateMachines":
-            continue  # readiness probe; the action takes no resource ARN
-        assert statement["Resource"] in ({"Ref": "PaymentStateMachine"}, *TOKEN_KEYS_RESOURCES)
-
-
-def test_reconcile_role_only_answers_tasks(template: dict[str, Any]) -> None:
-    role = template["Resources"]["ReconcileRole"]
-    assert actions(role) == SEND_TASK | READ_TOKEN_KEYS
+def grants(role: dict[str, Any]) -> dict[str, Any]:
+    """Action -> the resource(s) it is allowed on, for roles with one statement per action."""
+    found: dict[str, Any] = {}
     for statement in statements(role):
         assert statement["Effect"] == "Allow"
-        assert statement["Resource"] in ({"Ref": "PaymentStateMachine"}, *TOKEN_KEYS_RESOURCES)
+        value = statement["Action"]
+        for action in [value] if isinstance(value, str) else value:
+            assert action not in found, f"{action} granted twice"
+            found[action] = statement["Resource"]
+    return found
+
+
+def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
+    template: dict[str, Any],
+) -> None:
+    granted = grants(template["Resources"]["WorkerRole"])
+    assert {action: granted.pop(action) for action in READ_TOKEN_KEYS} == {
+        "secretsmanager:GetSecretValue": {"Ref": "TokenKeysSecret"},
+        "kms:Decrypt": {"Fn::GetAtt": ["TokenKeysKey", "Arn"]},
+    }
+    assert granted == {
+        "sqs:ReceiveMessage": TASK_QUEUE,
+        "sqs:DeleteMessage": TASK_QUEUE,
+        "sqs:ChangeMessageVisibility": TASK_QUEUE,
+        "sqs:GetQueueAttributes": TASK_QUEUE,
+        "sqs:SendMessage": TASK_QUEUE,
+        **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
+        "states:DescribeExecution": MACHINE_EXECUTIONS,
+        "sns:Publish": {"Ref": "AlarmTopic"},
+    }
+
+
+def test_webhook_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]) -> None:
+    granted = grants(template["Resources"]["WebhookRole"])
+    for action in READ_TOKEN_KEYS:
+        assert granted.pop(action) in TOKEN_KEYS_RESOURCES
+    assert granted == {
+        **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
+        # readiness probe; the action takes no resource ARN
+        "states:ListStateMachines": "*",
+        "sqs:SendMessage": TASK_QUEUE,
+    }
+
+
+def test_reconcile_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]) -> None:
+    granted = grants(template["Resources"]["ReconcileRole"])
+    for action in READ_TOKEN_KEYS:
+        assert granted.pop(action) in TOKEN_KEYS_RESOURCES
+    assert granted == {
+        **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
+        "sqs:SendMessage": TASK_QUEUE,
+    }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]
     }

@@ -33,6 +33,9 @@ FAKE_AWS: Final = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
 }
+# Well-formed names of resources no test here reaches.
+NO_QUEUE_URL: Final = "https://sqs.us-east-1.amazonaws.com/000000000000/paystep-tasks"
+NO_ALARM_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:paystep-alarms"
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +82,7 @@ def test_webhook_container_answers_healthz(podman: Podman, image: str) -> None:
         "PAYSTEP_WEBHOOK_SECRETS": "whsec_x",
         "PAYSTEP_TOKEN_KEYS": new_key(),
         "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:000000000000:stateMachine:paystep",
+        "PAYSTEP_QUEUE_URL": NO_QUEUE_URL,
     }
     with podman.container(
         image, ["webhook"], env=env, publish={http_port: 8080, metrics_port: 9090}
@@ -106,6 +110,7 @@ def test_worker_container_is_healthy_against_the_local_stack(
     }
     env.update(
         PAYSTEP_QUEUE_URL=deployment["queue_url"],
+        PAYSTEP_ALARM_TOPIC_ARN=deployment["alarms_topic_arn"],
         PAYSTEP_METRICS_PORT=str(metrics_port),
         PAYSTEP_WORKER_CONCURRENCY="4",
         PAYSTEP_WORKER_SHUTDOWN_GRACE_S="5",
@@ -130,6 +135,7 @@ def test_worker_container_says_so_when_its_queue_is_unreachable(podman: Podman, 
         **FAKE_AWS,
         "AWS_ENDPOINT_URL": f"http://127.0.0.1:{closed}",
         "PAYSTEP_QUEUE_URL": f"http://127.0.0.1:{closed}/000000000000/paystep-tasks",
+        "PAYSTEP_ALARM_TOPIC_ARN": NO_ALARM_TOPIC_ARN,
         "PAYSTEP_STRIPE_API_KEY": "sk_test_x",
         "PAYSTEP_TOKEN_KEYS": new_key(),
         "PAYSTEP_METRICS_PORT": str(metrics_port),

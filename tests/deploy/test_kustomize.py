@@ -32,6 +32,16 @@ WORKLOADS: Final = ("worker", "webhook", "reconcile")
 # Stripe retries a failed delivery for up to three days: reconciliation looks that far back.
 STRIPE_RETRY_WINDOW_S: Final = 72 * 3600
 IMDS: Final = "169.254.169.254/32"
+# The stack's resources as the services are given them: (region, account) in each.
+SQS_QUEUE_URL: Final = re.compile(
+    r"^https://sqs\.(?P<region>[a-z0-9-]+)\.amazonaws\.com/(?P<account>\d{12})/[\w-]{1,80}$"
+)
+SNS_TOPIC_ARN: Final = re.compile(
+    r"^arn:aws[a-z-]*:sns:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):[\w-]{1,256}$"
+)
+STATE_MACHINE_ARN: Final = re.compile(
+    r"^arn:aws[a-z-]*:states:(?P<region>[a-z0-9-]+):(?P<account>\d{12}):stateMachine:[\w-]+$"
+)
 # KEDA's own CRDs, copied into the repository (README.md there says from where).
 KEDA_SCHEMAS: Final = Path(__file__).resolve().parent / "schemas" / "keda"
 
@@ -62,6 +72,17 @@ def workloads(docs: list[Manifest]) -> list[Manifest]:
 def workload(docs: list[Manifest], component: str) -> Manifest:
     kind = "CronJob" if component == "reconcile" else "Deployment"
     return one(docs, kind, component)
+
+
+def environment(docs: list[Manifest], component: str) -> dict[str, str]:
+    """The variables a workload's container starts with: its ConfigMaps, then its `env`."""
+    [container] = containers(workload(docs, component))
+    maps = {doc["metadata"]["name"]: doc["data"] for doc in by_kind(docs, "ConfigMap")}
+    env: dict[str, str] = {}
+    for source in container["envFrom"]:
+        env.update(maps[source["configMapRef"]["name"]])
+    env.update({item["name"]: item.get("value", "from-a-secret") for item in container["env"]})
+    return env
 
 
 def every_minutes(schedule: str) -> int:
@@ -360,8 +381,32 @@ def test_network_policies_cover_every_workload(
     worker_egress = egress_ports(covered["worker"])
     reconcile_egress = egress_ports(covered["reconcile"])
     assert worker_egress == {"kube-dns": {53}, "0.0.0.0/0": {443}}
+    # The webhook calls Step Functions and sends to SQS: the worker's AWS endpoints.
+    assert egress_ports(covered["webhook"]) == worker_egress
     assert {peer: reconcile_egress[peer] for peer in worker_egress} == worker_egress
     assert set(reconcile_egress) - set(worker_egress) <= {"monitoring"}
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_each_workload_gets_the_stack_resources_it_uses(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    """The worker consumes the task queue and reports refunds to the alarm topic; the
+    webhook and reconcile send check_payment tasks to the same queue. All of one stack."""
+    docs = manifests[overlay]
+    worker = environment(docs, "worker")
+    found = {
+        "alarm topic": SNS_TOPIC_ARN.match(worker["PAYSTEP_ALARM_TOPIC_ARN"]),
+        "state machine": STATE_MACHINE_ARN.match(worker["PAYSTEP_STATE_MACHINE_ARN"]),
+    }
+    for component in WORKLOADS:
+        env = environment(docs, component)
+        assert env["PAYSTEP_QUEUE_URL"] == worker["PAYSTEP_QUEUE_URL"], component
+        found[f"{component}'s queue"] = SQS_QUEUE_URL.match(env["PAYSTEP_QUEUE_URL"])
+    assert all(found.values()), found
+    where = {name: (match["region"], match["account"]) for name, match in found.items() if match}
+    assert {region for region, _ in where.values()} == {worker["AWS_DEFAULT_REGION"]}, where
+    assert len({account for _, account in where.values()}) == 1, f"several stacks: {where}"
 
 
 # -- reconciliation ----------------------------------------------------------------------

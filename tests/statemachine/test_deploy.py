@@ -38,6 +38,10 @@ def test_deploy_creates_resources_then_is_idempotent(stack: LocalStack) -> None:
         )["definition"]
     )
     assert definition["States"]["CreatePayment"]["Parameters"]["QueueUrl"] == first["queue_url"]
+    # The worker's refund alerts go to this topic (PAYSTEP_ALARM_TOPIC_ARN).
+    assert first["alarms_topic_arn"].endswith(f":{name}-alarms")
+    # Raises NotFound for a topic that does not exist.
+    boto3.client("sns").get_topic_attributes(TopicArn=first["alarms_topic_arn"])
 
 
 def test_changed_tunables_update_the_state_machine(stack: LocalStack) -> None:

@@ -17,6 +17,7 @@ def worker_env(deployment: dict[str, Any], proc: ManagedProcess) -> dict[str, st
     """The settings a second command needs to reach a running worker (`--check`)."""
     return {
         "PAYSTEP_QUEUE_URL": deployment["queue_url"],
+        "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
         "PAYSTEP_STRIPE_API_KEY": LOCAL_STRIPE_KEY,
         "PAYSTEP_METRICS_PORT": proc.urls["metrics"].rsplit(":", 1)[1],
     }
