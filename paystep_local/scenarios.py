@@ -106,7 +106,7 @@ class Stack:
                 QueueUrl=self._inbox_url, AttributeNames=["QueueArn"]
             )
         )["Attributes"]["QueueArn"]
-        for topic in ("receipts_topic_arn", "notifications_topic_arn"):
+        for topic in ("receipts_topic_arn", "notifications_topic_arn", "alarms_topic_arn"):
             await sns.subscribe(
                 TopicArn=self.deployment[topic],
                 Protocol="sqs",
@@ -123,7 +123,7 @@ class Stack:
         await self._exit.aclose()
 
     async def _collect(self) -> None:
-        """Gather receipts and notifications, indexed by order."""
+        """Gather receipts, notifications and alerts, indexed by order."""
         while True:
             answer = await self.sqs.receive_message(
                 QueueUrl=self._inbox_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
@@ -132,7 +132,8 @@ class Stack:
             async with self._arrived:
                 for message in batch:
                     body = json.loads(message["Body"])
-                    order = body.get("request", {}).get("order_id", "")
+                    # Receipts and notifications carry the request, alerts the order's id.
+                    order = body.get("request", {}).get("order_id") or body.get("order_id", "")
                     self._messages.setdefault(order, []).append(body)
                 self._arrived.notify_all()
             if batch:
@@ -364,9 +365,11 @@ def _with_items(sku: str, quantity: int = 1) -> Step:
 def _check_declined(max_attempts: int) -> Step:
     async def check(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
         statuses = [pi["status"] for pi in observed.payment_intents]
+        # Each retry cancels the attempt before it: only the last stays open.
+        expected = ["canceled"] * (max_attempts - 1) + ["requires_payment_method"]
         observed.expect(
-            statuses == ["requires_payment_method"] * max_attempts,
-            f"PaymentIntents {statuses}, expected {max_attempts} declined attempts",
+            statuses == expected,
+            f"PaymentIntents {statuses}, expected {max_attempts} declined attempts ({expected})",
         )
         messages = await stack.wait_messages(observed.order_id, max_attempts)
         observed.messages = messages

@@ -306,7 +306,9 @@ class StripeChaosProxy(ThreadedServer):
                 if name.partition("[")[0] in LOCALSTRIPE_CREATE_PARAMS
             ]
         ).encode()
-        reply = Reply(*await self._forward(request, forwarded))
+        reply = await self._with_declined_intent(
+            Reply(*await self._forward(request, forwarded)), _passed_headers(request)
+        )
         intent = _payment_intent_of(reply.body)
         if intent is not None:
             with self._lock:
@@ -340,7 +342,32 @@ class StripeChaosProxy(ThreadedServer):
         status, payload, reply_headers = await self._upstream(
             "POST", request.path, {**headers, "Content-Type": "application/x-www-form-urlencoded"}
         )
-        return Reply(status, payload, reply_headers)
+        return await self._with_declined_intent(Reply(status, payload, reply_headers), headers)
+
+    async def _with_declined_intent(
+        self, reply: Reply[bytes], headers: Mapping[str, str]
+    ) -> Reply[bytes]:
+        """A decline names its PaymentIntent, as Stripe's error object does.
+
+        https://docs.stripe.com/api/errors: `payment_intent` is "the PaymentIntent object
+        for errors returned on a request involving a PaymentIntent". localstripe names
+        the failed charge only; its PaymentIntent is read back and added.
+        """
+        if reply.status != 402:
+            return reply
+        answer = json.loads(reply.body)
+        error = answer.get("error") if isinstance(answer, dict) else None
+        if not isinstance(error, dict) or "payment_intent" in error or not error.get("charge"):
+            return reply
+        status, payload, _ = await self._upstream("GET", f"/v1/charges/{error['charge']}", headers)
+        intent_id = json.loads(payload).get("payment_intent") if status == 200 else None
+        if not isinstance(intent_id, str):
+            return reply
+        intent = await self._current(intent_id, headers)
+        if isinstance(intent, Reply):
+            return reply
+        error["payment_intent"] = intent
+        return Reply(reply.status, json.dumps(answer).encode(), reply.headers)
 
     async def _cancel(self, request: web.Request, intent_id: str, body: bytes) -> Reply[bytes]:
         intent = await self._current(intent_id, _passed_headers(request))
@@ -408,7 +435,7 @@ class StripeChaosProxy(ThreadedServer):
 
     def _with_kept(self, reply: Reply[bytes]) -> Reply[bytes]:
         """The answer with what this proxy keeps of each PaymentIntent in it."""
-        if not self._kept or not reply.body.startswith(b"{"):
+        if not reply.body.startswith(b"{"):
             return reply
         try:
             answer = json.loads(reply.body)
@@ -443,12 +470,21 @@ def _payment_intent_of(body: bytes) -> dict[str, Any] | None:
 
 
 def _add_kept(answer: Any, kept: Mapping[str, dict[str, Any]]) -> bool:
-    """Add `kept` to every PaymentIntent in `answer` (an object, a list, an error)."""
+    """Add `kept` to every PaymentIntent in `answer` (an object, a list, an error).
+
+    And `amount_received`, which Stripe renders on every PaymentIntent and localstripe
+    leaves out: the amount once succeeded, else 0 (no partial capture here)
+    (https://docs.stripe.com/api/payment_intents/object#payment_intent_object-amount_received).
+    """
     if not isinstance(answer, dict):
         return False
     changed = False
     if answer.get("object") == "payment_intent" and answer.get("id") in kept:
         answer.update(kept[answer["id"]])
+        changed = True
+    if answer.get("object") == "payment_intent" and "amount_received" not in answer:
+        paid = answer.get("status") == "succeeded"
+        answer["amount_received"] = answer.get("amount", 0) if paid else 0
         changed = True
     for nested in (answer.get("error"), *(answer.get("data") or [])):
         if isinstance(nested, dict):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import json
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 
-from statemachine import errors
+from statemachine import causes, errors
 from tests.conftest import Deployer
 from tests.support.aws import (
     TopicInbox,
@@ -43,6 +44,13 @@ def _paid(pi: str, amount: int = 1999) -> str:
             "currency": "usd",
         }
     )
+
+
+@dataclass(frozen=True)
+class _CardDeclined:
+    decline_code: str
+    code: str = "card_declined"
+    message: str = "Your card was declined."
 
 
 def _found_paid(pi: str) -> str:
@@ -114,11 +122,14 @@ def test_decline_notifies_then_retry_succeeds(fast: dict[str, Any]) -> None:
     arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
 
     first = receive_task(sqs, fast["queue_url"], "create_payment")
-    cause = json.dumps({"code": "card_declined", "decline_code": "insufficient_funds"})
+    assert first["previous_decline"] == {}
+    cause = causes.declined("pi_first", _CardDeclined("insufficient_funds")).cause
     sfn.send_task_failure(taskToken=first["task_token"], error=errors.DECLINED, cause=cause)
     second = receive_task(sqs, fast["queue_url"], "create_payment")
     assert second["attempt"] == 2
     assert second["task_token"] != first["task_token"]
+    # The declined PaymentIntent travels to the next attempt, which cancels (or adopts) it.
+    assert second["previous_decline"]["payment_intent_id"] == "pi_first"
     sfn.send_task_success(taskToken=second["task_token"], output=_paid("pi_second"))
 
     done = wait_done(sfn, arn)
@@ -137,15 +148,11 @@ def test_declines_exhaust_the_attempts(deploy_fresh: Deployer) -> None:
     for attempt in (1, 2):
         task = receive_task(sqs, deployed["queue_url"], "create_payment")
         assert task["attempt"] == attempt
-        sfn.send_task_failure(
-            taskToken=task["task_token"], error=errors.DECLINED, cause=f"declined #{attempt}"
-        )
+        cause = causes.declined(f"pi_{attempt}", _CardDeclined("do_not_honor")).cause
+        sfn.send_task_failure(taskToken=task["task_token"], error=errors.DECLINED, cause=cause)
     done = wait_done(sfn, arn)
-    assert (done["status"], done["error"], done["cause"]) == (
-        "FAILED",
-        errors.DECLINED,
-        "declined #2",
-    )
+    assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
+    assert causes.parse(done["cause"])["payment_intent_id"] == "pi_2"
     assert len(notices.messages()) == 2
     assert states_entered(sfn, arn).count("CreatePayment") == 2
 
@@ -253,6 +260,52 @@ def test_second_payment_for_a_paid_order_is_refunded(fast: dict[str, Any]) -> No
     assert wait_done(sfn, arn)["error"] == errors.UNFULFILLABLE
     row = order_row(ddb, fast["orders_table"], request["order_id"])
     assert (row["status"], row["payment_intent_id"]) == ("paid", "pi_first")
+
+
+@pytest.mark.parametrize(
+    ("amount_received", "currency"), [(999, "usd"), (1999, "eur")], ids=["amount", "currency"]
+)
+def test_a_payment_that_does_not_match_the_order_is_refunded_and_fails_mismatch(
+    fast: dict[str, Any], amount_received: int, currency: str
+) -> None:
+    sfn, sqs, ddb, sns = clients()
+    receipts = TopicInbox(sqs, sns, fast["receipts_topic_arn"])
+    put_stock(ddb, fast["inventory_table"], "sku_match", 3)
+    request = _order(items=[{"sku": "sku_match", "quantity": 1}])
+    arn = start(sfn, fast["state_machine_arn"], request)
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    paid = {**json.loads(_paid("pi_other")), "amount_received": amount_received}
+    sfn.send_task_success(
+        taskToken=task["task_token"], output=json.dumps({**paid, "currency": currency})
+    )
+
+    refund = receive_task(sqs, fast["queue_url"], "refund_payment")
+    assert (refund["payment_intent_id"], refund["reason"]) == ("pi_other", errors.MISMATCH)
+    sfn.send_task_success(
+        taskToken=refund["task_token"],
+        output=json.dumps(
+            {
+                "refund_id": "re_m",
+                "status": "succeeded",
+                "amount": amount_received,
+                "currency": currency,
+            }
+        ),
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.MISMATCH)
+    mismatch = json.loads(done["cause"])
+    assert mismatch == {
+        "payment_intent_id": "pi_other",
+        "status": "succeeded",
+        "amount_received": amount_received,
+        "currency": currency,
+        "expected_amount": 1999,
+        "expected_currency": "usd",
+    }
+    assert "Fulfil" not in states_entered(sfn, arn)
+    assert stock_of(ddb, fast["inventory_table"], "sku_match") == 3
+    assert receipts.messages() == []
 
 
 def test_refund_failure_ends_with_its_own_error(fast: dict[str, Any]) -> None:

@@ -165,6 +165,12 @@ def handlers(stub: StubStripe, callbacks: StubCallbacks, now: float) -> Handlers
         idempotency_horizon_s=23 * HOUR_S,
         token_keys=TokenKeys.parse(new_key()),
         livemode=False,
+        # Neither reached by a create: no previous decline, no check, no refund.
+        executions=None,  # type: ignore[arg-type]
+        alerts=None,  # type: ignore[arg-type]
+        requeue=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+        check_again_s=0,
         clock=lambda: now,
     )
 
