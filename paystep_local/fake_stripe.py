@@ -335,6 +335,12 @@ class FakeStripe:
             self.refunds[refund["id"]] = refund
         return refund
 
+    def refunds_of(self, payment_intent: str) -> list[dict[str, Any]]:
+        """The refunds of one PaymentIntent, oldest first."""
+        with self._lock:
+            found = [r for r in self.refunds.values() if r["payment_intent"] == payment_intent]
+        return sorted((dict(r) for r in found), key=lambda r: r["created"])
+
     def stats(self) -> dict[str, Any]:
         with self._lock:
             return {

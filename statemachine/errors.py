@@ -34,10 +34,16 @@ ERRORS: Final = (
     ContractError(
         REJECTED, "Stripe refused the request (unknown customer, bad payment method, ...)"
     ),
-    ContractError(DECLINED, "the payment failed and no retry is left"),
+    ContractError(
+        DECLINED,
+        "the payment failed and no retry is left (each retry first canceled the attempt "
+        "before it); an attempt the customer pays later is refunded",
+    ),
     ContractError(CANCELED, "the PaymentIntent was canceled"),
     ContractError(
-        TIMED_OUT, "no outcome before the wait's timeout; the PaymentIntent was canceled"
+        TIMED_OUT,
+        "no outcome before the wait's timeout; the PaymentIntent was canceled, or is "
+        "refunded if it is paid later",
     ),
     ContractError(
         UNFULFILLABLE,

@@ -47,8 +47,10 @@ SEALING_ENV: Final = {
     "PAYSTEP_TOKEN_KEYS": new_key(),
     "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:p",
 }
+ALARM_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:123456789012:paystep-alarms"
 WORKER_ENV: Final = {
     **SEALING_ENV,
+    "PAYSTEP_ALARM_TOPIC_ARN": ALARM_TOPIC_ARN,
     "PAYSTEP_STRIPE_API_KEY": "sk_test_1",
     "PAYSTEP_WORKER_CONCURRENCY": "abc",
 }
@@ -56,7 +58,11 @@ WORKER_LINES: Final = (
     "paystep worker: PAYSTEP_QUEUE_URL: field required",
     "paystep worker: PAYSTEP_WORKER_CONCURRENCY: expected an integer, got 'abc'",
 )
-WEBHOOK_ENV: Final = {**SEALING_ENV, "PAYSTEP_WEBHOOK_PORT": "0"}
+WEBHOOK_ENV: Final = {
+    **SEALING_ENV,
+    "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
+    "PAYSTEP_WEBHOOK_PORT": "0",
+}
 WEBHOOK_LINES: Final = (
     "paystep webhook: PAYSTEP_WEBHOOK_SECRETS: field required",
     "paystep webhook: PAYSTEP_WEBHOOK_PORT: should be greater than or equal to 1, got '0'",
@@ -69,7 +75,11 @@ COMMANDS: Final = [
     pytest.param(["-m", "webhook", "--check"], WEBHOOK_ENV, WEBHOOK_LINES, id="webhook --check"),
     pytest.param(
         ["-m", "paystep", "reconcile", "--since", "1h"],
-        {**SEALING_ENV, "PAYSTEP_RECONCILE_CONCURRENCY": "many"},
+        {
+            **SEALING_ENV,
+            "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
+            "PAYSTEP_RECONCILE_CONCURRENCY": "many",
+        },
         (
             "paystep reconcile: PAYSTEP_STRIPE_API_KEY: field required",
             "paystep reconcile: PAYSTEP_RECONCILE_CONCURRENCY: expected an integer, got 'many'",
@@ -120,6 +130,7 @@ def test_each_problem_names_the_variable_and_the_value(
     value: str, problem: str,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/q")
+    monkeypatch.setenv("PAYSTEP_ALARM_TOPIC_ARN", ALARM_TOPIC_ARN)
     monkeypatch.setenv("PAYSTEP_STRIPE_API_KEY", "sk_test_1")
     monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", SEALING_ENV["PAYSTEP_TOKEN_KEYS"])
     monkeypatch.setenv(variable, value)

@@ -411,7 +411,9 @@ def _flood_refused(client: RawClient, count: int) -> None:
 def test_fuzzed_requests_never_5xx_never_accepted_unsigned_and_memory_stays_flat(
     bare: LocalStack, cases: int
 ) -> None:
-    webhook = start_webhook(bare, env={"PAYSTEP_STATE_MACHINE_ARN": FUZZ_MACHINE})
+    webhook = start_webhook(
+        bare, env={"PAYSTEP_STATE_MACHINE_ARN": FUZZ_MACHINE, "PAYSTEP_QUEUE_URL": _queue()}
+    )
     client = RawClient(webhook.urls["base"])
     fuzz = Fuzz(client, Counter(), [])
     try:
@@ -545,3 +547,11 @@ def test_malformed_messages_end_in_the_dead_letter_queue_or_failed_and_the_loop_
     assert worker.process.poll() is None
     assert max(len(line) for line in worker.log_path.read_text().splitlines()) < 4096
     assert FAKE_TOKEN not in worker.log_path.read_text()
+
+
+def _queue() -> str:
+    """A task queue of the test's own: a success on a closed task is sent there to check."""
+    url: str = boto3.client("sqs").create_queue(QueueName=f"tasks-{uuid.uuid4().hex[:12]}")[
+        "QueueUrl"
+    ]
+    return url

@@ -17,6 +17,7 @@ import json
 import secrets
 import statistics
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Final
 
 import aiohttp
+import boto3
 import pytest
 
 from paystep_local.localstack import LocalStack
@@ -143,7 +145,9 @@ class Load:
 def test_fifty_connections_get_no_errors_and_memory_stays_flat(
     bare: LocalStack, duration_s: float
 ) -> None:
-    webhook = start_webhook(bare, env={"PAYSTEP_STATE_MACHINE_ARN": MACHINE})
+    webhook = start_webhook(
+        bare, env={"PAYSTEP_STATE_MACHINE_ARN": MACHINE, "PAYSTEP_QUEUE_URL": _queue()}
+    )
     keys = TokenKeys.parse(bare.token_keys)
     load = Load(webhook.urls["webhook"], _deliveries(bare.webhook_secret, keys))
     asyncio.run(load.run(WARMUP_S, record=False))
@@ -163,3 +167,11 @@ def test_fifty_connections_get_no_errors_and_memory_stays_flat(
     assert load.errors == Counter()
     assert webhook.process.poll() is None
     assert rss_after - rss_before < RSS_GROWTH_LIMIT_KIB, f"RSS {rss_before} -> {rss_after} KiB"
+
+
+def _queue() -> str:
+    """A task queue of the test's own: a success on a closed task is sent there to check."""
+    url: str = boto3.client("sqs").create_queue(QueueName=f"tasks-{uuid.uuid4().hex[:12]}")[
+        "QueueUrl"
+    ]
+    return url

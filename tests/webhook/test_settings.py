@@ -19,6 +19,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", KEY)
     monkeypatch.setenv("PAYSTEP_STATE_MACHINE_ARN", MACHINE)
+    monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/000000000000/tasks")
 
 
 def test_secrets_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:
