@@ -10,6 +10,7 @@ the amount, no card data.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import structlog
@@ -33,6 +34,26 @@ class RefundAlert(BaseModel):
     refund_id: str | None = None
     refund_status: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refunding:
+    """Which payment a refund is for, and why: what every refund alert names."""
+
+    payment_intent_id: str
+    order_id: str | None
+    execution_id: str
+    reason: str
+
+    def alert(self, type_: AlertType, **details: str | int | None) -> RefundAlert:
+        return RefundAlert(
+            type=type_,
+            reason=self.reason,
+            order_id=self.order_id,
+            execution_id=self.execution_id,
+            payment_intent_id=self.payment_intent_id,
+            **details,  # type: ignore[arg-type]
+        )
 
 
 SUBJECTS: dict[AlertType, str] = {

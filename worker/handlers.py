@@ -39,7 +39,7 @@ from statemachine.models import (
     dump_json,
 )
 from statemachine.seal import Binding, TokenKeys
-from worker.alerts import Alerts, RefundAlert
+from worker.alerts import Alerts, Refunding
 from worker.errors import PoisonMessage, TaskFailure
 from worker.executions import Executions, NoSuchExecution
 from worker.metrics import Metrics
@@ -183,11 +183,8 @@ class Handlers:
             order_id=task.order_id, payment_intent=task.payment_intent_id
         )
         refund, created = await self._refund(
-            task.payment_intent_id,
+            Refunding(task.payment_intent_id, task.order_id, task.execution_id, task.reason),
             idempotency_key=task.idempotency_key,
-            order_id=task.order_id,
-            execution_id=task.execution_id,
-            reason=task.reason,
         )
         await self._succeed(
             task.task_token,
@@ -236,17 +233,15 @@ class Handlers:
         reason = f"orphan: execution {execution.status.lower()}" + (
             ", another payment kept" if execution.kept_payment_intent_id else ""
         )
-        order_id = task.order_id or metadata.ids(intent.to_dict().get("metadata") or {}).get(
-            "order_id"
+        paid_for = metadata.ids(intent.to_dict().get("metadata") or {})
+        refunding = Refunding(
+            task.payment_intent_id,
+            task.order_id or paid_for.get("order_id"),
+            task.execution_id,
+            reason,
         )
         try:
-            _, created = await self._refund(
-                task.payment_intent_id,
-                idempotency_key=task.refund_idempotency_key,
-                order_id=order_id,
-                execution_id=task.execution_id,
-                reason=reason,
-            )
+            _, created = await self._refund(refunding, idempotency_key=task.refund_idempotency_key)
         except stripe.InvalidRequestError as exc:
             if exc.code == ALREADY_REFUNDED:
                 self.metrics.orphans.labels("already_refunded").inc()
@@ -254,12 +249,8 @@ class Handlers:
             # Stripe will not refund it (a dispute, a balance too low): a person must.
             self.metrics.orphans.labels("refund_failed").inc()
             await self.alerts.publish(
-                RefundAlert(
-                    type="refund_failed",
-                    reason=reason,
-                    order_id=order_id,
-                    execution_id=task.execution_id,
-                    payment_intent_id=task.payment_intent_id,
+                refunding.alert(
+                    "refund_failed",
                     amount=intent.amount_received,
                     currency=intent.currency,
                     error=f"{exc.code or exc.http_status}: {exc.user_message or exc}"[:500],
@@ -271,44 +262,33 @@ class Handlers:
         self.metrics.orphans.labels(outcome).inc()
         return outcome
 
-    async def _refund(
-        self,
-        intent_id: str,
-        *,
-        idempotency_key: str,
-        order_id: str | None,
-        execution_id: str,
-        reason: str,
-    ) -> tuple[Refund, bool]:
+    async def _refund(self, refunding: Refunding, *, idempotency_key: str) -> tuple[Refund, bool]:
         """The PaymentIntent's live refund, made now (True) or found (False); alerts when made.
 
         Both refund paths share the key (`refund:<PaymentIntent>`), so whichever comes
         second finds the first's refund. The alert is published once the refund exists:
         a worker stopped between the two leaves the refund without its alert.
         """
-        refunds = await self.stripe.list_refunds(intent_id)
+        refunds = await self.stripe.list_refunds(refunding.payment_intent_id)
         refund = next((r for r in refunds if r.status in LIVE_REFUNDS), None)
         if refund is not None:
             log.info("refund.found", refund=refund.id, status=refund.status)
             return refund, False
+        value_max = metadata.STRIPE_METADATA_VALUE_MAX_CHARS
         refund_metadata = {
-            metadata.EXECUTION_KEY: execution_id[: metadata.STRIPE_METADATA_VALUE_MAX_CHARS],
-            "paystep_reason": reason[: metadata.STRIPE_METADATA_VALUE_MAX_CHARS],
+            metadata.EXECUTION_KEY: refunding.execution_id[:value_max],
+            "paystep_reason": refunding.reason[:value_max],
         }
-        if order_id:
-            refund_metadata[metadata.ORDER_KEY] = order_id
+        if refunding.order_id:
+            refund_metadata[metadata.ORDER_KEY] = refunding.order_id
         refund = await self.stripe.create_refund(
-            {"payment_intent": intent_id, "metadata": refund_metadata},
+            {"payment_intent": refunding.payment_intent_id, "metadata": refund_metadata},
             idempotency_key=idempotency_key,
         )
-        log.info("refund.created", refund=refund.id, status=refund.status, reason=reason)
+        log.info("refund.created", refund=refund.id, status=refund.status, reason=refunding.reason)
         await self.alerts.publish(
-            RefundAlert(
-                type="payment_refunded",
-                reason=reason,
-                order_id=order_id,
-                execution_id=execution_id,
-                payment_intent_id=intent_id,
+            refunding.alert(
+                "payment_refunded",
                 amount=refund.amount,
                 currency=refund.currency,
                 refund_id=refund.id,
