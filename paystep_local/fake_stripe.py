@@ -387,6 +387,7 @@ class FakeStripe:
             ("GET", "/v1/events", self._list_events),
             ("POST", "/v1/refunds", self._create_refund),
             ("GET", "/v1/refunds", self._list_refunds),
+            ("POST", "/v1/refunds/{id}", self._update_refund),
         ]
         for method, path, endpoint in routes:
             app.router.add_route(method, path, self._api(f"{method} {path}", endpoint))
@@ -730,6 +731,34 @@ class FakeStripe:
                 if intent_id is None or r["payment_intent"] == intent_id
             ]
         return _Answer(200, _list(data, "/v1/refunds"))
+
+    async def _update_refund(self, request: web.Request, params: dict[str, Any]) -> _Answer:
+        """https://docs.stripe.com/api/refunds/update: only `metadata` can change."""
+        refund_id = request.match_info["id"]
+        unknown = sorted(set(params) - {"metadata", "expand"})
+        if unknown:
+            raise StripeFailure(
+                400,
+                "invalid_request_error",
+                f"Received unknown parameter: {unknown[0]}",
+                param=unknown[0],
+                code="parameter_unknown",
+            )
+        metadata = stripe_rules.check_metadata(params.get("metadata", {}))
+        with self._lock:
+            refund = self.refunds.get(refund_id)
+            if refund is None:
+                raise StripeFailure(
+                    404,
+                    "invalid_request_error",
+                    f"No such refund: '{refund_id}'",
+                    param="id",
+                    code="resource_missing",
+                )
+            # Stripe merges metadata; an empty value removes a key.
+            merged = {**refund["metadata"], **metadata}
+            refund["metadata"] = {k: v for k, v in merged.items() if v != ""}
+            return _Answer(200, dict(refund))
 
     def _intent(self, intent_id: str, *, param: str = "intent") -> dict[str, Any]:
         with self._lock:

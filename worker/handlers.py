@@ -61,6 +61,8 @@ CANCELABLE: Final = frozenset(
 UNEXPECTED_STATE: Final = "payment_intent_unexpected_state"
 # https://docs.stripe.com/error-codes#charge-already-refunded
 ALREADY_REFUNDED: Final = "charge_already_refunded"
+# On a refund paystep made: "pending" until its alert is published, then "sent".
+ALERT_KEY: Final = "paystep_alert"
 
 
 class Requeue(Protocol):
@@ -263,21 +265,25 @@ class Handlers:
         return outcome
 
     async def _refund(self, refunding: Refunding, *, idempotency_key: str) -> tuple[Refund, bool]:
-        """The PaymentIntent's live refund, made now (True) or found (False); alerts when made.
+        """The PaymentIntent's live refund, made now (True) or found (False), and its alert.
 
         Both refund paths share the key (`refund:<PaymentIntent>`), so whichever comes
-        second finds the first's refund. The alert is published once the refund exists:
-        a worker stopped between the two leaves the refund without its alert.
+        second finds the first's refund. The refund records its alert in its own
+        metadata (`paystep_alert`: pending, then sent): a worker stopped between the
+        refund and the alert leaves it pending, and whoever finds it publishes it.
         """
         refunds = await self.stripe.list_refunds(refunding.payment_intent_id)
         refund = next((r for r in refunds if r.status in LIVE_REFUNDS), None)
         if refund is not None:
             log.info("refund.found", refund=refund.id, status=refund.status)
+            if (refund.to_dict().get("metadata") or {}).get(ALERT_KEY) == "pending":
+                await self._alert_refunded(refunding, refund)
             return refund, False
         value_max = metadata.STRIPE_METADATA_VALUE_MAX_CHARS
         refund_metadata = {
             metadata.EXECUTION_KEY: refunding.execution_id[:value_max],
             "paystep_reason": refunding.reason[:value_max],
+            ALERT_KEY: "pending",
         }
         if refunding.order_id:
             refund_metadata[metadata.ORDER_KEY] = refunding.order_id
@@ -286,6 +292,10 @@ class Handlers:
             idempotency_key=idempotency_key,
         )
         log.info("refund.created", refund=refund.id, status=refund.status, reason=refunding.reason)
+        await self._alert_refunded(refunding, refund)
+        return refund, True
+
+    async def _alert_refunded(self, refunding: Refunding, refund: Refund) -> None:
         await self.alerts.publish(
             refunding.alert(
                 "payment_refunded",
@@ -295,7 +305,7 @@ class Handlers:
                 refund_status=refund.status,
             )
         )
-        return refund, True
+        await self.stripe.update_refund_metadata(refund.id, {ALERT_KEY: "sent"})
 
     async def _close_declined(
         self, task: CreatePaymentTask, intent_id: str

@@ -86,6 +86,12 @@ class StripeApi:
             ),
         )
 
+    async def update_refund_metadata(self, refund_id: str, values: dict[str, str]) -> stripe.Refund:
+        return await self._call(
+            "refunds.update",
+            lambda: self._client.v1.refunds.update_async(refund_id, {"metadata": values}),
+        )
+
     async def _call(self, operation: str, call: Callable[[], Awaitable[T]]) -> T:
         ticket = await self._limit.acquire(operation)
         started = time.perf_counter()

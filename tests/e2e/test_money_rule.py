@@ -130,7 +130,12 @@ async def _refunded_with_alert(clients: Stack, order_id: str, pi_id: str) -> dic
         ]
 
     [alert] = await eventually_async(alerted, timeout_s=60, what=f"the refund alert of {pi_id}")
-    refunds = await _refunds(clients, pi_id)
+    # The refund records that its alert is out (a stopped worker would leave it pending).
+    refunds = await eventually_async(
+        lambda: _refunds(clients, pi_id),
+        until=lambda found: all(r["metadata"].get("paystep_alert") == "sent" for r in found),
+        what=f"the refund of {pi_id} marked alerted",
+    )
     assert [(r["amount"], r["id"]) for r in refunds] == [(AMOUNT, alert["refund_id"])]
     assert (alert["order_id"], alert["amount"], alert["currency"]) == (order_id, AMOUNT, "usd")
     return alert

@@ -242,7 +242,7 @@ async def test_a_payment_no_ended_execution_keeps_is_refunded_once_with_an_alert
     assert await handlers.check_payment(_check(paid["id"])) == "already_refunded"
 
     [refund] = fake.refunds_of(paid["id"])
-    assert refund["amount"] == 1999
+    assert (refund["amount"], refund["metadata"]["paystep_alert"]) == (1999, "sent")
     assert refund["metadata"]["paystep_reason"].startswith(f"orphan: execution {status.lower()}")
     [alert] = recorded.alerts
     assert (alert.type, alert.payment_intent_id, alert.refund_id) == (
@@ -295,3 +295,30 @@ async def test_a_refund_stripe_refuses_is_an_alert_for_a_person(
     )
     assert alert.error
     assert _orphans(handlers, "refund_failed") == 1
+
+
+async def test_a_refund_whose_alert_was_never_sent_gets_it_when_found(
+    handlers: Handlers, fake: FakeStripe, recorded: Recorded
+) -> None:
+    # A worker stopped between the refund and its alert: the refund says so.
+    paid = _paid(fake)
+    refund = fake.put_refund(paid["id"], 1999, metadata={"paystep_alert": "pending"})
+    recorded.execution = Execution(EXECUTION, "FAILED")
+
+    assert await handlers.check_payment(_check(paid["id"])) == "already_refunded"
+    assert await handlers.check_payment(_check(paid["id"])) == "already_refunded"
+
+    [alert] = recorded.alerts
+    assert (alert.type, alert.refund_id) == ("payment_refunded", refund["id"])
+    assert fake.refunds_of(paid["id"])[0]["metadata"] == {"paystep_alert": "sent"}
+
+
+async def test_a_refund_made_by_hand_is_found_without_an_alert(
+    handlers: Handlers, fake: FakeStripe, recorded: Recorded
+) -> None:
+    paid = _paid(fake)
+    fake.put_refund(paid["id"], 1999)
+    recorded.execution = Execution(EXECUTION, "FAILED")
+
+    assert await handlers.check_payment(_check(paid["id"])) == "already_refunded"
+    assert recorded.alerts == []
