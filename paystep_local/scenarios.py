@@ -382,6 +382,49 @@ def _check_declined(max_attempts: int) -> Step:
     return check
 
 
+def _check_paid_after_failing(max_attempts: int) -> Step:
+    """The customer pays the last declined attempt after the execution failed: the money
+    rule refunds it, and the operators get an alert."""
+    declined = _check_declined(max_attempts)
+
+    async def check(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
+        await declined(stack, observed, request)
+        last = observed.payment_intent.get("id", "")
+        try:
+            await stack.stripe(
+                "POST", f"/v1/payment_intents/{last}/confirm", payment_method="pm_card_visa"
+            )
+        except RuntimeError as exc:
+            observed.problems.append(f"the customer could not pay the last attempt: {exc}")
+            return
+
+        async def refunds() -> list[dict[str, Any]]:
+            listed = await stack.stripe("GET", f"/v1/refunds?payment_intent={last}")
+            found: list[dict[str, Any]] = listed["data"]
+            return found
+
+        try:
+            observed.refunds = await eventually_async(
+                refunds, timeout_s=SCENARIO_TIMEOUT_S, interval_s=POLL_S, what="the refund"
+            )
+        except NotInTime:
+            observed.problems.append("the payment made after the execution failed was kept")
+            return
+        observed.expect(
+            [r["amount"] for r in observed.refunds] == [request["amount"]],
+            f"refunds {[r['amount'] for r in observed.refunds]}",
+        )
+        messages = await stack.wait_messages(observed.order_id, max_attempts + 1)
+        observed.messages = messages
+        alerts = [m for m in messages if m["type"] == "payment_refunded"]
+        observed.expect(
+            [a.get("payment_intent_id") for a in alerts] == [last],
+            f"alerts {[a.get('payment_intent_id') for a in alerts]}, expected one for {last}",
+        )
+
+    return check
+
+
 async def _sepa_method(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
     request["payment_method"] = await stack.sepa_payment_method()
 
@@ -459,6 +502,13 @@ def demo_scenarios(max_attempts: int) -> list[Scenario]:
             "FAILED",
             "Payment.Declined",
             check=_check_declined(max_attempts),
+        ),
+        Scenario(
+            "paid_too_late",
+            {**base, "payment_method": "pm_card_chargeCustomerFail"},
+            "FAILED",
+            "Payment.Declined",
+            check=_check_paid_after_failing(max_attempts),
         ),
         Scenario(
             "sepa_debit",

@@ -67,6 +67,16 @@ def test_declined_card_retries_then_fails_and_notifies(full_stack: LocalStack) -
     assert "card_declined" in observed.cause
 
 
+def test_a_declined_attempt_paid_after_the_failure_is_refunded_with_an_alert(
+    full_stack: LocalStack,
+) -> None:
+    [observed] = _run(full_stack, SCENARIOS["paid_too_late"])
+    assert observed.problems == []
+    assert (observed.status, observed.error) == ("FAILED", "Payment.Declined")
+    assert [r["amount"] for r in observed.refunds] == [1999]
+    assert "payment_refunded" in [m["type"] for m in observed.messages]
+
+
 def test_sepa_debit_succeeds_asynchronously(full_stack: LocalStack) -> None:
     [observed] = _run(full_stack, SCENARIOS["sepa_debit"])
     assert observed.problems == []
