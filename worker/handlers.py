@@ -223,6 +223,10 @@ class Handlers:
         if execution.kept_payment_intent_id == task.payment_intent_id:
             log.info("payment.kept", execution_status=execution.status)
             return "kept"
+        if execution.status == "SUCCEEDED" and execution.kept_payment_intent_id is None:
+            # Every success names its payment (the Paid state): an output without one is
+            # not paystep's to judge, and refunding a kept payment cannot be undone.
+            raise PoisonMessage("the succeeded execution's output names no payment")
         intent = await self.stripe.retrieve_payment_intent(task.payment_intent_id)
         if intent.status != PAID:
             log.info("payment.not_paid", status=intent.status)

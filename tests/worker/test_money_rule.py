@@ -278,6 +278,17 @@ async def test_a_payment_of_an_unknown_execution_goes_to_the_dead_letter_queue(
     assert fake.refunds_of(paid["id"]) == []
 
 
+async def test_a_succeeded_execution_naming_no_payment_is_left_to_a_person(
+    handlers: Handlers, fake: FakeStripe, recorded: Recorded
+) -> None:
+    paid = _paid(fake)
+    recorded.execution = Execution(EXECUTION, "SUCCEEDED", kept_payment_intent_id=None)
+
+    with pytest.raises(PoisonMessage, match="names no payment"):
+        await handlers.check_payment(_check(paid["id"]))
+    assert fake.refunds_of(paid["id"]) == []
+
+
 async def test_a_refund_stripe_refuses_is_an_alert_for_a_person(
     handlers: Handlers, fake: FakeStripe, recorded: Recorded
 ) -> None:
