@@ -20,7 +20,9 @@ comes from the fake's timeline of admitted and refused creates:
 - enqueue -> created p50/p99: from an order's SendMessage to its create's answer;
 - recovery: from the halving until every 2 s window up to the end of the run
   holds at least 90 % of the new limit with under 0.05 429s per payment;
-- lost / duplicated: orders with no PaymentIntent / with more than one.
+- lost / duplicated: orders with no PaymentIntent / with more than one;
+- paces: each worker's create pace (`paystep_worker_stripe_rate_per_s`) every
+  0.5 s, to tell which pod overshot when the fleet did.
 
 All processes share the machine's cores unpinned (K = 4 workers at 25/s use a
 few percent of a core each); the run is arranged one K after another.
@@ -39,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +66,9 @@ FLEETS: Final = (1, 2, 4)
 WINDOW_S: Final = 2.0
 RECOVERED_SHARE: Final = 0.9
 RECOVERED_429_PER_PAYMENT: Final = 0.05
+# Each worker's create pace (its pacer's rate, from its metrics) is read this often.
+PACE_EVERY_S: Final = 0.5
+PACE_METRIC: Final = 'paystep_worker_stripe_rate_per_s{limiter="payment_intents.create"}'
 # From the fleet's first 429 until it is settled at the limit: the window that cuts it
 # (a second), the 429s of calls already sent (200 ms) and the window after.
 SETTLE_AFTER_LIMIT_S: Final = 3.0
@@ -117,9 +124,13 @@ def _limits(stack: Stack, scale: float) -> None:
     )
 
 
-def _start_workers(stack: Stack, name: str, count: int) -> list[subprocess.Popen[bytes]]:
+def _start_workers(
+    stack: Stack, name: str, count: int
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """The worker processes and their metrics ports."""
     queue_url = stack.create_queue(name)
     workers = []
+    ports = []
     for index in range(count):
         env = stack.aws_env()
         env.update(
@@ -143,7 +154,38 @@ def _start_workers(stack: Stack, name: str, count: int) -> list[subprocess.Popen
             )
         )
         wait_http(f"http://127.0.0.1:{env['PAYSTEP_METRICS_PORT']}/readyz", process=workers[-1])
-    return workers
+        ports.append(int(env["PAYSTEP_METRICS_PORT"]))
+    return workers, ports
+
+
+def _pace(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(PACE_METRIC):
+                    return round(float(line.rsplit(" ", 1)[1]), 2)
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _paces(ports: list[int], began: float) -> Iterator[list[list[float | None]]]:
+    """Rows of [seconds since `began`, each worker's create pace], every `PACE_EVERY_S`."""
+    rows: list[list[float | None]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.wait(PACE_EVERY_S):
+            rows.append([round(time.time() - began, 2), *(_pace(port) for port in ports)])
+
+    reader = threading.Thread(target=read, name="paces", daemon=True)
+    reader.start()
+    try:
+        yield rows
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _arrivals(stack: Stack, name: str, bodies: list[str], rate: float, plan: Plan) -> list[float]:
@@ -181,7 +223,7 @@ def _windows(
 def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
     name = f"fleet-k{pods}"
     _limits(stack, 1.0)
-    workers = _start_workers(stack, name, pods)
+    workers, ports = _start_workers(stack, name, pods)
     rate = ENDPOINT_PER_S * OVERLOAD
     count = int(rate * plan.run_s)
     bodies = _bodies(count, name)
@@ -191,17 +233,18 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
     deleted = stack.sqs_stats()["deleted"]
     began = time.time()
     try:
-        sent_at = _arrivals(stack, name, bodies, rate, plan)
-        halved_at = began + plan.run_s * 2 / 3
-        run_end = began + plan.run_s
-        _limits(stack, 1.0)
-        eventually(
-            lambda: stack.sqs_stats()["deleted"] >= deleted + count,
-            timeout_s=300,
-            interval_s=0.2,
-            what=f"{count} orders done",
-        )
-        drained_at = time.time()
+        with _paces(ports, began) as paces:
+            sent_at = _arrivals(stack, name, bodies, rate, plan)
+            halved_at = began + plan.run_s * 2 / 3
+            run_end = began + plan.run_s
+            _limits(stack, 1.0)
+            eventually(
+                lambda: stack.sqs_stats()["deleted"] >= deleted + count,
+                timeout_s=300,
+                interval_s=0.2,
+                what=f"{count} orders done",
+            )
+            drained_at = time.time()
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -264,6 +307,7 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
         "drain_s": round(drained_at - run_end, 1),
         "halved_at_s": round(halved_at - began, 1),
         "series": series,
+        "paces": paces,
     }
 
 
