@@ -7,29 +7,30 @@ endpoint (25/s by default), and answers 429 beyond them with a
 same account and none knows how many others there are, so each paces its calls
 (a start every 1/rate seconds) and adjusts the rate from what Stripe answers:
 
-- per window (a second of calls, and at least 8 answers: a pod of a fleet sends a
-  few a second, and one 429 among 3 answers says little): if f of the calls started in it were
-  refused, the rate is cut to (1 - f) of the rate the window started at (at most
-  halved; a pod with less work than its rate allows is cut from what it sent
-  before its first 429 of the window). Each pod then keeps what Stripe let
-  through; together the pods land on the limit in one window, however many they
-  are, instead of sawing between it and half of it;
+- per window (a second of calls, and at least 8 answers: a pod of a fleet sends
+  a few calls a second, and one 429 among 3 answers says little): if f of the
+  calls started in it were refused, the rate is cut to (1 - f) of the rate the
+  window started at (at most halved; a pod with less work than its rate allows
+  is cut from what it sent before its first 429 of the window). Each pod then
+  keeps what Stripe let through; together the pods land on the limit in one
+  window, however many they are, instead of sawing between it and half of it;
 - each 429 of the current window also takes half a call a second off the rate at
   once (off the rate the pod sends at, once a quarter of the window has shown it):
   the bucket's one second of burst hides an overshoot until it is spent, and from
   then every 200 ms of waiting for the window's end costs a fifth of the excess in
   429s. The window's share cut still settles the rate at its end, and the two
   are not added: the deeper stays;
-- the rate a window's share cut lands on is the plateau: what Stripe let this pod
-  have. Windows without 429s while calls were waiting for their turn climb back
-  fast, half the way per window, to 97 % of it, then probe beyond it slowly (half
-  of `probe_share` of the rate plus half of `probe_per_s` per window). Sitting a
-  few percent below the limit lets the bucket refill, and the refilled burst
-  absorbs the timing jitter of the pods' starts; probing at full speed from there
-  would cross the limit every few seconds;
-- the first window after a cut with a lone 429 while the pod is still climbing
-  back below the plateau is the bucket not yet refilled, not a lower limit: that
-  429 only takes its half call a second off, and the plateau stays. Cutting by its
+- the rate a window's share cut gives is the plateau: what Stripe let this pod
+  have. Windows without 429s while calls were waiting for their turn climb fast,
+  half the way per window, to 97 % of it (from a deeper cut: the 429s' own, or
+  the one below), then probe beyond it slowly (half of `probe_share` of the rate
+  plus half of `probe_per_s` per window). Sitting a few percent below the limit
+  lets the bucket refill, and the refilled burst absorbs the timing jitter of the
+  pods' starts; probing at full speed from there would cross the limit every
+  few seconds;
+- one window with a lone 429 after a cut, while the pod still sends below 97 %
+  of the plateau, is the bucket not yet refilled, not a lower limit: that 429
+  only takes its half call a second off, and the plateau stays. Cutting by its
   share (one call in ten is 10 %) left a pod at 85 % of a halved limit. A second
   such window cuts as any other: the plateau was too high (a window that still
   had the burst's tokens lets more through than the limit);
