@@ -55,6 +55,14 @@ def _window(
     pacer.finish(-1, refused=False)  # any later answer closes the window
 
 
+def _cut(*, refused: int) -> tuple[Clock, Pacer]:
+    """A pacer of 20/s after one window of 20 calls, `refused` of them 429."""
+    clock = Clock()
+    pacer = Pacer(max_per_s=20, clock=clock)
+    _window(pacer, clock, sent=20, refused=refused)
+    return clock, pacer
+
+
 async def test_calls_start_one_every_1_over_rate_in_order() -> None:
     clock = Clock()
     budget = Budget(account_per_s=100, endpoint_per_s=20, clock=clock, sleep=clock.sleep)
@@ -135,9 +143,7 @@ def test_a_window_closes_only_once_it_holds_8_answers() -> None:
 
 
 def test_windows_without_429s_probe_up_only_while_calls_wait() -> None:
-    clock = Clock()
-    pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=20, refused=10)
+    clock, pacer = _cut(refused=10)
     cut = pacer.rate
     assert cut <= 10
     idle = [pacer.start(waited=False) for _ in range(MIN_ANSWERS)]
@@ -152,9 +158,7 @@ def test_windows_without_429s_probe_up_only_while_calls_wait() -> None:
 def test_after_a_cut_the_probe_goes_at_half_speed_until_20_clean_windows_forget_the_plateau() -> (
     None
 ):
-    clock = Clock()
-    pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=20, refused=4)
+    clock, pacer = _cut(refused=4)
     assert pacer.plateau == pytest.approx(pacer.rate) == pytest.approx(16), "a fifth refused"
     for _ in range(FORGET_AFTER):
         before = pacer.rate
@@ -169,9 +173,7 @@ def test_after_a_cut_the_probe_goes_at_half_speed_until_20_clean_windows_forget_
 
 
 def test_without_a_plateau_the_probe_speeds_up_the_longer_no_429_came_up_to_the_maximum() -> None:
-    clock = Clock()
-    pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=20, refused=10)
+    clock, pacer = _cut(refused=10)
     for _ in range(FORGET_AFTER + 1):
         _window(pacer, clock, sent=10, refused=0)
     assert pacer.plateau is None
@@ -188,9 +190,7 @@ def test_without_a_plateau_the_probe_speeds_up_the_longer_no_429_came_up_to_the_
 
 
 def test_a_lone_429_below_the_plateau_keeps_it_once_and_the_climb_back_is_fast() -> None:
-    clock = Clock()
-    pacer = Pacer(max_per_s=20, clock=clock)
-    _window(pacer, clock, sent=20, refused=4)
+    clock, pacer = _cut(refused=4)
     plateau = pacer.plateau
     assert plateau is not None
     # A pod with less work than its pace: 10 calls, the last one refused.
