@@ -70,7 +70,10 @@ TABLE: Final = (
     ("fleet_share_of_limit_k4", "4 workers: creates/s over the limit", "fleet benchmark",
      ">= 0.95", lambda v, _: v >= 0.95),
     ("fleet_429_per_payment", "429s per successful payment once settled (worst K)",
-     "fleet benchmark", "<= 0.02", lambda v, _: v <= 0.02),
+     "fleet benchmark, from 3 s after the first 429 to the halving", "<= 0.02",
+     lambda v, _: v <= 0.02),
+    ("fleet_429_per_payment_from_5s", "429s per successful payment from 5 s, the first 429s "
+     "included (worst K)", "fleet benchmark, 5 s to the halving", "report", None),
     ("fleet_recovery_s", "recovery after the limit halves (worst K)", "fleet benchmark",
      "<= 10 s", lambda v, _: v is not None and v <= 10),
     ("fleet_enqueue_to_created_p99_s", "enqueue to PaymentIntent created p99 (worst K)",

@@ -10,13 +10,19 @@ halve. Then the limits come back and the fleet drains the backlog. Every figure
 comes from the fake's timeline of admitted and refused creates:
 
 - share of limit: PaymentIntents created per second over the settled part of
-  the full-limit phase (from `settle_s` to the halving), over 25/s;
+  the full-limit phase, over 25/s. It is settled `SETTLE_AFTER_LIMIT_S` after the
+  fleet first met the limit (its first 429; at least `settle_s` into the run) up to
+  the halving: the orders' excess of 5/s spends the bucket's burst of 25 only about
+  5 s in, so the first 429s, which tell the pods where the limit is, come then;
 - 429s per payment: refused creates over created ones in that same stretch
-  (`..._whole_run`: from the first order to the end of the drain);
+  (`..._from_5s`: from 5 s, the first 429s included; `..._whole_run`: from the
+  first order to the end of the drain);
 - enqueue -> created p50/p99: from an order's SendMessage to its create's answer;
 - recovery: from the halving until every 2 s window up to the end of the run
   holds at least 90 % of the new limit with under 0.05 429s per payment;
-- lost / duplicated: orders with no PaymentIntent / with more than one.
+- lost / duplicated: orders with no PaymentIntent / with more than one;
+- paces: each worker's create pace (`paystep_worker_stripe_rate_per_s`) every
+  0.5 s, to tell which pod overshot when the fleet did.
 
 All processes share the machine's cores unpinned (K = 4 workers at 25/s use a
 few percent of a core each); the run is arranged one K after another.
@@ -35,7 +41,9 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +66,12 @@ FLEETS: Final = (1, 2, 4)
 WINDOW_S: Final = 2.0
 RECOVERED_SHARE: Final = 0.9
 RECOVERED_429_PER_PAYMENT: Final = 0.05
+# Each worker's create pace (its pacer's rate, from its metrics) is read this often.
+PACE_EVERY_S: Final = 0.5
+PACE_METRIC: Final = 'paystep_worker_stripe_rate_per_s{limiter="payment_intents.create"}'
+# From the fleet's first 429 until it is settled at the limit: the window that cuts it
+# (a second), the 429s of calls already sent (200 ms) and the window after.
+SETTLE_AFTER_LIMIT_S: Final = 3.0
 
 
 @dataclass(frozen=True)
@@ -110,9 +124,13 @@ def _limits(stack: Stack, scale: float) -> None:
     )
 
 
-def _start_workers(stack: Stack, name: str, count: int) -> list[subprocess.Popen[bytes]]:
+def _start_workers(
+    stack: Stack, name: str, count: int
+) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
+    """The worker processes and their metrics ports."""
     queue_url = stack.create_queue(name)
     workers = []
+    ports = []
     for index in range(count):
         env = stack.aws_env()
         env.update(
@@ -136,7 +154,38 @@ def _start_workers(stack: Stack, name: str, count: int) -> list[subprocess.Popen
             )
         )
         wait_http(f"http://127.0.0.1:{env['PAYSTEP_METRICS_PORT']}/readyz", process=workers[-1])
-    return workers
+        ports.append(int(env["PAYSTEP_METRICS_PORT"]))
+    return workers, ports
+
+
+def _pace(port: int) -> float | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1) as answer:
+            for line in answer.read().decode().splitlines():
+                if line.startswith(PACE_METRIC):
+                    return round(float(line.rsplit(" ", 1)[1]), 2)
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def _paces(ports: list[int], began: float) -> Iterator[list[list[float | None]]]:
+    """Rows of [seconds since `began`, each worker's create pace], every `PACE_EVERY_S`."""
+    rows: list[list[float | None]] = []
+    stop = threading.Event()
+
+    def read() -> None:
+        while not stop.wait(PACE_EVERY_S):
+            rows.append([round(time.time() - began, 2), *(_pace(port) for port in ports)])
+
+    reader = threading.Thread(target=read, name="paces", daemon=True)
+    reader.start()
+    try:
+        yield rows
+    finally:
+        stop.set()
+        reader.join()
 
 
 def _arrivals(stack: Stack, name: str, bodies: list[str], rate: float, plan: Plan) -> list[float]:
@@ -174,7 +223,7 @@ def _windows(
 def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
     name = f"fleet-k{pods}"
     _limits(stack, 1.0)
-    workers = _start_workers(stack, name, pods)
+    workers, ports = _start_workers(stack, name, pods)
     rate = ENDPOINT_PER_S * OVERLOAD
     count = int(rate * plan.run_s)
     bodies = _bodies(count, name)
@@ -184,17 +233,18 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
     deleted = stack.sqs_stats()["deleted"]
     began = time.time()
     try:
-        sent_at = _arrivals(stack, name, bodies, rate, plan)
-        halved_at = began + plan.run_s * 2 / 3
-        run_end = began + plan.run_s
-        _limits(stack, 1.0)
-        eventually(
-            lambda: stack.sqs_stats()["deleted"] >= deleted + count,
-            timeout_s=300,
-            interval_s=0.2,
-            what=f"{count} orders done",
-        )
-        drained_at = time.time()
+        with _paces(ports, began) as paces:
+            sent_at = _arrivals(stack, name, bodies, rate, plan)
+            halved_at = began + plan.run_s * 2 / 3
+            run_end = began + plan.run_s
+            _limits(stack, 1.0)
+            eventually(
+                lambda: stack.sqs_stats()["deleted"] >= deleted + count,
+                timeout_s=300,
+                interval_s=0.2,
+                what=f"{count} orders done",
+            )
+            drained_at = time.time()
     finally:
         for worker in workers:
             worker.send_signal(signal.SIGTERM)
@@ -213,9 +263,17 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
         for value in intent.get("metadata", {}).values():
             if value in orders:
                 intents.setdefault(orders[value], set()).add(intent["id"])
-    settled = [(t, s) for t, s in creates if began + plan.settle_s <= t < halved_at]
-    ok = sum(1 for _, s in settled if s == 200)
-    refused = sum(1 for _, s in settled if s != 200)
+    # A fleet that never passes the limit before the halving (one pod paced at it) is
+    # settled from `settle_s`.
+    first_refused = min((t for t, s in creates if s != 200 and t < halved_at), default=began)
+    settled_at = max(began + plan.settle_s, first_refused + SETTLE_AFTER_LIMIT_S)
+
+    def created_refused(start: float) -> tuple[int, int]:
+        stretch = [s for t, s in creates if start <= t < halved_at]
+        return sum(1 for s in stretch if s == 200), sum(1 for s in stretch if s != 200)
+
+    ok, refused = created_refused(settled_at)
+    ok_from_5s, refused_from_5s = created_refused(began + plan.settle_s)
     windows = _windows(creates, halved_at, run_end)
     recovered_s = None
     for index, (at, _, _) in enumerate(windows):
@@ -234,8 +292,10 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
         "pods": pods,
         "orders": count,
         "arrival_per_s": rate,
-        "share_of_limit": round(ok / (halved_at - began - plan.settle_s) / ENDPOINT_PER_S, 3),
+        "settled_from_s": round(settled_at - began, 1),
+        "share_of_limit": round(ok / (halved_at - settled_at) / ENDPOINT_PER_S, 3),
         "rate_limited_per_payment": round(refused / max(ok, 1), 4),
+        "rate_limited_per_payment_from_5s": round(refused_from_5s / max(ok_from_5s, 1), 4),
         "rate_limited_per_payment_whole_run": round(
             sum(1 for _, s in creates if s != 200) / max(all_ok, 1), 4
         ),
@@ -247,6 +307,7 @@ def _measure(stack: Stack, pods: int, plan: Plan) -> dict[str, Any]:
         "drain_s": round(drained_at - run_end, 1),
         "halved_at_s": round(halved_at - began, 1),
         "series": series,
+        "paces": paces,
     }
 
 
@@ -259,11 +320,16 @@ def run(plan: Plan, quick: bool) -> dict[str, Any]:
     recoveries = [f["recovery_s"] for f in fleets.values()]
     worst = {
         key: max(f[key] for f in fleets.values())
-        for key in ("rate_limited_per_payment", *(f"enqueue_to_created_p{q}_s" for q in (50, 99)))
+        for key in (
+            "rate_limited_per_payment",
+            "rate_limited_per_payment_from_5s",
+            *(f"enqueue_to_created_p{q}_s" for q in (50, 99)),
+        )
     }
     return {
         **{f"fleet_share_of_limit_k{k}": f["share_of_limit"] for k, f in fleets.items()},
         "fleet_429_per_payment": worst["rate_limited_per_payment"],
+        "fleet_429_per_payment_from_5s": worst["rate_limited_per_payment_from_5s"],
         "fleet_recovery_s": None if None in recoveries else max(r or 0.0 for r in recoveries),
         "fleet_enqueue_to_created_p50_s": worst["enqueue_to_created_p50_s"],
         "fleet_enqueue_to_created_p99_s": worst["enqueue_to_created_p99_s"],

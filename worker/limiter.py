@@ -7,20 +7,37 @@ endpoint (25/s by default), and answers 429 beyond them with a
 same account and none knows how many others there are, so each paces its calls
 (a start every 1/rate seconds) and adjusts the rate from what Stripe answers:
 
-- per window (about a second of calls): if f of the calls started in it were
-  refused, the rate is cut to (1 - f) of the rate it sent at (at most halved;
-  a pod with less work than its rate allows sent below it). Each pod then
+- per window (a second of calls, and at least 8 answers: a pod of a fleet sends
+  a few calls a second, and one 429 among 3 answers says little): if f of the
+  calls started in it were refused, the rate is cut to (1 - f) of the rate the
+  window started at (at most halved; a pod with less work than its rate allows
+  is cut from what it sent before its first 429 of the window). Each pod then
   keeps what Stripe let through; together the pods land on the limit in one
   window, however many they are, instead of sawing between it and half of it;
-- a window without 429s while calls were waiting for their turn raises the rate
-  a little (`probe_share` of it plus `probe_per_s`), twice as much after every
-  10 such windows in a row: the probe that finds room when a pod leaves or a
-  limit is raised;
 - each 429 of the current window also takes half a call a second off the rate at
   once (off the rate the pod sends at, once a quarter of the window has shown it):
   the bucket's one second of burst hides an overshoot until it is spent, and from
   then every 200 ms of waiting for the window's end costs a fifth of the excess in
-  429s. The window's share cut still settles the rate at its end;
+  429s. The window's share cut still settles the rate at its end, and the two
+  are not added: the deeper stays;
+- the rate a window's share cut gives is the plateau: what Stripe let this pod
+  have. Windows without 429s while calls were waiting for their turn climb fast,
+  half the way per window, to 97 % of it (from a deeper cut: the 429s' own, or
+  the one below), then probe beyond it slowly (half of `probe_share` of the rate
+  plus half of `probe_per_s` per window). Sitting a few percent below the limit
+  lets the bucket refill, and the refilled burst absorbs the timing jitter of the
+  pods' starts; probing at full speed from there would cross the limit every
+  few seconds;
+- one window with a lone 429 after a cut, while the pod still sends below 97 %
+  of the plateau, is the bucket not yet refilled, not a lower limit: that 429
+  only takes its half call a second off, and the plateau stays. Cutting by its
+  share (one call in ten is 10 %) left a pod at 85 % of a halved limit. A second
+  such window cuts as any other: the plateau was too high (a window that still
+  had the burst's tokens lets more through than the limit);
+- after 20 windows in a row without 429s the plateau is forgotten and the probe
+  is the full one again (`probe_share` of the rate plus `probe_per_s`, twice as
+  much after every 10 such windows in a row): it finds the room a pod that left
+  or a raised limit makes;
 - only answers to calls started in the current window count: the 429s of calls
   sent before a cut say nothing of the rate after it.
 
@@ -66,7 +83,21 @@ CUT_PER_REFUSAL_PER_S: Final = 0.5
 # The rate a pod sends at is read from a quarter of a window at least: fewer calls
 # say too little of it.
 SENT_RATE_SPAN: Final = 0.25
+# After a cut, clean windows climb half the way per window to 97 % of the plateau (the
+# rate the cut landed on), then probe at half speed: the 3 % below the limit refill the
+# bucket, whose burst absorbs the jitter of the starts.
+CLIMB_TO: Final = 0.97
+CLIMB_GAP: Final = 0.5
+SLOW_PROBE: Final = 0.5
+# Windows in a row without 429s after which the plateau says nothing any more.
+FORGET_AFTER: Final = 20
+# 429s in a window below the plateau that are the empty bucket's, not a lower limit
+# (once per cut).
+STRAY_REFUSALS: Final = 1
 MIN_RATE_PER_S: Final = 0.5
+# A window also holds this many answers: a pod of a fleet sends a few calls a second,
+# and one 429 among 3 answers would cut it by a third.
+MIN_ANSWERS: Final = 8
 
 
 class Pacer:
@@ -103,7 +134,11 @@ class Pacer:
         self._answered = 0
         self._refused = 0
         self._waited = False
+        self._window_rate = self._rate
+        self._sent_per_s: float | None = None
         self._clean_windows = 0
+        self._plateau: float | None = None
+        self._stray_allowed = False
         self.cuts = 0
         if on_change is not None:
             on_change(self._rate)
@@ -111,6 +146,11 @@ class Pacer:
     @property
     def rate(self) -> float:
         return self._rate
+
+    @property
+    def plateau(self) -> float | None:
+        """The rate the last cut landed on, until 20 clean windows make it stale."""
+        return self._plateau
 
     def wait(self) -> float:
         """Seconds until the next call may start (0: now)."""
@@ -136,30 +176,63 @@ class Pacer:
         self._close_window(now)
 
     def _cut_now(self, now: float) -> None:
-        rate, span = self._rate, now - self._window_at
-        if span >= SENT_RATE_SPAN * self.window_s:
-            rate = min(rate, self._started / span)
-        self._set(max(rate * MAX_CUT, rate - CUT_PER_REFUSAL_PER_S / self.window_s))
+        span = now - self._window_at
+        if self._sent_per_s is None and span >= SENT_RATE_SPAN * self.window_s:
+            # Read before this window's cuts slow the pod: the window's end cuts from it.
+            self._sent_per_s = self._started / span
+        base = self._base()
+        rate = min(self._rate, base) - CUT_PER_REFUSAL_PER_S / self.window_s
+        self._set(max(rate, base * MAX_CUT))
 
     def _close_window(self, now: float) -> None:
-        if now - self._window_at < self.window_s or self._answered == 0:
+        if now - self._window_at < self.window_s or self._answered < MIN_ANSWERS:
             return
         if self._refused:
-            share = self._refused / self._answered
-            # A pod with fewer calls than its rate allows is cut from what it sent: the
-            # rate it never used says nothing of what Stripe lets through.
-            sent_per_s = self._started / (now - self._window_at)
-            self._set(min(self._rate, sent_per_s) * max(MAX_CUT, 1.0 - share))
-            self.cuts += 1
+            if self._sent_per_s is None:
+                self._sent_per_s = self._started / (now - self._window_at)
+            climbing = self._plateau is not None and self._base() < CLIMB_TO * self._plateau
+            if self._stray_allowed and climbing and self._refused <= STRAY_REFUSALS:
+                self._stray_allowed = False
+            else:
+                # The share cut and the cuts the window's 429s made at once: the deeper stays.
+                self._plateau = self._base() * self._keep()
+                self._set(min(self._rate, self._plateau))
+                self._stray_allowed = True
+                self.cuts += 1
             self._clean_windows = 0
         elif self._waited:
             self._clean_windows += 1
-            speed_up = 2 ** (self._clean_windows // SPEED_UP_EVERY)
-            self._set(self._rate * (1.0 + self.probe_share * speed_up) + self.probe_per_s)
+            self._probe()
         self._epoch += 1
         self._window_at = now
         self._started = self._answered = self._refused = 0
         self._waited = False
+        self._window_rate = self._rate
+        self._sent_per_s = None
+
+    def _probe(self) -> None:
+        if self._plateau is not None and self._clean_windows > FORGET_AFTER:
+            self._plateau = None
+            self._clean_windows = 1
+        if self._plateau is None:
+            speed_up = 2 ** (self._clean_windows // SPEED_UP_EVERY)
+            self._set(self._rate * (1.0 + self.probe_share * speed_up) + self.probe_per_s)
+            return
+        slow = self._rate * (1.0 + self.probe_share * SLOW_PROBE) + self.probe_per_s * SLOW_PROBE
+        target = CLIMB_TO * self._plateau
+        climb = self._rate + CLIMB_GAP * (target - self._rate)
+        self._set(max(slow, min(target, climb)))
+
+    def _base(self) -> float:
+        # A pod with fewer calls than its rate allows is cut from what it sent: the rate
+        # it never used says nothing of what Stripe lets through. What it sent after its
+        # first 429 went at a rate already cut: that is not counted.
+        if self._sent_per_s is None:
+            return self._window_rate
+        return min(self._window_rate, self._sent_per_s)
+
+    def _keep(self) -> float:
+        return max(MAX_CUT, 1.0 - self._refused / max(self._answered, 1))
 
     def _set(self, rate: float) -> None:
         rate = min(self.max_per_s, max(self.min_per_s, rate))
