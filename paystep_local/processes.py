@@ -34,6 +34,8 @@ Popen = subprocess.Popen[bytes]
 
 READY_TIMEOUT_S: Final = 30.0
 STOP_TIMEOUT_S: Final = 15.0
+# A local worker's receive and batching: see `start_worker`.
+BRISK: Final = {"PAYSTEP_WORKER_POLL_WAIT_S": "1", "PAYSTEP_WORKER_BATCH_DELAY_S": "0.05"}
 LOOPBACK: Final = "127.0.0.1"
 
 
@@ -123,8 +125,13 @@ class Spawner(Protocol):
 def start_worker(
     stack: Spawner, env: Mapping[str, str] | None = None, *, ready_path: str | None = "/readyz"
 ) -> ManagedProcess:
-    """A `paystep worker` with the stack's settings and `env`; waits for `ready_path`."""
-    proc = _start(stack, "worker", {"metrics": _loopback(free_port())}, env)
+    """A `paystep worker` with the stack's settings and `env`; waits for `ready_path`.
+
+    It polls briskly unless `env` says otherwise: the local queues answer at once, and
+    on SIGTERM a worker lets its receive in flight finish, so a 20 s long poll would
+    hold every stop of the local stack for up to 20 s.
+    """
+    proc = _start(stack, "worker", {"metrics": _loopback(free_port())}, {**BRISK, **(env or {})})
     if ready_path is not None:
         wait_http(proc.urls["metrics"] + ready_path, process=proc.process)
     return proc
@@ -174,7 +181,7 @@ class Workers:
         wait_ready: bool = True,
         **env: str,
     ) -> ManagedProcess:
-        """A worker on `deployment`, its Stripe at `stripe_base`, polling briskly."""
+        """A worker on `deployment`, its Stripe at `stripe_base` (polling briskly)."""
         proc = start_worker(
             self.stack,
             {
@@ -182,8 +189,6 @@ class Workers:
                 "PAYSTEP_STATE_MACHINE_ARN": deployment["state_machine_arn"],
                 "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
                 "PAYSTEP_STRIPE_API_BASE": stripe_base,
-                "PAYSTEP_WORKER_POLL_WAIT_S": "1",
-                "PAYSTEP_WORKER_BATCH_DELAY_S": "0.05",
                 **env,
             },
             ready_path="/readyz" if wait_ready else None,
