@@ -733,28 +733,11 @@ class FakeStripe:
         return _Answer(200, _list(data, "/v1/refunds"))
 
     async def _update_refund(self, request: web.Request, params: dict[str, Any]) -> _Answer:
-        """https://docs.stripe.com/api/refunds/update: only `metadata` can change."""
-        refund_id = request.match_info["id"]
-        unknown = sorted(set(params) - {"metadata", "expand"})
-        if unknown:
-            raise StripeFailure(
-                400,
-                "invalid_request_error",
-                f"Received unknown parameter: {unknown[0]}",
-                param=unknown[0],
-                code="parameter_unknown",
-            )
-        metadata = stripe_rules.check_metadata(params.get("metadata", {}))
+        metadata = stripe_rules.check_refund_update(params)
         with self._lock:
-            refund = self.refunds.get(refund_id)
+            refund = self.refunds.get(request.match_info["id"])
             if refund is None:
-                raise StripeFailure(
-                    404,
-                    "invalid_request_error",
-                    f"No such refund: '{refund_id}'",
-                    param="id",
-                    code="resource_missing",
-                )
+                raise _no_such("refund", request.match_info["id"], param="id")
             # Stripe merges metadata; an empty value removes a key.
             merged = {**refund["metadata"], **metadata}
             refund["metadata"] = {k: v for k, v in merged.items() if v != ""}
@@ -764,13 +747,7 @@ class FakeStripe:
         with self._lock:
             intent = self.payment_intents.get(intent_id)
             if intent is None:
-                raise StripeFailure(
-                    404,
-                    "invalid_request_error",
-                    f"No such payment_intent: '{intent_id}'",
-                    param=param,
-                    code="resource_missing",
-                )
+                raise _no_such("payment_intent", intent_id, param=param)
             return dict(intent)
 
     # -- control endpoints ---------------------------------------------------------------
@@ -929,3 +906,14 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _no_such(kind: str, object_id: str, *, param: str) -> StripeFailure:
+    """Stripe's 404 for an object it does not hold."""
+    return StripeFailure(
+        404,
+        "invalid_request_error",
+        f"No such {kind}: '{object_id}'",
+        param=param,
+        code="resource_missing",
+    )

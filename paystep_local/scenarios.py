@@ -184,6 +184,18 @@ class Stack:
         method_id: str = method["id"]
         return method_id
 
+    async def pay(self, pi_id: str, payment_method: str = "pm_card_visa") -> dict[str, Any]:
+        """The customer confirms the PaymentIntent with `payment_method` (again, after a
+        decline: the Payment Element's retry)."""
+        return await self.stripe(
+            "POST", f"/v1/payment_intents/{pi_id}/confirm", payment_method=payment_method
+        )
+
+    async def refunds_of(self, pi_id: str) -> list[dict[str, Any]]:
+        listed = await self.stripe("GET", f"/v1/refunds?payment_intent={pi_id}")
+        refunds: list[dict[str, Any]] = listed["data"]
+        return refunds
+
     async def payment_intents(self) -> list[dict[str, Any]]:
         """Every PaymentIntent of the account, newest first."""
         found: list[dict[str, Any]] = []
@@ -222,10 +234,11 @@ class Stack:
         )
         return {k: next(iter(v.values())) for k, v in item.get("Item", {}).items()}
 
-    async def start(self, request: dict[str, Any]) -> str:
+    async def start(self, request: dict[str, Any], name: str | None = None) -> str:
+        """An execution of `request`, named after its order unless `name` says otherwise."""
         started = await self.sfn.start_execution(
             stateMachineArn=self.deployment["state_machine_arn"],
-            name=str(request.get("order_id") or uuid.uuid4().hex),
+            name=name or str(request.get("order_id") or uuid.uuid4().hex),
             input=json.dumps(request),
         )
         arn: str = started["executionArn"]
@@ -391,21 +404,17 @@ def _check_paid_after_failing(max_attempts: int) -> Step:
         await declined(stack, observed, request)
         last = observed.payment_intent.get("id", "")
         try:
-            await stack.stripe(
-                "POST", f"/v1/payment_intents/{last}/confirm", payment_method="pm_card_visa"
-            )
+            await stack.pay(last)
         except RuntimeError as exc:
             observed.problems.append(f"the customer could not pay the last attempt: {exc}")
             return
 
-        async def refunds() -> list[dict[str, Any]]:
-            listed = await stack.stripe("GET", f"/v1/refunds?payment_intent={last}")
-            found: list[dict[str, Any]] = listed["data"]
-            return found
-
         try:
             observed.refunds = await eventually_async(
-                refunds, timeout_s=SCENARIO_TIMEOUT_S, interval_s=POLL_S, what="the refund"
+                lambda: stack.refunds_of(last),
+                timeout_s=SCENARIO_TIMEOUT_S,
+                interval_s=POLL_S,
+                what="the refund",
             )
         except NotInTime:
             observed.problems.append("the payment made after the execution failed was kept")
@@ -459,8 +468,7 @@ async def _check_refunded(stack: Stack, observed: Observed, request: dict[str, A
     observed.expect(
         len(observed.payment_intents) == 1, f"{len(observed.payment_intents)} PaymentIntents"
     )
-    refunds = await stack.stripe("GET", f"/v1/refunds?payment_intent={pi.get('id')}")
-    observed.refunds = refunds["data"]
+    observed.refunds = await stack.refunds_of(pi.get("id", ""))
     observed.expect(
         [r["amount"] for r in observed.refunds] == [request["amount"]],
         f"refunds {[r['amount'] for r in observed.refunds]}",

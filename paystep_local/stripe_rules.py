@@ -53,6 +53,8 @@ CONFIRM_PARAMS: Final = frozenset(
         "use_stripe_sdk",
     }
 )
+# https://docs.stripe.com/api/refunds/update
+REFUND_UPDATE_PARAMS: Final = frozenset({"metadata", "expand"})
 # https://docs.stripe.com/api/payment_intents/create: those and these.
 CREATE_PARAMS: Final = CONFIRM_PARAMS | {
     "amount",
@@ -174,11 +176,7 @@ def automatic_payment_methods(params: Mapping[str, Any], stripe_version: str | N
 
 def check_create(params: Mapping[str, Any], stripe_version: str | None) -> dict[str, str]:
     """Refuse a PaymentIntent create Stripe refuses; the metadata it holds."""
-    unknown = sorted(set(params) - CREATE_PARAMS)
-    if unknown:
-        raise invalid(
-            f"Received unknown parameter: {unknown[0]}", param=unknown[0], code="parameter_unknown"
-        )
+    _check_known(params, CREATE_PARAMS)
     date = version_date(stripe_version)
     if "payment_method_types" in params and date >= PAYMENT_METHOD_TYPES_REMOVED_SINCE:
         raise invalid(
@@ -214,15 +212,18 @@ def check_create(params: Mapping[str, Any], stripe_version: str | None) -> dict[
     return check_metadata(params.get("metadata"))
 
 
+def check_refund_update(params: Mapping[str, Any]) -> dict[str, str]:
+    """The metadata of a refund update; only `metadata` can change
+    (https://docs.stripe.com/api/refunds/update)."""
+    _check_known(params, REFUND_UPDATE_PARAMS)
+    return check_metadata(params.get("metadata"))
+
+
 def check_confirm(
     intent: Mapping[str, Any], params: Mapping[str, Any], stripe_version: str | None
 ) -> None:
     """Refuse a confirm (`POST /v1/payment_intents/{id}/confirm`) Stripe refuses."""
-    unknown = sorted(set(params) - CONFIRM_PARAMS)
-    if unknown:
-        raise invalid(
-            f"Received unknown parameter: {unknown[0]}", param=unknown[0], code="parameter_unknown"
-        )
+    _check_known(params, CONFIRM_PARAMS)
     status = intent.get("status")
     if status not in CONFIRMABLE:
         raise invalid(
@@ -266,6 +267,14 @@ def check_cancel(intent: Mapping[str, Any]) -> None:
             executed=True,
             code="payment_intent_unexpected_state",
             payment_intent=dict(intent),
+        )
+
+
+def _check_known(params: Mapping[str, Any], known: frozenset[str]) -> None:
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise invalid(
+            f"Received unknown parameter: {unknown[0]}", param=unknown[0], code="parameter_unknown"
         )
 
 

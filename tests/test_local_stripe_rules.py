@@ -37,6 +37,7 @@ import pytest
 import stripe
 
 from paystep_common.settings import STRIPE_API_VERSION
+from paystep_local import stripe_rules
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.stripe_chaos_proxy import StripeChaosProxy
@@ -278,3 +279,13 @@ def test_search_finds_a_new_payment_intent_only_after_the_lag(local_stripe: Loca
     assert early["data"] == []
     assert [pi["id"] for pi in due["data"]] == [body["id"]]
     assert fetched["id"] == body["id"], "retrieve is read-after-write"
+
+
+def test_a_refund_update_changes_only_metadata() -> None:
+    # https://docs.stripe.com/api/refunds/update: metadata is the one updatable field.
+    assert stripe_rules.check_refund_update({"metadata": {"paystep_alert": "sent"}}) == {
+        "paystep_alert": "sent"
+    }
+    with pytest.raises(stripe_rules.StripeFailure) as refused:
+        stripe_rules.check_refund_update({"amount": "500"})
+    assert refused.value.body["error"]["code"] == "parameter_unknown"

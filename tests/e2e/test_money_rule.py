@@ -84,16 +84,6 @@ def _order(**extra: Any) -> dict[str, Any]:
     }
 
 
-async def _start(clients: Stack, request: dict[str, Any], name: str | None = None) -> str:
-    started = await clients.sfn.start_execution(
-        stateMachineArn=clients.deployment["state_machine_arn"],
-        name=name or request["order_id"],
-        input=json.dumps(request),
-    )
-    arn: str = started["executionArn"]
-    return arn
-
-
 async def _intents(clients: Stack, order_id: str, count: int) -> list[dict[str, Any]]:
     async def listed() -> list[dict[str, Any]]:
         found = await clients.payment_intents_of(order_id)
@@ -104,19 +94,9 @@ async def _intents(clients: Stack, order_id: str, count: int) -> list[dict[str, 
     )
 
 
-async def _pay(clients: Stack, pi_id: str) -> dict[str, Any]:
-    """The customer pays the PaymentIntent with another card (the Payment Element's retry)."""
-    paid = await clients.stripe(
-        "POST", f"/v1/payment_intents/{pi_id}/confirm", payment_method="pm_card_visa"
-    )
+async def _pay(clients: Stack, pi_id: str) -> None:
+    paid = await clients.pay(pi_id)
     assert paid["status"] == "succeeded", paid
-    return paid
-
-
-async def _refunds(clients: Stack, pi_id: str) -> list[dict[str, Any]]:
-    listed = await clients.stripe("GET", f"/v1/refunds?payment_intent={pi_id}")
-    refunds: list[dict[str, Any]] = listed["data"]
-    return refunds
 
 
 async def _refunded_with_alert(clients: Stack, order_id: str, pi_id: str) -> dict[str, Any]:
@@ -132,7 +112,7 @@ async def _refunded_with_alert(clients: Stack, order_id: str, pi_id: str) -> dic
     [alert] = await eventually_async(alerted, timeout_s=60, what=f"the refund alert of {pi_id}")
     # The refund records that its alert is out (a stopped worker would leave it pending).
     refunds = await eventually_async(
-        lambda: _refunds(clients, pi_id),
+        lambda: clients.refunds_of(pi_id),
         until=lambda found: all(r["metadata"].get("paystep_alert") == "sent" for r in found),
         what=f"the refund of {pi_id} marked alerted",
     )
@@ -156,7 +136,7 @@ def test_a_declined_attempt_paid_after_the_execution_failed_is_refunded(
 
     async def scenario(clients: Stack) -> None:
         request = _order(payment_method=DECLINING_CARD)
-        arn = await _start(clients, request)
+        arn = await clients.start(request)
         done = await _wait_done(clients, arn)
         assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
         first, last = await _intents(clients, request["order_id"], 2)
@@ -182,7 +162,7 @@ def test_a_declined_attempt_paid_before_the_retry_is_the_orders_one_payment(
 
     async def scenario(clients: Stack) -> None:
         request = _order(payment_method=DECLINING_CARD)
-        arn = await _start(clients, request)
+        arn = await clients.start(request)
         [declined] = await _intents(clients, request["order_id"], 1)
         await eventually_async(
             lambda: clients.stripe("GET", f"/v1/payment_intents/{declined['id']}"),
@@ -215,9 +195,9 @@ def test_a_declined_attempt_paid_before_the_retry_is_the_orders_one_payment(
 def test_a_second_payment_for_a_paid_order_is_refunded(money_stack: LocalStack) -> None:
     async def scenario(clients: Stack) -> None:
         request = _order(payment_method="pm_card_visa")
-        paid = await _wait_done(clients, await _start(clients, request))
+        paid = await _wait_done(clients, await clients.start(request))
         again = await _wait_done(
-            clients, await _start(clients, request, name=f"{request['order_id']}-again")
+            clients, await clients.start(request, name=f"{request['order_id']}-again")
         )
 
         assert paid["status"] == "SUCCEEDED", paid
@@ -227,7 +207,7 @@ def test_a_second_payment_for_a_paid_order_is_refunded(money_stack: LocalStack) 
         assert first["id"] == kept
         alert = await _refunded_with_alert(clients, request["order_id"], second["id"])
         assert alert["execution_id"] == again["executionArn"]
-        assert await _refunds(clients, kept) == []
+        assert await clients.refunds_of(kept) == []
 
     _run(money_stack, scenario)
 
@@ -237,7 +217,7 @@ def test_a_payment_after_the_timeout_found_nothing_to_cancel_is_refunded(
 ) -> None:
     async def scenario(clients: Stack) -> None:
         request = _order()  # no payment method: the customer pays on the client side
-        arn = await _start(clients, request)
+        arn = await clients.start(request)
         [waiting] = await _intents(clients, request["order_id"], 1)
         done = await _wait_done(clients, arn)
         # The cancel searched before search showed the PaymentIntent: it canceled nothing.
@@ -254,7 +234,7 @@ def test_a_payment_after_the_timeout_found_nothing_to_cancel_is_refunded(
 def test_a_payment_for_a_stopped_execution_is_refunded(money_stack: LocalStack) -> None:
     async def scenario(clients: Stack) -> None:
         request = _order()
-        arn = await _start(clients, request)
+        arn = await clients.start(request)
         [waiting] = await _intents(clients, request["order_id"], 1)
         await clients.sfn.stop_execution(executionArn=arn, error="Operator.Stopped")
         stopped = await _wait_done(clients, arn)
