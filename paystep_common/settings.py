@@ -15,7 +15,14 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import SecretBytes, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretBytes,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -60,6 +67,17 @@ class StripeSettings(PaystepSettings):
     """Sent as `Stripe-Version` on every call (https://docs.stripe.com/api/versioning): the
     requests are written for it, whatever the account's default. The version stripe-python
     in the lock is generated for; move both together."""
+
+
+# https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_CreateTable.html
+_TABLE_NAME: Final = r"^[A-Za-z0-9_.-]{3,255}$"
+
+
+class OrderTablesSettings(PaystepSettings):
+    """`PAYSTEP_ORDERS_TABLE` and `PAYSTEP_INVENTORY_TABLE`: the order's row and its stock."""
+
+    orders_table: str = Field(pattern=_TABLE_NAME)
+    inventory_table: str = Field(pattern=_TABLE_NAME)
 
 
 def stripe_key_mode(key: SecretStr) -> Literal["live", "test"] | None:

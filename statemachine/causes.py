@@ -75,6 +75,26 @@ def rejected(payment_intent_id: str | None, error: StripeErrorFields | None) -> 
     )
 
 
+def already_paid(order_id: str, payment_intent_id: str | None, execution_id: str | None) -> Failure:
+    """`Order.AlreadyPaid`: another execution paid the order; this one took no payment."""
+    return _json_failure(
+        errors.ALREADY_PAID,
+        order_id=order_id,
+        payment_intent_id=payment_intent_id,
+        paid_by=execution_id,
+    )
+
+
+def in_progress(order_id: str, execution_id: str | None) -> Failure:
+    """`Order.InProgress`: another execution, still running, is paying the order."""
+    return _json_failure(errors.IN_PROGRESS, order_id=order_id, claimed_by=execution_id)
+
+
+def unfulfillable(order_id: str, shortages: list[dict[str, str | int]]) -> Failure:
+    """`Order.Unfulfillable` before any payment: each short item's sku, asked and left."""
+    return _json_failure(errors.UNFULFILLABLE, order_id=order_id, shortages=shortages)
+
+
 def invalid_input(reason: str) -> Failure:
     """`Payment.InvalidInput`: `reason` names the field; no Stripe call was made."""
     return Failure(errors.INVALID_INPUT, reason)
@@ -88,7 +108,7 @@ def parse(cause: str) -> dict[str, Any]:
     return fields
 
 
-def _json_failure(error: str, **cause: str | None) -> Failure:
+def _json_failure(error: str, **cause: object) -> Failure:
     present = {key: value for key, value in cause.items() if value is not None}
     return Failure(error, json.dumps(present, separators=(",", ":")))
 

@@ -14,6 +14,8 @@ DECLINED: Final = "Payment.Declined"
 CANCELED: Final = "Payment.Canceled"
 TIMED_OUT: Final = "Payment.TimedOut"
 UNFULFILLABLE: Final = "Order.Unfulfillable"
+ALREADY_PAID: Final = "Order.AlreadyPaid"
+IN_PROGRESS: Final = "Order.InProgress"
 REFUND_FAILED: Final = "Payment.RefundFailed"
 MISMATCH: Final = "Payment.Mismatch"
 
@@ -47,8 +49,18 @@ ERRORS: Final = (
     ),
     ContractError(
         UNFULFILLABLE,
-        "the payment succeeded but fulfilment failed (out of stock, order already paid); "
-        "it was refunded",
+        "an item is out of stock (the cause names each short `sku`, what was `asked` and "
+        "what was `left`): no payment was taken. Rarely, the order could not be recorded "
+        "after the payment: it was refunded",
+    ),
+    ContractError(
+        ALREADY_PAID,
+        "the order is paid by another execution (`paid_by` in the cause): no payment taken",
+    ),
+    ContractError(
+        IN_PROGRESS,
+        "another execution is paying the order now (`claimed_by`): no payment taken; "
+        "start again once it has failed",
     ),
     ContractError(
         MISMATCH,

@@ -48,6 +48,7 @@ STRIPE_MIN_AMOUNT: Final = {
 }  # fmt: skip
 
 OrderId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+_ORDER_ID: Final[TypeAdapter[str]] = TypeAdapter(OrderId)
 Sku = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")]
 CurrencyCode = Annotated[str, StringConstraints(pattern=r"^[a-z]{3}$")]
 CustomerId = Annotated[str, StringConstraints(pattern=r"^cus_[A-Za-z0-9]{1,250}$")]
@@ -99,7 +100,8 @@ class PaymentRequest(Frozen):
     payment_method_types: tuple[PaymentMethodType, ...] | None = Field(
         default=None, min_length=1, max_length=20
     )
-    items: tuple[Item, ...] = Field(default=(), max_length=100)
+    # A DynamoDB transaction holds 100 writes: the items and the order's row.
+    items: tuple[Item, ...] = Field(default=(), max_length=99)
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("metadata")
@@ -124,6 +126,16 @@ class PaymentRequest(Frozen):
                     f"at most {STRIPE_METADATA_VALUE_MAX_CHARS}"
                 )
         return metadata
+
+    @field_validator("items")
+    @classmethod
+    def _one_line_per_sku(cls, items: tuple[Item, ...]) -> tuple[Item, ...]:
+        seen: set[str] = set()
+        for item in items:
+            if item.sku in seen:
+                raise ValueError(f"sku {item.sku!r} is listed twice (one line per sku)")
+            seen.add(item.sku)
+        return items
 
     @field_validator("return_url")
     @classmethod
@@ -160,6 +172,45 @@ class PreviousDecline(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
 
     payment_intent_id: PaymentIntentId | None = None
+
+
+class ReserveOrderTask(Frozen):
+    """Before any Stripe call: claim the order for the execution and hold its stock.
+
+    `request` stays raw, as in `CreatePaymentTask`: this is where a bad input is
+    first seen and failed with `Payment.InvalidInput`.
+    """
+
+    type: Literal["reserve_order"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    # The execution's start: the claim's time, the same on every repeat of the task.
+    started_at: str = Field(min_length=1, max_length=40)
+    request: JsonValue
+
+    def payment_request(self) -> PaymentRequest:
+        """The validated request; raises `ValidationError` naming the field."""
+        return PaymentRequest.model_validate(self.request)
+
+
+class ReleaseOrderTask(Frozen):
+    """Every end but a paid one: put the execution's holds back and end its claim, once."""
+
+    type: Literal["release_order"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    # Raw: an input that failed validation has no order to release.
+    request: JsonValue
+    reason: str = Field(default="", max_length=256)
+
+    @property
+    def order_id(self) -> str | None:
+        """The order of a request that has a valid order id, else None."""
+        raw = self.request.get("order_id") if isinstance(self.request, dict) else None
+        try:
+            return _ORDER_ID.validate_python(raw)
+        except ValidationError:
+            return None
 
 
 class CreatePaymentTask(Frozen):
@@ -243,11 +294,18 @@ class CheckPaymentTask(Frozen):
         return _idempotency_key("refund", self.payment_intent_id)
 
 
-WaitingTask = CreatePaymentTask | CancelPaymentTask | RefundPaymentTask
+WaitingTask = (
+    ReserveOrderTask | ReleaseOrderTask | CreatePaymentTask | CancelPaymentTask | RefundPaymentTask
+)
 """A task an execution waits for: it carries the token that resumes it."""
 
 Task = Annotated[
-    CreatePaymentTask | CancelPaymentTask | RefundPaymentTask | CheckPaymentTask,
+    ReserveOrderTask
+    | ReleaseOrderTask
+    | CreatePaymentTask
+    | CancelPaymentTask
+    | RefundPaymentTask
+    | CheckPaymentTask,
     Field(discriminator="type"),
 ]
 TASK_ADAPTER: Final[TypeAdapter[Task]] = TypeAdapter(Task)
@@ -277,6 +335,20 @@ class CancelOutcome(Frozen):
     outcome: Literal["canceled", "succeeded", "not_found", "processing"]
     payment_intent_id: PaymentIntentId | None = None
     payment: PaymentOutcome | None = None
+
+
+class ReserveOutcome(Frozen):
+    """SendTaskSuccess output of the reserve task: `claimed` False when it was already."""
+
+    claimed: bool
+    items: StrictInt = Field(ge=0)
+
+
+class ReleaseOutcome(Frozen):
+    """SendTaskSuccess output of the release task: `released` False when nothing was open."""
+
+    released: bool
+    items: StrictInt = Field(ge=0)
 
 
 class RefundOutcome(Frozen):

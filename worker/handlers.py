@@ -1,4 +1,4 @@
-"""The four tasks: create, cancel and refund a payment, and check one no task waits for.
+"""The tasks: reserve and release an order; create, cancel, refund and check a payment.
 
 The money rule holds in all of them: once an execution has ended, the one payment
 in its output is kept if it SUCCEEDED, none if it FAILED, and every other
@@ -25,6 +25,7 @@ from stripe import PaymentIntent, Refund
 
 from statemachine import causes, metadata
 from statemachine.callbacks import CallbackResult, Callbacks
+from statemachine.executions import Executions, NoSuchExecution
 from statemachine.models import (
     CancelOutcome,
     CancelPaymentTask,
@@ -34,14 +35,18 @@ from statemachine.models import (
     PaymentRequest,
     RefundOutcome,
     RefundPaymentTask,
+    ReleaseOrderTask,
+    ReleaseOutcome,
+    ReserveOrderTask,
+    ReserveOutcome,
     Task,
     describe_validation_error,
     dump_json,
 )
+from statemachine.orders import OrderRefused, Orders
 from statemachine.seal import Binding, TokenKeys
 from worker.alerts import Alerts, Refunding
 from worker.errors import PoisonMessage, TaskFailure
-from worker.executions import Executions, NoSuchExecution
 from worker.metrics import Metrics
 from worker.queue import Message
 from worker.stripe_api import StripeApi
@@ -82,10 +87,15 @@ class Handlers:
     requeue: Requeue
     metrics: Metrics
     check_again_s: int
+    orders: Orders
     clock: Callable[[], float] = time.time
 
     async def __call__(self, task: Task, message: Message) -> str:
         match task:
+            case ReserveOrderTask():
+                return await self.reserve_order(task)
+            case ReleaseOrderTask():
+                return await self.release_order(task)
             case CreatePaymentTask():
                 return await self.create_payment(task, message)
             case CancelPaymentTask():
@@ -94,6 +104,59 @@ class Handlers:
                 return await self.refund_payment(task)
             case CheckPaymentTask():
                 return await self.check_payment(task)
+
+    async def reserve_order(self, task: ReserveOrderTask) -> str:
+        """Claim the order and hold its stock, or fail the execution before any payment.
+
+        A claim left open by an execution that has ended (stopped, or crashed before
+        its release) is released here first, so the order does not wait for reconcile.
+        """
+        request = _payment_request(task)
+        structlog.contextvars.bind_contextvars(order_id=request.order_id)
+        try:
+            claimed = await self._reserve(task, request)
+        except OrderRefused as exc:
+            if exc.holder is None or not await self._release_if_ended(exc.holder, request):
+                raise TaskFailure(exc.failure) from None
+            claimed = await self._reserve(task, request)
+        log.info("order.reserved", claimed=claimed, items=len(request.items))
+        await self._succeed(
+            task.task_token, ReserveOutcome(claimed=claimed, items=len(request.items))
+        )
+        return "reserved" if claimed else "reserved_before"
+
+    async def release_order(self, task: ReleaseOrderTask) -> str:
+        """Put the holds back and end the claim, once (nothing to do is an answer too)."""
+        order_id = task.order_id
+        released = None
+        if order_id is not None:
+            structlog.contextvars.bind_contextvars(order_id=order_id)
+            released = await self.orders.release(task.execution_id, order_id)
+        log.info("order.released", released=released is not None, reason=task.reason,
+                 items=released.items if released else 0)  # fmt: skip
+        await self._succeed(
+            task.task_token,
+            ReleaseOutcome(released=released is not None, items=released.items if released else 0),
+        )
+        return "released" if released else "nothing_held"
+
+    async def _reserve(self, task: ReserveOrderTask, request: PaymentRequest) -> bool:
+        return await self.orders.reserve(
+            task.execution_id, request.order_id, request.items, task.started_at
+        )
+
+    async def _release_if_ended(self, holder: str, request: PaymentRequest) -> bool:
+        try:
+            execution = await self.executions.describe(holder)
+        except NoSuchExecution:
+            # Not ours to judge (another account or region, or purged): leave it to a person.
+            return False
+        if not execution.ended:
+            return False
+        released = await self.orders.release(holder, request.order_id)
+        log.warning("order.released_ended_claim", holder=holder, status=execution.status,
+                    released=released is not None)  # fmt: skip
+        return True
 
     async def create_payment(self, task: CreatePaymentTask, message: Message) -> str:
         """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""
@@ -342,13 +405,15 @@ class Handlers:
         return None
 
     async def _succeed(
-        self, token: str, outcome: CancelOutcome | RefundOutcome | PaymentOutcome
+        self,
+        token: str,
+        outcome: CancelOutcome | RefundOutcome | PaymentOutcome | ReserveOutcome | ReleaseOutcome,
     ) -> None:
         if await self.callbacks.succeed(token, outcome) is CallbackResult.ALREADY_CLOSED:
             log.info("task.already_closed")
 
 
-def _payment_request(task: CreatePaymentTask) -> PaymentRequest:
+def _payment_request(task: CreatePaymentTask | ReserveOrderTask) -> PaymentRequest:
     try:
         return task.payment_request()
     except ValidationError as exc:

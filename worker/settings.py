@@ -6,7 +6,12 @@ from typing import Final
 
 from pydantic import Field
 
-from paystep_common.settings import StripeSettings, TokenKeySettings, stripe_key_mode
+from paystep_common.settings import (
+    OrderTablesSettings,
+    StripeSettings,
+    TokenKeySettings,
+    stripe_key_mode,
+)
 from worker.queue import RECEIVE_SLACK_S
 
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
@@ -25,8 +30,8 @@ IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
 SHUTDOWN_RELEASE_S: Final = 5
 
 
-class WorkerSettings(StripeSettings, TokenKeySettings):
-    """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe and token keys."""
+class WorkerSettings(StripeSettings, TokenKeySettings, OrderTablesSettings):
+    """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe, keys, tables."""
 
     queue_url: str
     # The stack's alarm topic: every refund, and every refund Stripe refuses, is published.

@@ -39,7 +39,7 @@ from statemachine.models import (
 from statemachine.seal import TokenKeys, new_key
 from worker.alerts import RefundAlert
 from worker.errors import PoisonMessage
-from worker.executions import Execution, NoSuchExecution
+from statemachine.executions import Execution, NoSuchExecution
 from worker.handlers import Handlers
 from worker.limiter import Budget
 from worker.metrics import Metrics
