@@ -176,6 +176,8 @@ class LocalStack:
             env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
             env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
             env["PAYSTEP_ALARM_TOPIC_ARN"] = self.deployment["alarms_topic_arn"]
+            env["PAYSTEP_ORDERS_TABLE"] = self.deployment["orders_table"]
+            env["PAYSTEP_INVENTORY_TABLE"] = self.deployment["inventory_table"]
         env.update(extra)
         return env
 

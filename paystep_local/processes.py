@@ -188,6 +188,8 @@ class Workers:
                 "PAYSTEP_QUEUE_URL": deployment["queue_url"],
                 "PAYSTEP_STATE_MACHINE_ARN": deployment["state_machine_arn"],
                 "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
+                "PAYSTEP_ORDERS_TABLE": deployment["orders_table"],
+                "PAYSTEP_INVENTORY_TABLE": deployment["inventory_table"],
                 "PAYSTEP_STRIPE_API_BASE": stripe_base,
                 **env,
             },

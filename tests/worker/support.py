@@ -18,6 +18,8 @@ def worker_env(deployment: dict[str, Any], proc: ManagedProcess) -> dict[str, st
     return {
         "PAYSTEP_QUEUE_URL": deployment["queue_url"],
         "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
+        "PAYSTEP_ORDERS_TABLE": deployment["orders_table"],
+        "PAYSTEP_INVENTORY_TABLE": deployment["inventory_table"],
         "PAYSTEP_STRIPE_API_KEY": LOCAL_STRIPE_KEY,
         "PAYSTEP_METRICS_PORT": proc.urls["metrics"].rsplit(":", 1)[1],
     }
