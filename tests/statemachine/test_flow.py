@@ -1,7 +1,8 @@
 """Every branch of the payment state machine, executed by moto, with the test as the worker.
 
 GIVEN a fresh deployment on moto (Step Functions execution on)
-WHEN the test answers the SQS task messages the way the worker and webhook would
+WHEN the test answers the SQS task messages the way the worker and webhook would (the
+     order's claim and stock with the worker's own `Orders`)
 THEN the execution ends as the contract says, and DynamoDB / SNS show its effects.
 """
 
@@ -18,6 +19,7 @@ from statemachine import causes, errors
 from tests.conftest import Deployer
 from tests.support.aws import (
     TopicInbox,
+    answer_order_task,
     clients,
     order_row,
     put_stock,
@@ -84,7 +86,13 @@ def test_success_records_order_takes_stock_and_publishes_receipt(fast: dict[str,
     request = _order(items=[{"sku": "sku_mug", "quantity": 2}, {"sku": "sku_tea", "quantity": 1}])
     arn = start(sfn, fast["state_machine_arn"], request)
 
+    reserve = answer_order_task(sqs, sfn, fast, "reserve_order")
+    assert (reserve["execution_id"], reserve["request"]) == (arn, request)
     task = receive_task(sqs, fast["queue_url"], "create_payment")
+    # The stock is held before any payment is asked for.
+    assert stock_of(ddb, fast["inventory_table"], "sku_mug") == 3
+    claimed = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (claimed["status"], claimed["execution_id"]) == ("paying", arn)
     assert task["request"] == request
     assert task["attempt"] == 1 and task["execution_id"] == arn and task["state"] == "CreatePayment"
     assert len(task["task_token"]) >= 1000, "the local stack issues AWS-length tokens"
@@ -99,6 +107,7 @@ def test_success_records_order_takes_stock_and_publishes_receipt(fast: dict[str,
     row = order_row(ddb, fast["orders_table"], request["order_id"])
     assert row["status"] == "paid" and row["payment_intent_id"] == "pi_ok"
     assert row["amount_received"] == "1999"
+    assert "claim_state" not in row and "held_items" not in row, "the holds are kept"
     assert stock_of(ddb, fast["inventory_table"], "sku_mug") == 3
     assert stock_of(ddb, fast["inventory_table"], "sku_tea") == 2
     published = receipts.messages()
@@ -110,6 +119,7 @@ def test_order_without_items_succeeds(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
     request = _order()
     arn = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
     sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_noitems"))
     assert wait_done(sfn, arn)["status"] == "SUCCEEDED"
@@ -120,6 +130,7 @@ def test_decline_notifies_then_retry_succeeds(fast: dict[str, Any]) -> None:
     sfn, sqs, _, sns = clients()
     notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
     arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    answer_order_task(sqs, sfn, fast, "reserve_order")
 
     first = receive_task(sqs, fast["queue_url"], "create_payment")
     assert first["previous_decline"] == {}
@@ -142,17 +153,25 @@ def test_decline_notifies_then_retry_succeeds(fast: dict[str, Any]) -> None:
 
 def test_declines_exhaust_the_attempts(deploy_fresh: Deployer) -> None:
     deployed = deploy_fresh("--retry-backoff-s", "0", "--max-attempts", "2")
-    sfn, sqs, _, sns = clients()
+    sfn, sqs, ddb, sns = clients()
     notices = TopicInbox(sqs, sns, deployed["notifications_topic_arn"])
-    arn = start(sfn, deployed["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    put_stock(ddb, deployed["inventory_table"], "sku_declined", 4)
+    request = _order(payment_method="pm_card_visa", items=[{"sku": "sku_declined", "quantity": 3}])
+    arn = start(sfn, deployed["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, deployed, "reserve_order")
     for attempt in (1, 2):
         task = receive_task(sqs, deployed["queue_url"], "create_payment")
         assert task["attempt"] == attempt
         cause = causes.declined(f"pi_{attempt}", _CardDeclined("do_not_honor")).cause
         sfn.send_task_failure(taskToken=task["task_token"], error=errors.DECLINED, cause=cause)
+    assert stock_of(ddb, deployed["inventory_table"], "sku_declined") == 1
+    release = answer_order_task(sqs, sfn, deployed, "release_order")
+    assert release["reason"] == errors.DECLINED
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
     assert causes.parse(done["cause"])["payment_intent_id"] == "pi_2"
+    assert stock_of(ddb, deployed["inventory_table"], "sku_declined") == 4, "stock is back"
+    assert order_row(ddb, deployed["orders_table"], request["order_id"])["status"] == "released"
     assert len(notices.messages()) == 2
     assert states_entered(sfn, arn).count("CreatePayment") == 2
 
@@ -162,20 +181,25 @@ def _timed_out(deployment: dict[str, Any], request: dict[str, Any]) -> tuple[str
     cancel_payment task the timeout asks for."""
     sfn, sqs, _, _ = clients()
     arn = start(sfn, deployment["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, deployment, "reserve_order")
     receive_task(sqs, deployment["queue_url"], "create_payment")  # never answered
     return arn, receive_task(sqs, deployment["queue_url"], "cancel_payment", timeout_s=30)
 
 
-def test_timeout_cancels_and_fails(impatient: dict[str, Any]) -> None:
-    sfn, _, _, _ = clients()
-    arn, cancel = _timed_out(impatient, _order())
+def test_timeout_cancels_releases_and_fails(impatient: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    put_stock(ddb, impatient["inventory_table"], "sku_slow", 2)
+    arn, cancel = _timed_out(impatient, _order(items=[{"sku": "sku_slow", "quantity": 2}]))
     assert cancel["execution_id"] == arn and cancel["attempt"] == 1
+    assert stock_of(ddb, impatient["inventory_table"], "sku_slow") == 0
     sfn.send_task_success(
         taskToken=cancel["task_token"],
         output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_late"}),
     )
+    assert answer_order_task(sqs, sfn, impatient, "release_order")["reason"] == errors.TIMED_OUT
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"]) == ("FAILED", errors.TIMED_OUT)
+    assert stock_of(ddb, impatient["inventory_table"], "sku_slow") == 2
 
 
 def test_timeout_where_the_payment_had_succeeded_fulfils(impatient: dict[str, Any]) -> None:
@@ -209,9 +233,8 @@ def test_timeout_while_processing_asks_again_until_settled(impatient: dict[str, 
     )
 
 
-def test_out_of_stock_refunds_restocks_and_fails(fast: dict[str, Any]) -> None:
+def test_out_of_stock_ends_unfulfillable_before_any_payment(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, sns = clients()
-    receipts = TopicInbox(sqs, sns, fast["receipts_topic_arn"])
     notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
     put_stock(ddb, fast["inventory_table"], "sku_plenty", 10)
     put_stock(ddb, fast["inventory_table"], "sku_scarce", 1)
@@ -219,47 +242,98 @@ def test_out_of_stock_refunds_restocks_and_fails(fast: dict[str, Any]) -> None:
         items=[{"sku": "sku_plenty", "quantity": 2}, {"sku": "sku_scarce", "quantity": 2}]
     )
     arn = start(sfn, fast["state_machine_arn"], request)
-    task = receive_task(sqs, fast["queue_url"], "create_payment")
-    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_refund_me"))
+    answer_order_task(sqs, sfn, fast, "reserve_order")
 
-    refund = receive_task(sqs, fast["queue_url"], "refund_payment")
-    assert refund["payment_intent_id"] == "pi_refund_me"
-    assert refund["order_id"] == request["order_id"]
-    sfn.send_task_success(
-        taskToken=refund["task_token"],
-        output=json.dumps(
-            {"refund_id": "re_1", "status": "succeeded", "amount": 1999, "currency": "usd"}
-        ),
-    )
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE)
-    assert "out of stock" in done["cause"]
-    assert stock_of(ddb, fast["inventory_table"], "sku_plenty") == 10, "taken stock goes back"
+    assert causes.parse(done["cause"]) == {
+        "order_id": request["order_id"],
+        "shortages": [{"sku": "sku_scarce", "asked": 2, "left": 1}],
+    }
+    assert "CreatePayment" not in states_entered(sfn, arn), "no payment is asked for"
+    assert stock_of(ddb, fast["inventory_table"], "sku_plenty") == 10, "nothing was held"
     assert stock_of(ddb, fast["inventory_table"], "sku_scarce") == 1
-    row = order_row(ddb, fast["orders_table"], request["order_id"])
-    assert (row["status"], row["refund_id"]) == ("refunded", "re_1")
-    assert receipts.messages(wait_s=0.5) == [], "no receipt for a refunded order"
-    assert [m["type"] for m in notices.messages()] == ["order_refunded"]
+    assert order_row(ddb, fast["orders_table"], request["order_id"]) == {}
+    assert notices.messages(wait_s=0.5) == []
 
 
-def test_second_payment_for_a_paid_order_is_refunded(fast: dict[str, Any]) -> None:
+def test_a_paid_order_is_not_paid_again(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
     request = _order()
-    for pi in ("pi_first", "pi_duplicate"):
-        arn = start(sfn, fast["state_machine_arn"], request)
-        task = receive_task(sqs, fast["queue_url"], "create_payment")
-        sfn.send_task_success(taskToken=task["task_token"], output=_paid(pi))
+    first = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+
+    # While the first execution waits for its payment, a second one is refused at once.
+    second = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    refused = wait_done(sfn, second)
+    assert (refused["status"], refused["error"]) == ("FAILED", errors.IN_PROGRESS)
+    assert causes.parse(refused["cause"])["claimed_by"] == first
+
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_first"))
+    assert wait_done(sfn, first)["status"] == "SUCCEEDED"
+    # Once it is paid, a third one is refused as already paid, naming the payment.
+    third = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    done = wait_done(sfn, third)
+    assert (done["status"], done["error"]) == ("FAILED", errors.ALREADY_PAID)
+    assert causes.parse(done["cause"])["payment_intent_id"] == "pi_first"
+    for refused_arn in (second, third):
+        assert "CreatePayment" not in states_entered(sfn, refused_arn)
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (row["status"], row["payment_intent_id"]) == ("paid", "pi_first")
+
+
+def test_an_order_whose_execution_failed_can_be_paid_again(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    put_stock(ddb, fast["inventory_table"], "sku_again", 1)
+    request = _order(items=[{"sku": "sku_again", "quantity": 1}])
+    failed = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_failure(taskToken=task["task_token"], error=errors.REJECTED, cause="no")
+    answer_order_task(sqs, sfn, fast, "release_order")
+    assert wait_done(sfn, failed)["error"] == errors.REJECTED
+
+    again = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_again"))
+    assert wait_done(sfn, again)["status"] == "SUCCEEDED"
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (row["status"], row["execution_id"]) == ("paid", again)
+    assert stock_of(ddb, fast["inventory_table"], "sku_again") == 0, "taken once"
+
+
+def test_a_claim_that_is_no_longer_open_refunds_the_payment(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    request = _order()
+    arn = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    # An operator released the claim by hand while the payment was under way.
+    ddb.update_item(
+        TableName=fast["orders_table"],
+        Key={"order_id": {"S": request["order_id"]}},
+        UpdateExpression="SET #s = :released REMOVE claim_state",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":released": {"S": "released"}},
+    )
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_unclaimed"))
     refund = receive_task(sqs, fast["queue_url"], "refund_payment")
-    assert refund["payment_intent_id"] == "pi_duplicate"
+    assert (refund["payment_intent_id"], refund["reason"]) == ("pi_unclaimed", errors.ALREADY_PAID)
     sfn.send_task_success(
         taskToken=refund["task_token"],
         output=json.dumps(
             {"refund_id": "re_dup", "status": "succeeded", "amount": 1999, "currency": "usd"}
         ),
     )
-    assert wait_done(sfn, arn)["error"] == errors.UNFULFILLABLE
+    answer_order_task(sqs, sfn, fast, "release_order")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE)
     row = order_row(ddb, fast["orders_table"], request["order_id"])
-    assert (row["status"], row["payment_intent_id"]) == ("paid", "pi_first")
+    assert (row["status"], row["refund_id"]) == ("refunded", "re_dup")
 
 
 @pytest.mark.parametrize(
@@ -273,6 +347,7 @@ def test_a_payment_that_does_not_match_the_order_is_refunded_and_fails_mismatch(
     put_stock(ddb, fast["inventory_table"], "sku_match", 3)
     request = _order(items=[{"sku": "sku_match", "quantity": 1}])
     arn = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
     paid = {**json.loads(_paid("pi_other")), "amount_received": amount_received}
     sfn.send_task_success(
@@ -292,6 +367,7 @@ def test_a_payment_that_does_not_match_the_order_is_refunded_and_fails_mismatch(
             }
         ),
     )
+    assert answer_order_task(sqs, sfn, fast, "release_order")["reason"] == errors.MISMATCH
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"]) == ("FAILED", errors.MISMATCH)
     mismatch = json.loads(done["cause"])
@@ -303,25 +379,47 @@ def test_a_payment_that_does_not_match_the_order_is_refunded_and_fails_mismatch(
         "expected_amount": 1999,
         "expected_currency": "usd",
     }
-    assert "Fulfil" not in states_entered(sfn, arn)
-    assert stock_of(ddb, fast["inventory_table"], "sku_match") == 3
+    assert "RecordPaid" not in states_entered(sfn, arn)
+    assert stock_of(ddb, fast["inventory_table"], "sku_match") == 3, "the hold is released"
+    assert order_row(ddb, fast["orders_table"], request["order_id"])["status"] == "refunded"
     assert receipts.messages() == []
 
 
 def test_refund_failure_ends_with_its_own_error(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
-    put_stock(ddb, fast["inventory_table"], "sku_none", 0)
-    arn = start(sfn, fast["state_machine_arn"], _order(items=[{"sku": "sku_none", "quantity": 1}]))
+    put_stock(ddb, fast["inventory_table"], "sku_kept", 1)
+    request = _order(items=[{"sku": "sku_kept", "quantity": 1}])
+    arn = start(sfn, fast["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
-    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_no_refund"))
+    sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_no_refund", amount=5))
     refund = receive_task(sqs, fast["queue_url"], "refund_payment")
     sfn.send_task_failure(taskToken=refund["task_token"], error="Payment.Rejected", cause="nope")
+    assert answer_order_task(sqs, sfn, fast, "release_order")["reason"] == errors.REFUND_FAILED
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"], done["cause"]) == (
         "FAILED",
         errors.REFUND_FAILED,
         "nope",
     )
+    assert stock_of(ddb, fast["inventory_table"], "sku_kept") == 1
+
+
+def test_invalid_input_fails_before_anything_is_held(fast: dict[str, Any]) -> None:
+    sfn, sqs, _, _ = clients()
+    arn = start(sfn, fast["state_machine_arn"], {"order_id": "bad", "amount": -5})
+    task = receive_task(sqs, fast["queue_url"], "reserve_order")
+    assert task["request"] == {"order_id": "bad", "amount": -5}, "input reaches the worker as is"
+    sfn.send_task_failure(
+        taskToken=task["task_token"], error=errors.INVALID_INPUT, cause="amount: must be > 0"
+    )
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"], done["cause"]) == (
+        "FAILED",
+        errors.INVALID_INPUT,
+        "amount: must be > 0",
+    )
+    assert states_entered(sfn, arn) == ["Init", "ReserveOrder", "Failed"]
 
 
 @pytest.mark.parametrize("error", [errors.INVALID_INPUT, errors.REJECTED, errors.CANCELED])
@@ -329,10 +427,11 @@ def test_other_contract_errors_end_the_execution_with_their_name(
     fast: dict[str, Any], error: str
 ) -> None:
     sfn, sqs, _, _ = clients()
-    arn = start(sfn, fast["state_machine_arn"], {"order_id": "bad", "amount": -5})
+    arn = start(sfn, fast["state_machine_arn"], _order())
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
-    assert task["request"] == {"order_id": "bad", "amount": -5}, "input reaches the worker as is"
     sfn.send_task_failure(taskToken=task["task_token"], error=error, cause="amount: must be > 0")
+    assert answer_order_task(sqs, sfn, fast, "release_order")["reason"] == error
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"], done["cause"]) == (
         "FAILED",

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
 from typing import Any
 
+import aioboto3
 import boto3
 
 from paystep_local.polling import ended, eventually
+from statemachine.causes import Failure
+from statemachine.models import PaymentRequest
+from statemachine.orders import OrderRefused, Orders
 
 
 def clients() -> tuple[Any, Any, Any, Any]:
@@ -112,3 +117,37 @@ def stock_of(ddb: Any, table: str, sku: str) -> int:
 def order_row(ddb: Any, table: str, order_id: str) -> dict[str, str]:
     item = ddb.get_item(TableName=table, Key={"order_id": {"S": order_id}}).get("Item", {})
     return {key: next(iter(value.values())) for key, value in item.items()}
+
+
+def answer_order_task(
+    sqs: Any, sfn: Any, deployment: dict[str, Any], task_type: str
+) -> dict[str, Any]:
+    """Receive the next `reserve_order` / `release_order` task and answer it as the worker
+    does, with the worker's own `Orders` on the deployment's tables; the task, as a dict."""
+    task = receive_task(sqs, deployment["queue_url"], task_type)
+    outcome = asyncio.run(_run_order_task(deployment, task))
+    if isinstance(outcome, Failure):
+        sfn.send_task_failure(
+            taskToken=task["task_token"], error=outcome.error, cause=outcome.cause
+        )
+    else:
+        sfn.send_task_success(taskToken=task["task_token"], output=json.dumps(outcome))
+    return task
+
+
+async def _run_order_task(
+    deployment: dict[str, Any], task: dict[str, Any]
+) -> Failure | dict[str, Any]:
+    async with aioboto3.Session().client("dynamodb") as ddb:
+        orders = Orders(ddb, deployment["orders_table"], deployment["inventory_table"])
+        if task["type"] == "release_order":
+            released = await orders.release(task["execution_id"], task["request"]["order_id"])
+            return {"released": released is not None, "items": released.items if released else 0}
+        request = PaymentRequest.model_validate(task["request"])
+        try:
+            claimed = await orders.reserve(
+                task["execution_id"], request.order_id, request.items, task["started_at"]
+            )
+        except OrderRefused as exc:
+            return exc.failure
+        return {"claimed": claimed, "items": len(request.items)}

@@ -30,6 +30,7 @@ from pydantic import BaseModel
 from paystep_local.fake_stripe import FakeStripe, Fault
 from paystep_local.prometheus import metric
 from statemachine.callbacks import CallbackResult
+from statemachine.executions import Execution, NoSuchExecution
 from statemachine.models import (
     CheckPaymentTask,
     CreatePaymentTask,
@@ -39,7 +40,6 @@ from statemachine.models import (
 from statemachine.seal import TokenKeys, new_key
 from worker.alerts import RefundAlert
 from worker.errors import PoisonMessage
-from statemachine.executions import Execution, NoSuchExecution
 from worker.handlers import Handlers
 from worker.limiter import Budget
 from worker.metrics import Metrics
