@@ -29,7 +29,6 @@ class Resources(BaseModel):
 
     TaskQueueUrl: str
     OrdersTable: str
-    InventoryTable: str
     ReceiptsTopicArn: str
     NotificationsTopicArn: str
 

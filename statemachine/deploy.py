@@ -6,7 +6,9 @@ stack). A second run with the same options changes nothing and says so.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
 from contextlib import AsyncExitStack
 from typing import Any, Final
 
@@ -17,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import CONTROL_PLANE
 from statemachine.asl import Resources, Tunables, render
+from statemachine.orders import OPEN_CLAIMS_INDEX
 
 log = structlog.get_logger("paystep.deploy")
 
@@ -27,6 +30,15 @@ TASK_VISIBILITY_TIMEOUT_S: Final = 120
 # Transient Stripe failures come back through visibility with backoff (capped at 15 min
 # by the worker): 20 receives ride out a few hours of outage before the DLQ.
 MAX_RECEIVE_COUNT: Final = 20
+# `paystep reconcile` lists the open claims from this sparse index: only a claimed row
+# carries `claim_state`. It reads the order (the table key, always projected), the
+# execution and the claim time.
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/bp-indexes-general-sparse-indexes.html
+OPEN_CLAIMS_KEY: Final = (("claim_state", "HASH"), ("claimed_at", "RANGE"))
+OPEN_CLAIMS_PROJECTED: Final = ("execution_id",)
+INDEX_POLL_S: Final = 2.0
+# Adding an index to a full table backfills it first; past this, deploy goes on and says so.
+INDEX_WAIT_S: Final = 600.0
 
 
 class DeployOptions(BaseModel):
@@ -77,7 +89,8 @@ async def deploy(options: DeployOptions) -> DeployResult:
             },
             changed,
         )
-        orders = await _table(ddb, f"{options.name}-orders", "order_id", changed)
+        orders = await _table(ddb, f"{options.name}-orders", "order_id", changed, open_claims=True)
+        await _open_claims_index(ddb, orders, changed)
         inventory = await _table(ddb, f"{options.name}-inventory", "sku", changed)
         receipts = (await sns.create_topic(Name=f"{options.name}-receipts"))["TopicArn"]
         notifications = (await sns.create_topic(Name=f"{options.name}-notifications"))["TopicArn"]
@@ -86,7 +99,6 @@ async def deploy(options: DeployOptions) -> DeployResult:
         resources = Resources(
             TaskQueueUrl=queue_url,
             OrdersTable=orders,
-            InventoryTable=inventory,
             ReceiptsTopicArn=receipts,
             NotificationsTopicArn=notifications,
         )
@@ -151,18 +163,26 @@ def _same(current: str | None, wanted: str) -> bool:
     return current.lower() == wanted.lower()
 
 
-async def _table(ddb: Any, name: str, key: str, changed: list[str]) -> str:
+async def _table(
+    ddb: Any, name: str, key: str, changed: list[str], *, open_claims: bool = False
+) -> str:
     try:
         await ddb.describe_table(TableName=name)
     except ClientError as exc:
         if exc.response["Error"]["Code"] != "ResourceNotFoundException":
             raise
+        keys = [{"AttributeName": key, "AttributeType": "S"}]
+        indexes: dict[str, Any] = {}
+        if open_claims:
+            keys = _attribute_definitions(keys)
+            indexes["GlobalSecondaryIndexes"] = [_open_claims_spec()]
         await ddb.create_table(
             TableName=name,
             KeySchema=[{"AttributeName": key, "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": key, "AttributeType": "S"}],
+            AttributeDefinitions=keys,
             BillingMode="PAY_PER_REQUEST",
             SSESpecification={"Enabled": True},
+            **indexes,
         )
         await ddb.get_waiter("table_exists").wait(
             TableName=name, WaiterConfig={"Delay": 1, "MaxAttempts": 120}
@@ -171,16 +191,75 @@ async def _table(ddb: Any, name: str, key: str, changed: list[str]) -> str:
     return name
 
 
-def _state_machine_policy(queue_arn: str, resources: Resources, account: str) -> str:
-    """Least privilege: send to its queue, update its tables, publish to its topics."""
-    region_account = queue_arn.split(":")[3:5]
-    table_arns = [
-        f"arn:aws:dynamodb:{region_account[0]}:{account}:table/{table}"
-        for table in (resources.OrdersTable, resources.InventoryTable)
+async def _open_claims_index(ddb: Any, table: str, changed: list[str]) -> None:
+    """Add the sparse `open-claims` index to an orders table made before it existed."""
+    described = (await ddb.describe_table(TableName=table))["Table"]
+    if any(
+        index["IndexName"] == OPEN_CLAIMS_INDEX
+        for index in described.get("GlobalSecondaryIndexes", [])
+    ):
+        return
+    # One index per UpdateTable, and AttributeDefinitions must name the new index's keys
+    # (the table's own key is repeated: some implementations replace the whole list).
+    # https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_UpdateTable.html
+    await ddb.update_table(
+        TableName=table,
+        AttributeDefinitions=_attribute_definitions(described["AttributeDefinitions"]),
+        GlobalSecondaryIndexUpdates=[{"Create": _open_claims_spec()}],
+    )
+    changed.append(f"table {table} index {OPEN_CLAIMS_INDEX} created")
+    await _index_active(ddb, table)
+
+
+def _open_claims_spec() -> dict[str, Any]:
+    return {
+        "IndexName": OPEN_CLAIMS_INDEX,
+        "KeySchema": [{"AttributeName": name, "KeyType": kind} for name, kind in OPEN_CLAIMS_KEY],
+        "Projection": {
+            "ProjectionType": "INCLUDE",
+            "NonKeyAttributes": list(OPEN_CLAIMS_PROJECTED),
+        },
+    }
+
+
+def _attribute_definitions(current: list[dict[str, str]]) -> list[dict[str, str]]:
+    names = {definition["AttributeName"] for definition in current}
+    added = [{"AttributeName": name, "AttributeType": "S"} for name, _ in OPEN_CLAIMS_KEY]
+    return [
+        *current,
+        *(definition for definition in added if definition["AttributeName"] not in names),
     ]
+
+
+async def _index_active(ddb: Any, table: str) -> None:
+    """Wait for the new index to finish its backfill; a query of a CREATING index fails."""
+    deadline = time.monotonic() + INDEX_WAIT_S
+    while True:
+        described = (await ddb.describe_table(TableName=table))["Table"]
+        status = next(
+            index.get("IndexStatus")
+            for index in described.get("GlobalSecondaryIndexes", [])
+            if index["IndexName"] == OPEN_CLAIMS_INDEX
+        )
+        if status == "ACTIVE":
+            return
+        if time.monotonic() > deadline:
+            log.warning("deploy.index_not_active_yet", table=table, index=OPEN_CLAIMS_INDEX,
+                        status=status)  # fmt: skip
+            return
+        await asyncio.sleep(INDEX_POLL_S)
+
+
+def _state_machine_policy(queue_arn: str, resources: Resources, account: str) -> str:
+    """Least privilege: send to its queue, update the orders table, publish to its topics.
+
+    The stock is the worker's to take and put back; the machine only records the end.
+    """
+    region = queue_arn.split(":")[3]
+    orders_arn = f"arn:aws:dynamodb:{region}:{account}:table/{resources.OrdersTable}"
     statements = [
         {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": queue_arn},
-        {"Effect": "Allow", "Action": "dynamodb:UpdateItem", "Resource": table_arns},
+        {"Effect": "Allow", "Action": "dynamodb:UpdateItem", "Resource": orders_arn},
         {
             "Effect": "Allow",
             "Action": "sns:Publish",

@@ -48,8 +48,13 @@ SEALING_ENV: Final = {
     "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:p",
 }
 ALARM_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:123456789012:paystep-alarms"
+TABLES_ENV: Final = {
+    "PAYSTEP_ORDERS_TABLE": "paystep-orders",
+    "PAYSTEP_INVENTORY_TABLE": "paystep-inventory",
+}
 WORKER_ENV: Final = {
     **SEALING_ENV,
+    **TABLES_ENV,
     "PAYSTEP_ALARM_TOPIC_ARN": ALARM_TOPIC_ARN,
     "PAYSTEP_STRIPE_API_KEY": "sk_test_1",
     "PAYSTEP_WORKER_CONCURRENCY": "abc",
@@ -77,6 +82,7 @@ COMMANDS: Final = [
         ["-m", "paystep", "reconcile", "--since", "1h"],
         {
             **SEALING_ENV,
+            **TABLES_ENV,
             "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
             "PAYSTEP_RECONCILE_CONCURRENCY": "many",
         },
@@ -133,6 +139,8 @@ def test_each_problem_names_the_variable_and_the_value(
     monkeypatch.setenv("PAYSTEP_ALARM_TOPIC_ARN", ALARM_TOPIC_ARN)
     monkeypatch.setenv("PAYSTEP_STRIPE_API_KEY", "sk_test_1")
     monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", SEALING_ENV["PAYSTEP_TOKEN_KEYS"])
+    for name, table in TABLES_ENV.items():
+        monkeypatch.setenv(name, table)
     monkeypatch.setenv(variable, value)
 
     with pytest.raises(SettingsError) as caught:
@@ -164,3 +172,19 @@ def test_every_stripe_call_carries_the_configured_version() -> None:
     )
     client = stripe_client(settings, STRIPE_WORKER)
     assert client._requestor._options.stripe_version == "2024-06-20"
+
+
+@pytest.mark.parametrize(("cls", "command"), [(WorkerSettings, "worker"),
+                                              (ReconcileSettings, "reconcile")])  # fmt: skip
+def test_the_worker_and_reconcile_need_both_tables(
+    monkeypatch: pytest.MonkeyPatch, cls: type[PaystepSettings], command: str
+) -> None:
+    for name in [*TABLES_ENV, *(n for n in os.environ if n.startswith("PAYSTEP_"))]:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PAYSTEP_INVENTORY_TABLE", "paystep-inventory")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(cls, command)
+
+    assert "PAYSTEP_ORDERS_TABLE: field required" in caught.value.problems
+    assert "PAYSTEP_INVENTORY_TABLE: field required" not in caught.value.problems

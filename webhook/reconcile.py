@@ -9,6 +9,12 @@ safe: a callback on a task that is already closed answers "already closed"; a
 success whose task is closed goes to the worker as a payment to check, as from
 the webhook (the worker keeps it or refunds it, once).
 
+Then it puts back the stock of open claims whose execution has ended: the order's
+row still says `paying` for an execution that will never release it (stopped by
+hand, or ended while its ReleaseOrder could not run). Whether an execution has
+ended is asked of Step Functions, never judged by the claim's age: a bank debit
+keeps its execution RUNNING for weeks.
+
 With `--heartbeat`, PaymentIntents of the window that are still open (processing,
 waiting for the customer) get a SendTaskHeartbeat on their current token, so a
 HeartbeatSeconds on the payment wait only catches payments that are truly stuck.
@@ -32,13 +38,16 @@ from typing import Any, Final
 
 import stripe
 import structlog
+from botocore.exceptions import ClientError
 from prometheus_client import CollectorRegistry, Counter, Gauge, push_to_gateway
 
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.logging import configure_logging, token_hash
 from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
-from paystep_common.settings import StripeSettings, load_settings
+from paystep_common.settings import OrderTablesSettings, StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.executions import Executions, NoSuchExecution
+from statemachine.orders import Claim, Orders
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
 from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
@@ -59,8 +68,8 @@ _DURATION: Final = re.compile(r"(\d+)([smhd])")
 _UNIT_S: Final = {"s": 1, "m": 60, "h": 3600, "d": 86_400}
 
 
-class ReconcileSettings(StripeSettings, EventSettings):
-    """Stripe key, token keys and state machine as the webhook's; optional Pushgateway."""
+class ReconcileSettings(StripeSettings, EventSettings, OrderTablesSettings):
+    """Stripe key, token keys and state machine as the webhook's, tables; optional Pushgateway."""
 
     pushgateway_url: str | None = None
     reconcile_concurrency: int = 8
@@ -88,16 +97,25 @@ class Summary:
     would_send: int = 0
     heartbeats: int = 0
     payment_checks: int = 0
+    claims_open: int = 0
+    holds_released: int = 0
+    would_release: int = 0
     errors: int = 0
 
     def line(self, dry_run: bool) -> str:
         sent = (
             f"would send {self.would_send}" if dry_run else f"callbacks sent {self.callbacks_sent}"
         )
+        released = (
+            f"would release {self.would_release}"
+            if dry_run
+            else f"holds released {self.holds_released}"
+        )
         return (
             f"events seen {self.events_seen}, {sent}, already closed {self.already_closed}, "
             f"skipped {self.skipped}, heartbeats {self.heartbeats}, "
-            f"payments to check {self.payment_checks}, errors {self.errors}"
+            f"payments to check {self.payment_checks}, open claims {self.claims_open}, "
+            f"{released}, errors {self.errors}"
         )
 
 
@@ -255,11 +273,74 @@ async def heartbeat_open(
             bound.info("reconcile.heartbeat_sent")
 
 
+async def release_ended_claims(
+    orders: Orders,
+    executions: Executions,
+    summary: Summary,
+    *,
+    dry_run: bool,
+    concurrency: int,
+) -> None:
+    """Put back the holds of every open claim whose execution has ended.
+
+    At most `concurrency` DescribeExecution calls at a time (the API is throttled per
+    account: https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html).
+    One claim whose calls fail is counted and passed: the run goes on.
+    """
+    slots = asyncio.Semaphore(concurrency)
+
+    async def one_claim(claim: Claim) -> None:
+        async with slots:
+            await _release_if_ended(claim, orders, executions, summary, dry_run=dry_run)
+
+    pending: list[asyncio.Task[None]] = []
+    try:
+        async for claim in orders.open_claims():
+            summary.claims_open += 1
+            pending.append(asyncio.create_task(one_claim(claim)))
+    except ClientError as exc:
+        summary.errors += 1
+        log.error("reconcile.claims_list_failed", error=str(exc))
+    await asyncio.gather(*pending)
+
+
+async def _release_if_ended(
+    claim: Claim, orders: Orders, executions: Executions, summary: Summary, *, dry_run: bool
+) -> None:
+    bound = log.bind(order_id=claim.order_id, execution=claim.execution_id,
+                     claimed_at=claim.claimed_at)  # fmt: skip
+    try:
+        execution = await executions.describe(claim.execution_id)
+    except NoSuchExecution:
+        # Another account or region, or purged after its retention: a person decides.
+        bound.warning("reconcile.claim_of_unknown_execution")
+        return
+    except ClientError as exc:
+        summary.errors += 1
+        bound.error("reconcile.describe_failed", error=str(exc))
+        return
+    if not execution.ended:
+        return
+    bound = bound.bind(status=execution.status)
+    if dry_run:
+        summary.would_release += 1
+        bound.info("reconcile.would_release")
+        return
+    try:
+        released = await orders.release(claim.execution_id, claim.order_id)
+    except ClientError as exc:
+        summary.errors += 1
+        bound.error("reconcile.release_failed", error=str(exc))
+        return
+    if released is not None:
+        summary.holds_released += 1
+        bound.info("reconcile.claim_released", items=released.items)
+
+
 async def reconcile(
     settings: ReconcileSettings, since_s: int, *, dry_run: bool, heartbeat: bool
 ) -> Summary:
     summary = Summary()
-    since_ts = int(time.time()) - since_s
     client = stripe_client(settings, STRIPE_RECONCILE)
     async with AsyncExitStack() as stack:
         sfn = await stack.enter_async_context(
@@ -268,31 +349,61 @@ async def reconcile(
         sqs = await stack.enter_async_context(
             aws_session().client("sqs", config=aws_config(RECONCILE))
         )
+        ddb = await stack.enter_async_context(
+            aws_session().client("dynamodb", config=aws_config(RECONCILE))
+        )
         callbacks = Callbacks(sfn)
         checks = QueueChecks(sqs, settings.queue_url)
         reader = TokenReader.from_settings(settings)
-        try:
-            events = await list_events(client, since_ts, list(EVENT_TABLE))
-            opening = await list_events(client, since_ts, OPENING_TYPES) if heartbeat else []
-        except stripe.StripeError as exc:
-            summary.errors += 1
-            log.error("reconcile.list_failed", error=str(exc))
-            return summary
-        log.info("reconcile.listed", events=len(events), since_s=since_s)
-        await replay(
-            events,
-            callbacks,
-            reader,
-            checks,
+        await _replay_window(client, since_s, callbacks, reader, checks, summary,
+                             concurrency=settings.reconcile_concurrency, dry_run=dry_run,
+                             heartbeat=heartbeat)  # fmt: skip
+        # After the replay: an execution the replay let finish has released its own claim.
+        # A Stripe outage does not keep the stock held.
+        await release_ended_claims(
+            Orders(ddb, settings.orders_table, settings.inventory_table),
+            Executions(sfn),
             summary,
             dry_run=dry_run,
             concurrency=settings.reconcile_concurrency,
         )
-        if heartbeat:
-            await heartbeat_open(
-                client, [*events, *opening], callbacks, reader, summary, dry_run=dry_run
-            )
     return summary
+
+
+async def _replay_window(
+    client: stripe.StripeClient,
+    since_s: int,
+    callbacks: Callbacks,
+    reader: TokenReader,
+    checks: PaymentChecks,
+    summary: Summary,
+    *,
+    concurrency: int,
+    dry_run: bool,
+    heartbeat: bool,
+) -> None:
+    since_ts = int(time.time()) - since_s
+    try:
+        events = await list_events(client, since_ts, list(EVENT_TABLE))
+        opening = await list_events(client, since_ts, OPENING_TYPES) if heartbeat else []
+    except stripe.StripeError as exc:
+        summary.errors += 1
+        log.error("reconcile.list_failed", error=str(exc))
+        return
+    log.info("reconcile.listed", events=len(events), since_s=since_s)
+    await replay(
+        events,
+        callbacks,
+        reader,
+        checks,
+        summary,
+        dry_run=dry_run,
+        concurrency=concurrency,
+    )
+    if heartbeat:
+        await heartbeat_open(
+            client, [*events, *opening], callbacks, reader, summary, dry_run=dry_run
+        )
 
 
 def _push_metrics(settings: ReconcileSettings, summary: Summary) -> None:
@@ -314,6 +425,11 @@ def _push_metrics(settings: ReconcileSettings, summary: Summary) -> None:
     }
     for result, value in results.items():
         counts.labels(result).inc(value)
+    Counter(
+        "paystep_reconcile_holds_released",
+        "Open claims of ended executions whose stock the last run put back.",
+        registry=registry,
+    ).inc(summary.holds_released)
     Gauge(
         "paystep_reconcile_last_run_timestamp_seconds", "End of the last run.", registry=registry
     ).set_to_current_time()

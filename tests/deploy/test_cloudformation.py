@@ -16,6 +16,7 @@ import pytest
 from statemachine import deploy as imperative
 from statemachine import errors, seal
 from statemachine.asl import load_definition, placeholders
+from statemachine.orders import OPEN_CLAIMS_INDEX
 from tests.deploy.tools import REPO, explain, load_template, require_tool, run
 
 TEMPLATE: Final = REPO / "deploy" / "aws" / "paystep.yaml"
@@ -205,6 +206,32 @@ def test_tables_and_topics_match_paystep_deploy(template: dict[str, Any]) -> Non
     assert {"${Name}-receipts", "${Name}-notifications"} <= topics
 
 
+ORDERS_TABLE: Final = {"Fn::GetAtt": ["OrdersTable", "Arn"]}
+# TransactWriteItems is authorised per action it carries, on each item's table:
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html
+HOLD_STOCK: Final = {
+    action: [ORDERS_TABLE, {"Fn::GetAtt": ["InventoryTable", "Arn"]}]
+    for action in ("dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
+}
+
+
+def test_orders_table_has_the_open_claims_index_paystep_deploy_makes(
+    template: dict[str, Any],
+) -> None:
+    orders = template["Resources"]["OrdersTable"]["Properties"]
+    (index,) = orders["GlobalSecondaryIndexes"]
+    assert index["IndexName"] == OPEN_CLAIMS_INDEX
+    assert [(k["AttributeName"], k["KeyType"]) for k in index["KeySchema"]] == list(
+        imperative.OPEN_CLAIMS_KEY
+    )
+    assert index["Projection"] == {
+        "ProjectionType": "INCLUDE",
+        "NonKeyAttributes": list(imperative.OPEN_CLAIMS_PROJECTED),
+    }
+    assert {d["AttributeName"]: d["AttributeType"] for d in orders["AttributeDefinitions"]} == {
+        "order_id": "S", "claim_state": "S", "claimed_at": "S"}  # fmt: skip
+
+
 def test_state_machine_role_is_least_privilege(template: dict[str, Any]) -> None:
     role = template["Resources"]["StateMachineRole"]
     grants = {
@@ -212,10 +239,8 @@ def test_state_machine_role_is_least_privilege(template: dict[str, Any]) -> None
     }
     assert grants == {
         "sqs:SendMessage": {"Fn::GetAtt": ["TaskQueue", "Arn"]},
-        "dynamodb:UpdateItem": [
-            {"Fn::GetAtt": ["OrdersTable", "Arn"]},
-            {"Fn::GetAtt": ["InventoryTable", "Arn"]},
-        ],
+        # The machine records the end in the orders table; the stock is the worker's.
+        "dynamodb:UpdateItem": ORDERS_TABLE,
         "sns:Publish": [{"Ref": "ReceiptsTopic"}, {"Ref": "NotificationsTopic"}],
     }
     trust = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
@@ -250,6 +275,7 @@ def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
         "sqs:SendMessage": TASK_QUEUE,
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "states:DescribeExecution": MACHINE_EXECUTIONS,
+        **HOLD_STOCK,
         "sns:Publish": {"Ref": "AlarmTopic"},
     }
 
@@ -266,13 +292,18 @@ def test_webhook_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]
     }
 
 
-def test_reconcile_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]) -> None:
+def test_reconcile_role_answers_tasks_asks_for_checks_and_releases_holds(
+    template: dict[str, Any],
+) -> None:
     granted = grants(template["Resources"]["ReconcileRole"])
     for action in READ_TOKEN_KEYS:
         assert granted.pop(action) in TOKEN_KEYS_RESOURCES
     assert granted == {
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "sqs:SendMessage": TASK_QUEUE,
+        "states:DescribeExecution": MACHINE_EXECUTIONS,
+        **HOLD_STOCK,
+        "dynamodb:Query": {"Fn::Sub": "${OrdersTable.Arn}/index/" + OPEN_CLAIMS_INDEX},
     }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]

@@ -409,6 +409,20 @@ def test_each_workload_gets_the_stack_resources_it_uses(
     assert len({account for _, account in where.values()}) == 1, f"several stacks: {where}"
 
 
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_worker_and_reconcile_hold_and_release_stock_in_the_stacks_tables(
+    overlay: str, manifests: dict[str, list[Manifest]]
+) -> None:
+    """Both name the stack's own tables: the queue's stack name, `-orders` and `-inventory`."""
+    docs = manifests[overlay]
+    worker = environment(docs, "worker")
+    stack = worker["PAYSTEP_QUEUE_URL"].rsplit("/", 1)[1].removesuffix("-tasks")
+    for component in ("worker", "reconcile"):
+        env = environment(docs, component)
+        tables = (env.get("PAYSTEP_ORDERS_TABLE"), env.get("PAYSTEP_INVENTORY_TABLE"))
+        assert tables == (f"{stack}-orders", f"{stack}-inventory"), component
+
+
 # -- reconciliation ----------------------------------------------------------------------
 
 

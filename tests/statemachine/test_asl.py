@@ -24,7 +24,6 @@ KNOWN_INTEGRATIONS = {
 RESOURCES = Resources(
     TaskQueueUrl="https://sqs.us-east-1.amazonaws.com/1/q",
     OrdersTable="orders",
-    InventoryTable="inventory",
     ReceiptsTopicArn="arn:aws:sns:us-east-1:1:receipts",
     NotificationsTopicArn="arn:aws:sns:us-east-1:1:notifications",
 )
