@@ -14,7 +14,7 @@ import pytest
 
 from paystep_local.localstack import LocalStack
 from tests.conftest import Deployer
-from tests.support.aws import receive_task
+from tests.support.aws import answer_order_task, receive_task
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +77,7 @@ def test_pay_starts_an_execution_named_after_the_order(
     assert result.returncode == 0, result.stderr
     started = json.loads(result.stdout)
     assert started["execution_arn"].endswith(f":{order}")
-    task = receive_task(boto3.client("sqs"), deployed["queue_url"], "create_payment")
+    task = receive_task(boto3.client("sqs"), deployed["queue_url"], "reserve_order")
     assert task["request"] == {
         "order_id": order,
         "amount": 1999,
@@ -88,14 +88,16 @@ def test_pay_starts_an_execution_named_after_the_order(
 
 
 def _answer_next_task(deployed: dict[str, Any], succeed: bool) -> None:
-    task = receive_task(boto3.client("sqs"), deployed["queue_url"], "create_payment")
     sfn: Any = boto3.client("stepfunctions")
+    answer_order_task(boto3.client("sqs"), sfn, deployed, "reserve_order")
+    task = receive_task(boto3.client("sqs"), deployed["queue_url"], "create_payment")
     if succeed:
         payment = {"payment_intent_id": "pi_w", "status": "succeeded", "amount_received": 700,
                    "currency": "eur"}  # fmt: skip
         sfn.send_task_success(taskToken=task["task_token"], output=json.dumps(payment))
     else:
         sfn.send_task_failure(taskToken=task["task_token"], error="Payment.Rejected", cause="no")
+        answer_order_task(boto3.client("sqs"), sfn, deployed, "release_order")
 
 
 @pytest.mark.parametrize("succeed", [True, False])

@@ -23,7 +23,13 @@ from paystep_local.processes import Workers
 from statemachine import errors
 from statemachine.models import PaymentOutcome, dump_json
 from tests.conftest import Deployer
-from tests.support.aws import put_stock, receive_task, start, states_entered, wait_done
+from tests.support.aws import (
+    answer_order_task,
+    receive_task,
+    start,
+    states_entered,
+    wait_done,
+)
 from tests.worker.support import FAST_RETRIES
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -62,6 +68,7 @@ def test_cancel_before_anything_was_created_reports_not_found(
     deployed, workers = impatient
     sfn, sqs = boto3.client("stepfunctions"), boto3.client("sqs")
     arn = start(sfn, deployed["state_machine_arn"], order())
+    answer_order_task(sqs, sfn, deployed, "reserve_order")
     receive_task(sqs, deployed["queue_url"], "create_payment")  # lost: no PaymentIntent
     workers.start(deployed, fake.url, **FAST_RETRIES)
     done = wait_done(sfn, arn)
@@ -119,15 +126,9 @@ def test_a_failed_order_is_refunded_once(
     aws: tuple[Any, Any],
 ) -> None:
     sfn, _ = aws
-    ddb = boto3.client("dynamodb")
-    put_stock(ddb, deployed["inventory_table"], "sku_gone", 0)
     workers.start(deployed, fake_stripe.url)
     arns = [
-        start(
-            sfn,
-            deployed["state_machine_arn"],
-            order(payment_method="pm_card_visa", items=[{"sku": "sku_gone", "quantity": 1}]),
-        )
+        start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
         for _ in range(2)
     ]
     intents = {arn: eventually(lambda arn=arn: intents_of(fake_stripe, arn))[0] for arn in arns}
@@ -135,15 +136,16 @@ def test_a_failed_order_is_refunded_once(
     # it again): the worker finds that refund instead of making one.
     fake_stripe.put_refund(intents[arns[1]]["id"], 1999)
     for intent in intents.values():
-        # The webhook's part: Stripe says paid, the execution goes on to fulfilment.
+        # The webhook's part, with a currency the order did not ask for: the state machine
+        # refunds the payment and fails Payment.Mismatch.
         outcome = PaymentOutcome(
-            payment_intent_id=intent["id"], status="succeeded", amount_received=1999, currency="usd"
+            payment_intent_id=intent["id"], status="succeeded", amount_received=1999, currency="eur"
         )
         sfn.send_task_success(taskToken=worker_stack.read_token(intent), output=dump_json(outcome))
 
     for arn in arns:
         done = wait_done(sfn, arn)
-        assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE), done
+        assert (done["status"], done["error"]) == ("FAILED", errors.MISMATCH), done
     refunds = fake_stripe.refunds.values()
     assert sorted((r["payment_intent"], r["amount"]) for r in refunds) == sorted(
         (pi["id"], 1999) for pi in intents.values()

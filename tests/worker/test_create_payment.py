@@ -26,7 +26,7 @@ from statemachine import errors
 from statemachine.models import PaymentOutcome, dump_json
 from statemachine.seal import new_key
 from tests.conftest import Deployer
-from tests.support.aws import run_to_end, start, wait_done
+from tests.support.aws import answer_order_task, run_to_end, start, wait_done
 from tests.worker.support import FAST_RETRIES, queue_counts, queue_empty
 
 pytestmark = pytest.mark.usefixtures("stack")
@@ -38,8 +38,11 @@ def order(**extra: Any) -> dict[str, Any]:
     return {"order_id": f"ord_{uuid.uuid4().hex[:10]}", "amount": 1999, "currency": "usd", **extra}
 
 
-def take_message(sqs: Any, queue_url: str) -> dict[str, Any]:
-    """The next message, left in the queue but invisible for a minute."""
+def take_message(sqs: Any, deployed: dict[str, Any]) -> dict[str, Any]:
+    """The execution's create_payment message, left in the queue but invisible for a minute
+    (its reserve_order task answered first, as the worker would)."""
+    answer_order_task(sqs, boto3.client("stepfunctions"), deployed, "reserve_order")
+    queue_url = deployed["queue_url"]
     found: dict[str, Any] = eventually(
         lambda: sqs.receive_message(
             QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1, VisibilityTimeout=60
@@ -54,7 +57,7 @@ def test_the_same_message_three_times_at_once_makes_one_payment_intent(
 ) -> None:
     sfn, sqs = aws
     start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
-    original = take_message(sqs, deployed["queue_url"])
+    original = take_message(sqs, deployed)
     for _ in range(2):
         sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=original["Body"])
     sqs.change_message_visibility(
@@ -110,7 +113,7 @@ def test_aws_length_tokens_survive_the_round_trip_through_metadata(
     # moto's tokens run 1,000-2,048 characters; add one of exactly 2,048 by hand.
     longest = "A/b+" * 511 + "x=y="
     assert len(longest) == 2048
-    synthetic = json.loads(take_message(sqs, deployed["queue_url"])["Body"])
+    synthetic = json.loads(take_message(sqs, deployed)["Body"])
     real_token = synthetic["task_token"]
     sqs.send_message(
         QueueUrl=deployed["queue_url"],
@@ -214,7 +217,7 @@ def test_a_create_redelivered_after_a_key_rotation_adopts_its_payment_intent(
     (https://docs.stripe.com/api/idempotent_requests)."""
     sfn, sqs = boto3.client("stepfunctions"), boto3.client("sqs")
     arn = start(sfn, deployed["state_machine_arn"], order())  # no payment method: it waits
-    taken = take_message(sqs, deployed["queue_url"])
+    taken = take_message(sqs, deployed)
     sqs.delete_message(QueueUrl=deployed["queue_url"], ReceiptHandle=taken["ReceiptHandle"])
     body = taken["Body"]
     old = worker_stack.token_keys

@@ -108,6 +108,7 @@ def handlers(fake: FakeStripe, recorded: Recorded) -> Handlers:
         requeue=recorded,
         metrics=metrics,
         check_again_s=7,
+        orders=None,  # type: ignore[arg-type]  # no order task here
     )
 
 

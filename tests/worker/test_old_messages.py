@@ -30,7 +30,7 @@ from statemachine.callbacks import CallbackResult
 from statemachine.models import CreatePaymentTask
 from statemachine.seal import TokenKeys, new_key
 from tests.conftest import Deployer
-from tests.support.aws import start, wait_done
+from tests.support.aws import answer_order_task, start, wait_done
 from tests.worker.support import queue_empty
 from worker.errors import TaskFailure
 from worker.handlers import Handlers
@@ -53,6 +53,7 @@ def test_an_old_message_of_a_closed_task_is_deleted_without_calling_stripe(
     sfn, sqs = aws
     deployed = deploy_fresh("--max-attempts", "1")
     arn = start(sfn, deployed["state_machine_arn"], order(payment_method="pm_card_visa"))
+    answer_order_task(sqs, sfn, deployed, "reserve_order")
     first = eventually(
         lambda: sqs.receive_message(QueueUrl=deployed["queue_url"], WaitTimeSeconds=1).get(
             "Messages", [None]
@@ -62,6 +63,7 @@ def test_an_old_message_of_a_closed_task_is_deleted_without_calling_stripe(
     body = json.loads(first["Body"])
     # The execution moved on long ago (here: the payment was declined) ...
     sfn.send_task_failure(taskToken=body["task_token"], error=errors.DECLINED, cause="{}")
+    answer_order_task(sqs, sfn, deployed, "release_order")
     assert wait_done(sfn, arn)["status"] == "FAILED"
     # ... and a copy of its create message turns up a day later.
     sqs.send_message(QueueUrl=deployed["queue_url"], MessageBody=first["Body"])
@@ -171,6 +173,7 @@ def handlers(stub: StubStripe, callbacks: StubCallbacks, now: float) -> Handlers
         requeue=None,  # type: ignore[arg-type]
         metrics=None,  # type: ignore[arg-type]
         check_again_s=0,
+        orders=None,  # type: ignore[arg-type]
         clock=lambda: now,
     )
 
