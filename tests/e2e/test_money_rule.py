@@ -6,7 +6,7 @@ https://docs.stripe.com/search#data-freshness), `paystep deploy`, one webhook an
 worker, all as processes
 WHEN a customer pays a PaymentIntent its execution no longer waits for (a declined
 attempt after the execution failed, or before the retry; an attempt the timeout's
-cancel did not find; a stopped execution's), or an order is paid twice
+cancel did not find; a stopped execution's), or an order is started twice
 THEN every execution that ended keeps exactly the payment in its output, every other
 successful PaymentIntent of the order is refunded in full once, and each refund is
 published on the alarm topic and counted in `paystep_orphan_payments_total`.
@@ -192,7 +192,7 @@ def test_a_declined_attempt_paid_before_the_retry_is_the_orders_one_payment(
     )
 
 
-def test_a_second_payment_for_a_paid_order_is_refunded(money_stack: LocalStack) -> None:
+def test_a_second_execution_for_a_paid_order_takes_no_payment(money_stack: LocalStack) -> None:
     async def scenario(clients: Stack) -> None:
         request = _order(payment_method="pm_card_visa")
         paid = await _wait_done(clients, await clients.start(request))
@@ -201,12 +201,11 @@ def test_a_second_payment_for_a_paid_order_is_refunded(money_stack: LocalStack) 
         )
 
         assert paid["status"] == "SUCCEEDED", paid
-        assert (again["status"], again["error"]) == ("FAILED", errors.UNFULFILLABLE)
+        assert (again["status"], again["error"]) == ("FAILED", errors.ALREADY_PAID)
         kept = json.loads(paid["output"])["payment"]["payment_intent_id"]
-        first, second = await _intents(clients, request["order_id"], 2)
-        assert first["id"] == kept
-        alert = await _refunded_with_alert(clients, request["order_id"], second["id"])
-        assert alert["execution_id"] == again["executionArn"]
+        assert json.loads(again["cause"])["payment_intent_id"] == kept
+        [only] = await _intents(clients, request["order_id"], 1)
+        assert only["id"] == kept
         assert await clients.refunds_of(kept) == []
 
     _run(money_stack, scenario)

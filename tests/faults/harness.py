@@ -10,7 +10,7 @@ end and then holds each order to the check of the demo scenario
   the output and the order row, one receipt published;
 - declined: one declined PaymentIntent per attempt, none succeeded, one
   notification per attempt;
-- unfulfillable: one succeeded PaymentIntent refunded in full, once;
+- unfulfillable: no PaymentIntent, the stock and the order's row untouched;
 - invalid input: no PaymentIntent.
 
 Across the run: no PaymentIntent of an unknown order or of an execution still
