@@ -41,6 +41,8 @@ TABLE: Final = (
      "counted at the SQS endpoint, worker benchmark", "<= 0.25", lambda v, _: v <= 0.25),
     ("state_transitions_per_payment", "Step Functions state transitions per successful payment",
      "execution history on the local stack (one item)", "report", None),
+    ("state_transitions_per_payment_no_items", "the same, for an order without items",
+     "execution history on the local stack", "report", None),
     ("usd_per_million_payments", "USD per million payments ($0.025 per 1,000 transitions)",
      "transitions x price", "report", None),
     ("worker_tasks_per_s", "worker tasks/s at 16 / 64 / 256 in flight (Stripe 200 ms)",

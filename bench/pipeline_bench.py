@@ -35,12 +35,13 @@ from aiohttp import web
 
 from paystep.demo import DEMO_DEPLOY_ARGS, DEMO_MAX_ATTEMPTS
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep_local.scenarios import Stack, demo_scenarios, run
+from paystep_local.scenarios import Scenario, Stack, demo_scenarios, run
 
 # localstripe's webhooks.py sleeps 1 s before each delivery.
 EMULATOR_WEBHOOK_DELAY_S: Final = 1.0
 # https://aws.amazon.com/step-functions/pricing/: Standard workflows, per state transition.
 USD_PER_TRANSITION: Final = 0.025 / 1000
+NO_ITEMS_PAYMENTS: Final = 3
 RESULTS: Final = Path(__file__).with_name("results-pipeline.json")
 
 
@@ -121,7 +122,10 @@ async def _measure(
 ) -> dict[str, Any]:
     assert stack.deployment
     card = next(s for s in demo_scenarios(DEMO_MAX_ATTEMPTS) if s.name == "card")
+    # The same card payment for an order without items (the demo's has one line).
+    no_items = Scenario("card_no_items", card.request, card.status, check=card.check)
     transitions: list[int] = []
+    transitions_no_items: list[int] = []
     totals_s: list[float] = []
     overheads_s: list[float] = []
     failures: list[str] = []
@@ -140,6 +144,13 @@ async def _measure(
             stripe_s = sum(seconds for _, _, seconds in calls.api()[before:])
             totals_s.append(total_s)
             overheads_s.append(total_s - EMULATOR_WEBHOOK_DELAY_S - stripe_s)
+        for _ in range(NO_ITEMS_PAYMENTS):
+            observed = await run(clients, no_items)
+            if observed.problems:
+                failures.append(f"{observed.order_id}: {observed.problems}")
+                continue
+            history = await _history(clients, observed.execution_arn)
+            transitions_no_items.append(sum(e["type"].endswith("StateEntered") for e in history))
     api_calls = calls.api()
     succeeded = len(transitions)
     per_payment = statistics.mean(transitions) if transitions else float("nan")
@@ -147,9 +158,15 @@ async def _measure(
         "payments": payments,
         "payments_succeeded": succeeded,
         "failures": failures,
-        "stripe_calls_per_payment": len(api_calls) / succeeded if succeeded else float("nan"),
+        # Every successful payment, with items or without, made its one create.
+        "stripe_calls_per_payment": len(api_calls) / (succeeded + len(transitions_no_items))
+        if succeeded
+        else float("nan"),
         "stripe_calls_by_path": _by_path(api_calls),
         "state_transitions_per_payment": per_payment,
+        "state_transitions_per_payment_no_items": statistics.mean(transitions_no_items)
+        if transitions_no_items
+        else float("nan"),
         "usd_per_million_payments": per_payment * USD_PER_TRANSITION * 1_000_000,
         "pipeline_total_ms_median": statistics.median(totals_s) * 1000
         if totals_s
