@@ -149,10 +149,14 @@ class Stack:
             # Never called by card payments; set so nothing reaches a real endpoint.
             AWS_ENDPOINT_URL_SFN=self.sqs_url,
             AWS_ENDPOINT_URL_SNS=self.sqs_url,
+            AWS_ENDPOINT_URL_DYNAMODB=self.sqs_url,
             PYTHONPATH=str(ROOT),
             PAYSTEP_TOKEN_KEYS=self.token_keys,
             # Only refunds publish to it, and the bench makes none: no SNS behind it.
             PAYSTEP_ALARM_TOPIC_ARN=BENCH_ALARM_TOPIC_ARN,
+            # Only the order tasks use them, and the bench sends create tasks only.
+            PAYSTEP_ORDERS_TABLE="bench-orders",
+            PAYSTEP_INVENTORY_TABLE="bench-inventory",
         )
         return env
 

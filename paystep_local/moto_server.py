@@ -17,6 +17,13 @@
   timed out (four days by default) and then reported a heartbeat timeout. The
   new heartbeat is woken at once when the outcome is already there.
 
+- DynamoDB writes: moto serves requests on threads and checks a condition, then
+  writes, unlocked, so two concurrent transactions on one item can both pass their
+  conditions (two executions both claiming an order) or lose an update. DynamoDB
+  isolates transactions from every other write (serializable:
+  https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html#transaction-isolation);
+  moto's writes take one lock here.
+
 Then it runs the ordinary moto server.
 
     python -m paystep_local.moto_server --port 5000 [--short-tokens]
@@ -108,6 +115,29 @@ def _keep_early_outcomes() -> None:
     CallbackEndpoint.setup_heartbeat_endpoint = setup_after_outcome  # type: ignore[method-assign]
 
 
+def _serialize_dynamodb_writes() -> None:
+    import functools
+    import threading
+    from collections.abc import Callable
+    from typing import Any
+
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+
+    def locked(write: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(write)
+        def one_at_a_time(*args: Any, **kwargs: Any) -> Any:
+            with lock:
+                return write(*args, **kwargs)
+
+        return one_at_a_time
+
+    for name in ("transact_write_items", "update_item", "put_item", "delete_item",
+                 "batch_write_item"):  # fmt: skip
+        setattr(DynamoDBBackend, name, locked(getattr(DynamoDBBackend, name)))
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m paystep_local.moto_server")
     parser.add_argument("--host", default="127.0.0.1")
@@ -123,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     _keep_failure_cause()
     _close_answered_tasks()
     _keep_early_outcomes()
+    _serialize_dynamodb_writes()
     from moto.server import main as moto_main
 
     moto_main(["-H", args.host, "-p", str(args.port)])

@@ -8,6 +8,7 @@ https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWrite
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -220,3 +221,34 @@ async def test_a_released_or_refunded_order_can_be_claimed_again(
     row = ddb.get_item(TableName=tables.orders, Key={"order_id": {"S": order}})["Item"]
     assert (row["status"]["S"], row["execution_id"]["S"]) == ("paying", again)
     assert set(row["executions"]["SS"]) == {before, again}
+
+
+async def test_concurrent_reserves_of_one_order_claim_it_once(
+    tables: Tables, ddb: Any, new_id: Callable[[str], str]
+) -> None:
+    """DynamoDB isolates a transaction from every other write (serializable:
+    https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis.html);
+    the local moto server holds that rule (`paystep_local/moto_server.py`)."""
+
+    async def reserve(client: Any, run: str, order: str, sku: str) -> str:
+        try:
+            await Orders(client, tables.orders, tables.inventory).reserve(
+                run, order, [Item(sku=sku, quantity=2)], NOW
+            )
+        except OrderRefused as exc:
+            return exc.failure.error
+        return "claimed"
+
+    async with (
+        aws_session().client("dynamodb", config=aws_config(RECONCILE)) as first,
+        aws_session().client("dynamodb", config=aws_config(RECONCILE)) as second,
+    ):
+        for round_ in range(10):
+            order, sku = new_id(f"race{round_}"), new_id(f"sku{round_}")
+            put_stock(ddb, tables.inventory, sku, 5)
+            outcomes = await asyncio.gather(
+                reserve(first, _execution(new_id(f"a{round_}")), order, sku),
+                reserve(second, _execution(new_id(f"b{round_}")), order, sku),
+            )
+            assert sorted(outcomes) == ["Order.InProgress", "claimed"], outcomes
+            assert stock_of(ddb, tables.inventory, sku) == 3, f"round {round_}"
