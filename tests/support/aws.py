@@ -119,12 +119,21 @@ def order_row(ddb: Any, table: str, order_id: str) -> dict[str, str]:
     return {key: next(iter(value.values())) for key, value in item.items()}
 
 
+ORDER_TASKS = ("reserve_order", "release_order")
+
+
 def answer_order_task(
     sqs: Any, sfn: Any, deployment: dict[str, Any], task_type: str
 ) -> dict[str, Any]:
     """Receive the next `reserve_order` / `release_order` task and answer it as the worker
     does, with the worker's own `Orders` on the deployment's tables; the task, as a dict."""
     task = receive_task(sqs, deployment["queue_url"], task_type)
+    answer_order_body(sfn, deployment, task)
+    return task
+
+
+def answer_order_body(sfn: Any, deployment: dict[str, Any], task: dict[str, Any]) -> None:
+    """Answer one order task (its decoded body) as the worker does."""
     outcome = asyncio.run(_run_order_task(deployment, task))
     if isinstance(outcome, Failure):
         sfn.send_task_failure(
@@ -132,7 +141,6 @@ def answer_order_task(
         )
     else:
         sfn.send_task_success(taskToken=task["task_token"], output=json.dumps(outcome))
-    return task
 
 
 async def _run_order_task(

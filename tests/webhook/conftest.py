@@ -17,7 +17,7 @@ from prometheus_client import generate_latest
 from pydantic import SecretStr
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
-from paystep_local.polling import eventually
+from paystep_local.polling import ended, eventually
 from paystep_local.prometheus import metric
 from paystep_local.signing import signed
 from statemachine.metadata import payment_intent_metadata
@@ -165,7 +165,29 @@ def start_waiting(deployment: Mapping[str, Any], amount: int = 1999) -> Waiting:
         name=order_id,
         input=json.dumps({"order_id": order_id, "amount": amount, "currency": "usd"}),
     )
+    _deployment_of[started["executionArn"]] = deployment
     return next_task(deployment, started["executionArn"], attempt=1)
+
+
+# The deployment of each execution these tests started: its order tasks are answered here.
+_deployment_of: dict[str, Mapping[str, Any]] = {}
+
+
+def _answer_order_tasks(deployment: Mapping[str, Any], execution_arn: str) -> None:
+    """Answer the reserve / release tasks of `execution_arn` waiting in the queue, as the
+    worker would; hand every other message back at once."""
+    sqs = boto3.client("sqs")
+    queue_url = deployment["queue_url"]
+    answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
+    for message in answer.get("Messages", []):
+        body: dict[str, Any] = json.loads(message["Body"])
+        if body.get("execution_id") == execution_arn and body.get("type") in aws.ORDER_TASKS:
+            aws.answer_order_body(boto3.client("stepfunctions"), dict(deployment), body)
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        else:
+            sqs.change_message_visibility(
+                QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
+            )
 
 
 def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -> Waiting:
@@ -176,7 +198,10 @@ def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -
         answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for message in answer.get("Messages", []):
             body: dict[str, Any] = json.loads(message["Body"])
-            if body["execution_id"] == execution_arn and body["attempt"] == attempt:
+            if body.get("execution_id") == execution_arn and body["type"] in aws.ORDER_TASKS:
+                aws.answer_order_body(boto3.client("stepfunctions"), dict(deployment), body)
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            elif body.get("execution_id") == execution_arn and body.get("attempt") == attempt:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                 return body
         return None
@@ -215,7 +240,16 @@ def describe(execution_arn: str) -> dict[str, Any]:
 
 
 def wait_done(execution_arn: str, timeout_s: float = 30) -> dict[str, Any]:
-    return aws.wait_done(boto3.client("stepfunctions"), execution_arn, timeout_s)
+    """The execution once ended, its release (the worker's part) answered on the way."""
+    deployment = _deployment_of.get(execution_arn)
+
+    def described() -> dict[str, Any]:
+        now = describe(execution_arn)
+        if now["status"] == "RUNNING" and deployment is not None:
+            _answer_order_tasks(deployment, execution_arn)
+        return now
+
+    return eventually(described, until=ended, timeout_s=timeout_s, what=f"{execution_arn} to end")
 
 
 def history_types(execution_arn: str) -> list[str]:
