@@ -31,7 +31,8 @@ DECLINES = [
             "message": "Your card has insufficient funds.",
         },
         '{"payment_intent_id":"pi_declined","code":"card_declined",'
-        '"decline_code":"insufficient_funds","message":"Your card has insufficient funds."}',
+        '"decline_code":"insufficient_funds","message":"Your card has insufficient funds.",'
+        '"verdict":"retry","retryable":true,"reason":"decline_code:insufficient_funds"}',
         id="insufficient_funds",
     ),
     pytest.param(
@@ -43,7 +44,8 @@ DECLINES = [
             "doc_url": "https://docs.stripe.com/error-codes/incorrect-cvc",
         },
         '{"payment_intent_id":"pi_declined","code":"incorrect_cvc",'
-        '"message":"Your card\'s security code is incorrect."}',
+        '"message":"Your card\'s security code is incorrect.",'
+        '"verdict":"ask_customer","retryable":false,"reason":"code:incorrect_cvc"}',
         id="no_decline_code",
     ),
 ]
@@ -98,9 +100,34 @@ BUILT: list[tuple[str, causes.Failure, str]] = [
     (
         "declined",
         causes.declined("pi_1", None, event_id="evt_1"),
-        '{"payment_intent_id":"pi_1","event_id":"evt_1"}',
+        '{"payment_intent_id":"pi_1","verdict":"retry","retryable":true,"reason":"unknown",'
+        '"event_id":"evt_1"}',
     ),
-    ("declined, nothing known", causes.declined(None, None), "{}"),
+    (
+        "declined, nothing known",
+        causes.declined(None, None),
+        '{"verdict":"retry","retryable":true,"reason":"unknown"}',
+    ),
+    (
+        "declined, with advice and the charge",
+        causes.declined(
+            "pi_1",
+            stripe.ErrorObject.construct_from(
+                {
+                    "code": "card_declined",
+                    "decline_code": "generic_decline",
+                    "advice_code": "do_not_try_again",
+                    "network_advice_code": "03",
+                    "network_decline_code": "05",
+                    "charge": "ch_1",
+                },
+                "sk_test",
+            ),
+        ),
+        '{"payment_intent_id":"pi_1","code":"card_declined","decline_code":"generic_decline",'
+        '"advice_code":"do_not_try_again","network_advice_code":"03","network_decline_code":"05",'
+        '"charge":"ch_1","verdict":"final","retryable":false,"reason":"advice_code:do_not_try_again"}',
+    ),
     (
         "canceled",
         causes.canceled("pi_1", "abandoned", event_id="evt_1"),
@@ -144,7 +171,13 @@ def test_every_builder_names_a_contract_error(build: Callable[[], causes.Failure
 
 def test_parse_reads_a_built_cause_back() -> None:
     failure = causes.declined("pi_1", None, event_id="evt_1")
-    assert causes.parse(failure.cause) == {"payment_intent_id": "pi_1", "event_id": "evt_1"}
+    assert causes.parse(failure.cause) == {
+        "payment_intent_id": "pi_1",
+        "verdict": "retry",
+        "retryable": True,
+        "reason": "unknown",
+        "event_id": "evt_1",
+    }
 
 
 @pytest.mark.parametrize("text", ["amount: must be > 0", "[]"])

@@ -123,6 +123,9 @@ def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:
         "code": "card_declined",
         "decline_code": "stolen_card",
         "message": "Your card was declined.",
+        "verdict": "final",
+        "retryable": False,
+        "reason": "decline_code:stolen_card",
         "event_id": EVENT_ID,
     }
 

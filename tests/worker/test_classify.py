@@ -41,6 +41,9 @@ def test_card_error_fails_the_task_as_declined_with_codes() -> None:
         "code": "card_declined",
         "decline_code": "insufficient_funds",
         "message": "Your card has insufficient funds.",
+        "verdict": "retry",
+        "retryable": True,
+        "reason": "decline_code:insufficient_funds",
     }
 
 
