@@ -98,7 +98,14 @@ class LocalStack:
         # localstripe rewrites a pickle in the temp folder on every change: one folder each.
         proc = self.spawn(
             "localstripe",
-            [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+            [
+                sys.executable,
+                "-m",
+                "paystep_local.localstripe_cards",
+                "--port",
+                str(port),
+                "--from-scratch",
+            ],
             env={"TMPDIR": str(tmp)},
         )
         localstripe = f"http://127.0.0.1:{port}"
