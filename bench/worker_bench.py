@@ -153,6 +153,8 @@ class Stack:
             PAYSTEP_TOKEN_KEYS=self.token_keys,
             # Only refunds publish to it, and the bench makes none: no SNS behind it.
             PAYSTEP_ALARM_TOPIC_ARN=BENCH_ALARM_TOPIC_ARN,
+            # Read on a decline only, and the bench's payments succeed: no table behind it.
+            PAYSTEP_CARD_ATTEMPTS_TABLE="bench-card-attempts",
         )
         return env
 

@@ -24,6 +24,8 @@ from statemachine.seal import TokenKeys
 # https://docs.stripe.com/api-versions: `YYYY-MM-DD` or, since 2024-09-30, `YYYY-MM-DD.name`.
 STRIPE_API_VERSION: Final = "2026-10-28.endive"
 STRIPE_API_VERSION_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
+# https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html: names of 1-256 characters.
+SNS_TOPIC_ARN: Final = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 EXIT_BAD_SETTINGS: Final = 2  # the status argparse uses for bad arguments
 _ECHO_MAX_CHARS: Final = 60
 _EXPECTED: Final = {

@@ -183,6 +183,8 @@ class LocalStack:
             env["PAYSTEP_QUEUE_URL"] = self.deployment["queue_url"]
             env["PAYSTEP_STATE_MACHINE_ARN"] = self.deployment["state_machine_arn"]
             env["PAYSTEP_ALARM_TOPIC_ARN"] = self.deployment["alarms_topic_arn"]
+            env["PAYSTEP_NOTIFICATIONS_TOPIC_ARN"] = self.deployment["notifications_topic_arn"]
+            env["PAYSTEP_CARD_ATTEMPTS_TABLE"] = self.deployment["card_attempts_table"]
         env.update(extra)
         return env
 

@@ -188,6 +188,7 @@ class Workers:
                 "PAYSTEP_QUEUE_URL": deployment["queue_url"],
                 "PAYSTEP_STATE_MACHINE_ARN": deployment["state_machine_arn"],
                 "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
+                "PAYSTEP_CARD_ATTEMPTS_TABLE": deployment["card_attempts_table"],
                 "PAYSTEP_STRIPE_API_BASE": stripe_base,
                 **env,
             },

@@ -202,3 +202,15 @@ def _field(error: DeclineFields | Mapping[str, Any] | None, name: str) -> str | 
     # A StripeObject raises AttributeError for a key its JSON did not carry.
     value = error.get(name) if isinstance(error, Mapping) else getattr(error, name, None)
     return None if value in (None, "") else str(value)
+
+
+CustomerAction = Literal["authenticate", "update_card"]
+_AUTHENTICATE: Final = frozenset(
+    {"authentication_required", "payment_intent_authentication_failure"}
+)
+
+
+def customer_action(verdict: Verdict) -> CustomerAction:
+    """What an `ask_customer` verdict asks of the customer: authenticate, or fix the card."""
+    _, _, value = verdict.reason.partition(":")
+    return "authenticate" if value in _AUTHENTICATE else "update_card"

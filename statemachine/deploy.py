@@ -27,6 +27,8 @@ TASK_VISIBILITY_TIMEOUT_S: Final = 120
 # Transient Stripe failures come back through visibility with backoff (capped at 15 min
 # by the worker): 20 receives ride out a few hours of outage before the DLQ.
 MAX_RECEIVE_COUNT: Final = 20
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html: epoch seconds.
+CARD_ATTEMPTS_TTL_ATTRIBUTE: Final = "expires_at"
 
 
 class DeployOptions(BaseModel):
@@ -45,6 +47,8 @@ class DeployResult(BaseModel):
     dead_letter_queue_url: str
     orders_table: str
     inventory_table: str
+    # Declined and retried attempts per card (the worker's retry budget), TTL `expires_at`.
+    card_attempts_table: str
     receipts_topic_arn: str
     notifications_topic_arn: str
     # Where a person is told to act: the worker reports every refund it makes here.
@@ -79,6 +83,8 @@ async def deploy(options: DeployOptions) -> DeployResult:
         )
         orders = await _table(ddb, f"{options.name}-orders", "order_id", changed)
         inventory = await _table(ddb, f"{options.name}-inventory", "sku", changed)
+        card_attempts = await _table(ddb, f"{options.name}-card-attempts", "card", changed)
+        await _expire(ddb, card_attempts, CARD_ATTEMPTS_TTL_ATTRIBUTE, changed)
         receipts = (await sns.create_topic(Name=f"{options.name}-receipts"))["TopicArn"]
         notifications = (await sns.create_topic(Name=f"{options.name}-notifications"))["TopicArn"]
         alarms = (await sns.create_topic(Name=f"{options.name}-alarms"))["TopicArn"]
@@ -107,6 +113,7 @@ async def deploy(options: DeployOptions) -> DeployResult:
         dead_letter_queue_url=dlq_url,
         orders_table=orders,
         inventory_table=inventory,
+        card_attempts_table=card_attempts,
         receipts_topic_arn=receipts,
         notifications_topic_arn=notifications,
         alarms_topic_arn=alarms,
@@ -169,6 +176,19 @@ async def _table(ddb: Any, name: str, key: str, changed: list[str]) -> str:
         )
         changed.append(f"table {name} created")
     return name
+
+
+async def _expire(ddb: Any, table: str, attribute: str, changed: list[str]) -> None:
+    """Turn on TTL by `attribute`; DynamoDB refuses to turn on what is on already."""
+    described = await ddb.describe_time_to_live(TableName=table)
+    current = described.get("TimeToLiveDescription", {})
+    if current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        return
+    await ddb.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute},
+    )
+    changed.append(f"table {table} ttl {attribute}")
 
 
 def _state_machine_policy(queue_arn: str, resources: Resources, account: str) -> str:

@@ -27,12 +27,13 @@ import structlog
 from pydantic import ValidationError
 
 from paystep_common.logging import token_hash
-from statemachine import causes, metadata
+from statemachine import causes, declines, metadata
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.models import CheckPaymentTask, PaymentOutcome, describe_validation_error
 from statemachine.seal import Damaged, Mismatch, TokenKeys, UnknownKey
 from webhook.checks import PaymentChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
+from webhook.notices import ActionRequired, CustomerNotices
 from webhook.settings import EventSettings
 
 log = structlog.get_logger("webhook.mapping")
@@ -55,7 +56,15 @@ class Heartbeat:
     action: Literal["heartbeat"] = "heartbeat"
 
 
-Callback = Succeed | Fail | Heartbeat
+@dataclass(frozen=True)
+class AskCustomer:
+    """A decline only the customer can fix: keep the task open (a heartbeat) and tell them."""
+
+    notice: ActionRequired
+    action: Literal["ask_customer"] = "ask_customer"
+
+
+Callback = Succeed | Fail | Heartbeat | AskCustomer
 
 
 @dataclass(frozen=True)
@@ -159,7 +168,22 @@ def _succeeded(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
 
 
 def _payment_failed(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
-    return Fail(causes.declined(pi.id, pi.last_payment_error, event_id=event.id))
+    verdict = declines.decide(pi.last_payment_error)
+    if verdict.kind == declines.ASK_CUSTOMER:
+        # The token in this PaymentIntent resumes the execution when the customer confirms
+        # it; failing the task would retry off-session, which cannot succeed.
+        charge = pi.last_payment_error.charge if pi.last_payment_error else None
+        return AskCustomer(
+            ActionRequired(
+                order_id=pi.metadata.get(metadata.ORDER_KEY),
+                execution_id=pi.metadata.get(metadata.EXECUTION_KEY),
+                payment_intent_id=pi.id,
+                action=declines.customer_action(verdict),
+                reason=verdict.reason,
+                dedupe_key=charge or f"{pi.id}:{event.id}",
+            )
+        )
+    return Fail(causes.declined(pi.id, pi.last_payment_error, verdict=verdict, event_id=event.id))
 
 
 def _canceled(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
@@ -203,12 +227,15 @@ async def handle_event(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
 ) -> EventOutcome:
-    """Carry out what `event` asks for: one callback at most, and a check of a closed success.
+    """Carry out what `event` asks for: one callback at most, a check of a closed success,
+    a notice to the customer of a decline they must fix while the task waits for them.
 
     Raises `MalformedEvent` for an event that cannot be read, `CallbackError` when
-    Step Functions did not take the callback and `CheckError` when a check could not
-    be queued (retrying later may help, for both).
+    Step Functions did not take the callback, `CheckError` when a check could not
+    be queued and `NoticeError` when a notice could not be published (retrying later
+    may help, for all three).
     """
     if not isinstance(event, StripeEvent):
         event = parse_event(event)
@@ -256,6 +283,9 @@ async def handle_event(
             await checks.check(task)
             bound.info("webhook.payment_check_queued")
             checked = True
+    if outcome is Result.DELIVERED and isinstance(callback, AskCustomer):
+        await notices.publish(callback.notice)
+        bound.info("webhook.customer_asked", reason=callback.notice.reason)
     return EventOutcome(outcome, action=callback.action, callback_s=elapsed_s, checked=checked)
 
 
@@ -285,7 +315,7 @@ async def _send(callbacks: Callbacks, token: str, callback: Callback) -> Callbac
             return await callbacks.succeed(token, output)
         case Fail(failure=failure):
             return await callbacks.fail(token, failure.error, failure.cause)
-        case Heartbeat():
+        case Heartbeat() | AskCustomer():
             return await callbacks.heartbeat(token)
 
 

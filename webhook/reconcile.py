@@ -42,6 +42,7 @@ from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
 from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
+from webhook.notices import CustomerNotices, NoticeError, TopicNotices
 from webhook.settings import EventSettings
 
 log = structlog.get_logger("paystep.reconcile")
@@ -142,6 +143,7 @@ async def replay(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
     summary: Summary,
     *,
     dry_run: bool,
@@ -160,7 +162,9 @@ async def replay(
     async def one_payment_intent(pi_events: list[StripeEvent]) -> None:
         async with slots:
             for event in pi_events:
-                await _replay_one(event, callbacks, reader, checks, summary, dry_run=dry_run)
+                await _replay_one(
+                    event, callbacks, reader, checks, notices, summary, dry_run=dry_run
+                )
 
     await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
 
@@ -170,6 +174,7 @@ async def _replay_one(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
     summary: Summary,
     *,
     dry_run: bool,
@@ -186,7 +191,7 @@ async def _replay_one(
                 bound.info("reconcile.would_send", action=decision.callback.action,
                            payment_intent=decision.payment_intent.id)  # fmt: skip
             return
-        outcome = await handle_event(event, callbacks, reader, checks)
+        outcome = await handle_event(event, callbacks, reader, checks, notices)
     except MalformedEvent as exc:
         summary.skipped += 1
         bound.warning("reconcile.event_malformed", error=str(exc))
@@ -198,6 +203,10 @@ async def _replay_one(
     except CheckError as exc:
         summary.errors += 1
         bound.error("reconcile.payment_check_failed", error=str(exc))
+        return
+    except NoticeError as exc:
+        summary.errors += 1
+        bound.error("reconcile.customer_notice_failed", error=str(exc))
         return
     summary.payment_checks += outcome.checked
     if outcome.result is Result.DELIVERED:
@@ -269,7 +278,11 @@ async def reconcile(
             aws_session().client("sqs", config=aws_config(RECONCILE))
         )
         callbacks = Callbacks(sfn)
+        sns = await stack.enter_async_context(
+            aws_session().client("sns", config=aws_config(RECONCILE))
+        )
         checks = QueueChecks(sqs, settings.queue_url)
+        notices = TopicNotices(sns, settings.notifications_topic_arn)
         reader = TokenReader.from_settings(settings)
         try:
             events = await list_events(client, since_ts, list(EVENT_TABLE))
@@ -284,6 +297,7 @@ async def reconcile(
             callbacks,
             reader,
             checks,
+            notices,
             summary,
             dry_run=dry_run,
             concurrency=settings.reconcile_concurrency,

@@ -25,6 +25,7 @@ from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
 from worker.alerts import Alerts
+from worker.card_budget import CardBudget
 from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.executions import Executions
@@ -73,6 +74,9 @@ async def run(settings: WorkerSettings) -> int:
         sns = await stack.enter_async_context(
             session.client("sns", config=aws_config(CALLBACKS_WORKER))
         )
+        dynamodb = await stack.enter_async_context(
+            session.client("dynamodb", config=aws_config(CALLBACKS_WORKER))
+        )
         http = await stack.enter_async_context(
             aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
@@ -110,6 +114,7 @@ async def run(settings: WorkerSettings) -> int:
                 requeue=queue,
                 metrics=metrics,
                 check_again_s=settings.worker_check_again_s,
+                card_budget=CardBudget(dynamodb, settings.card_attempts_table, settings.budgets),
             ),
             callbacks,
             concurrency=settings.worker_concurrency,

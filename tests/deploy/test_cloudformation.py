@@ -194,10 +194,16 @@ def test_tables_and_topics_match_paystep_deploy(template: dict[str, Any]) -> Non
     assert {name: table["KeySchema"] for name, table in tables.items()} == {
         "${Name}-orders": [{"AttributeName": "order_id", "KeyType": "HASH"}],
         "${Name}-inventory": [{"AttributeName": "sku", "KeyType": "HASH"}],
+        "${Name}-card-attempts": [{"AttributeName": "card", "KeyType": "HASH"}],
     }
     for table in tables.values():
         assert table["BillingMode"] == "PAY_PER_REQUEST"
         assert table["SSESpecification"]["SSEEnabled"] is True
+    # DynamoDB deletes a card's attempts once past every window (the worker's budget).
+    assert tables["${Name}-card-attempts"]["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at",
+        "Enabled": True,
+    }
     topics = {
         resource["Properties"]["TopicName"]["Fn::Sub"]
         for resource in resources(template, "AWS::SNS::Topic").values()
@@ -251,6 +257,9 @@ def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "states:DescribeExecution": MACHINE_EXECUTIONS,
         "sns:Publish": {"Ref": "AlarmTopic"},
+        # the card's retry budget: a consistent read, a conditional put
+        "dynamodb:GetItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+        "dynamodb:PutItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
     }
 
 
@@ -263,6 +272,8 @@ def test_webhook_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]
         # readiness probe; the action takes no resource ARN
         "states:ListStateMachines": "*",
         "sqs:SendMessage": TASK_QUEUE,
+        # a decline the customer must fix: payment_action_required
+        "sns:Publish": {"Ref": "NotificationsTopic"},
     }
 
 
@@ -273,6 +284,7 @@ def test_reconcile_role_answers_tasks_and_asks_for_checks(template: dict[str, An
     assert granted == {
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "sqs:SendMessage": TASK_QUEUE,
+        "sns:Publish": {"Ref": "NotificationsTopic"},
     }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]

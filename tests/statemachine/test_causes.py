@@ -36,16 +36,16 @@ DECLINES = [
         id="insufficient_funds",
     ),
     pytest.param(
-        # Stripe sends no decline_code for a declined security code.
+        # Stripe sends no decline_code for a processing error.
         {
             "type": "card_error",
-            "code": "incorrect_cvc",
-            "message": "Your card's security code is incorrect.",
-            "doc_url": "https://docs.stripe.com/error-codes/incorrect-cvc",
+            "code": "processing_error",
+            "message": "An error occurred while processing your card.",
+            "doc_url": "https://docs.stripe.com/error-codes/processing-error",
         },
-        '{"payment_intent_id":"pi_declined","code":"incorrect_cvc",'
-        '"message":"Your card\'s security code is incorrect.",'
-        '"verdict":"ask_customer","retryable":false,"reason":"code:incorrect_cvc"}',
+        '{"payment_intent_id":"pi_declined","code":"processing_error",'
+        '"message":"An error occurred while processing your card.",'
+        '"verdict":"retry","retryable":true,"reason":"code:processing_error"}',
         id="no_decline_code",
     ),
 ]
@@ -94,6 +94,20 @@ def test_a_decline_reads_the_same_from_the_worker_a_late_worker_and_the_webhook(
     # The webhook adds the event it acted on, after the same fields in the same order.
     with_event = cause.removesuffix("}") + f',"event_id":"{EVENT_ID}"}}'
     assert by_the_webhook(error) == causes.Failure(errors.DECLINED, with_event)
+
+
+def test_a_late_worker_leaves_a_decline_the_customer_must_fix_open() -> None:
+    """incorrect_cvc asks the customer: a redelivered create reports no failure."""
+    intent = stripe.PaymentIntent.construct_from(
+        {
+            "id": PI_ID,
+            "object": "payment_intent",
+            "status": "requires_payment_method",
+            "last_payment_error": {"type": "card_error", "code": "incorrect_cvc"},
+        },
+        "sk_test",
+    )
+    assert _adopt([intent]) == "ask_customer"
 
 
 BUILT: list[tuple[str, causes.Failure, str]] = [

@@ -26,6 +26,7 @@ from statemachine.seal import Binding, TokenKeys, new_key
 from tests.support import aws
 from webhook.app import METRICS, create_app
 from webhook.mapping import TokenReader
+from webhook.notices import ActionRequired
 from webhook.settings import WebhookSettings
 
 SECRET = "whsec_" + "a1" * 16
@@ -57,6 +58,21 @@ class FakeChecks:
         self.sent.append(task)
 
 
+class FakeNotices:
+    """Records the notices published to customers (or raises `error`)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.published: list[ActionRequired] = []
+        self._error = error
+
+    async def publish(self, notice: ActionRequired) -> None:
+        if self._error is not None:
+            raise self._error
+        self.published.append(notice)
+
+
+# A topic no test publishes to unless it makes one: a notice then answers 503.
+NO_TOPIC = "arn:aws:sns:us-east-1:123456789012:paystep-test-no-notifications"
 # Where no test reaches the queue: a closed success then answers 503, as with SQS down.
 UNREACHABLE_QUEUE = "http://127.0.0.1:9/000000000000/none"
 
@@ -66,6 +82,7 @@ def make_settings(
 ) -> WebhookSettings:
     values: dict[str, Any] = {
         "queue_url": queue_url,
+        "notifications_topic_arn": NO_TOPIC,
         "webhook_secrets": (SecretStr(SECRET),),
         "stripe_api_key": SecretStr(LOCAL_STRIPE_KEY),
         "webhook_ready_cache_s": 0,

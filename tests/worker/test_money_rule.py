@@ -37,6 +37,7 @@ from statemachine.models import (
     PreviousDecline,
 )
 from statemachine.seal import TokenKeys, new_key
+from tests.worker.support import UnlimitedCards
 from worker.alerts import RefundAlert
 from worker.errors import PoisonMessage
 from worker.executions import Execution, NoSuchExecution
@@ -108,6 +109,7 @@ def handlers(fake: FakeStripe, recorded: Recorded) -> Handlers:
         requeue=recorded,
         metrics=metrics,
         check_again_s=7,
+        card_budget=UnlimitedCards(),  # type: ignore[arg-type]
     )
 
 
