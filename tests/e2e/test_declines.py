@@ -26,6 +26,7 @@ from typing import Any, TypeVar
 import pytest
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.prometheus import metric, scrape
 from paystep_local.scenarios import Stack
 from statemachine import errors
 
@@ -150,11 +151,17 @@ def test_authentication_required_waits_and_completes_when_the_customer_confirms(
         done = await clients.wait_done(arn, timeout_s=WAIT_S)
         assert done["status"] == "SUCCEEDED", done
         assert json.loads(done["output"])["payment"]["payment_intent_id"] == intent["id"]
-        # The execution's own open task took the payment: it is kept, not an orphan.
+        # The execution's own open task took the payment: kept, never handed to the
+        # worker as a payment to check (an orphan is a success on a closed task).
         assert await clients.refunds_of(intent["id"]) == []
-        assert await clients.order_row(notice["order_id"]) != {}
+        assert (await clients.order_row(notice["order_id"]))["status"] == "paid"
 
     _run(declines_stack, scenario)
+    [webhook] = declines_stack.services("webhook")
+    checks = metric(
+        scrape(webhook.urls["metrics"]), "paystep_webhook_payment_checks_total", default=0
+    )
+    assert checks == 0
 
 
 def test_the_card_budget_holds_across_concurrent_executions(declines_stack: LocalStack) -> None:
