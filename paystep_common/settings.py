@@ -15,10 +15,18 @@ import typing
 from collections.abc import Sequence
 from typing import Annotated, Any, Final, Literal, TypeVar
 
-from pydantic import SecretBytes, SecretStr, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    Field,
+    SecretBytes,
+    SecretStr,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from statemachine.card_budget import DAY_S, Budgets, Window
 from statemachine.seal import TokenKeys
 
 # https://docs.stripe.com/api-versions: `YYYY-MM-DD` or, since 2024-09-30, `YYYY-MM-DD.name`.
@@ -95,6 +103,35 @@ class TokenKeySettings(PaystepSettings):
     @property
     def keyring(self) -> TokenKeys:
         return TokenKeys.parse(self.token_keys.get_secret_value())
+
+
+class CardBudgetSettings(PaystepSettings):
+    """Settings of a process that counts declined attempts per card (`PAYSTEP_CARD_ATTEMPTS_TABLE`).
+
+    The card networks' limits on retries of one card are the defaults: Visa 15 in 30
+    days, Mastercard 10 in 24 h and 35 in 30 days; other networks get Visa's, the
+    stricter 30-day limit.
+    """
+
+    card_attempts_table: str = Field(min_length=3, max_length=255)
+    retry_budget_visa_30d: int = Field(default=15, ge=1)
+    retry_budget_mastercard_24h: int = Field(default=10, ge=1)
+    retry_budget_mastercard_30d: int = Field(default=35, ge=1)
+    retry_budget_other_30d: int = Field(default=15, ge=1)
+
+    @property
+    def budgets(self) -> Budgets:
+        month = 30 * DAY_S
+        return Budgets(
+            by_brand={
+                "visa": (Window(self.retry_budget_visa_30d, month),),
+                "mastercard": (
+                    Window(self.retry_budget_mastercard_24h, DAY_S),
+                    Window(self.retry_budget_mastercard_30d, month),
+                ),
+            },
+            other=(Window(self.retry_budget_other_30d, month),),
+        )
 
 
 class SettingsError(SystemExit):

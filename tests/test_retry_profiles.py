@@ -38,6 +38,7 @@ WEBHOOK_REQUIRED = {
     "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:paystep",
     "queue_url": "http://sqs.local/123456789012/paystep-tasks",
     "notifications_topic_arn": "arn:aws:sns:us-east-1:123456789012:paystep-notifications",
+    "card_attempts_table": "paystep-card-attempts",
 }
 
 

@@ -64,6 +64,7 @@ WEBHOOK_ENV: Final = {
     **SEALING_ENV,
     "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
     "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": NOTIFICATIONS_TOPIC_ARN,
+    "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
     "PAYSTEP_WEBHOOK_PORT": "0",
 }
 WEBHOOK_LINES: Final = (
@@ -82,6 +83,7 @@ COMMANDS: Final = [
             **SEALING_ENV,
             "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
             "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": NOTIFICATIONS_TOPIC_ARN,
+            "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
             "PAYSTEP_RECONCILE_CONCURRENCY": "many",
         },
         (

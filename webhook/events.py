@@ -48,6 +48,8 @@ class PaymentError(StripeModel):
     network_decline_code: str | None = None
     message: str | None = None
     charge: str | None = None
+    # The PaymentMethod object (its card's fingerprint and brand key the card's budget).
+    payment_method: dict[str, Any] | str | None = None
 
 
 class PaymentIntentSnapshot(StripeModel):

@@ -39,9 +39,18 @@ from paystep_common.logging import configure_logging, token_hash
 from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
 from paystep_common.settings import StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.card_budget import CardBudget
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
-from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
+from webhook.mapping import (
+    EVENT_TABLE,
+    DeclineCounter,
+    Ignore,
+    Result,
+    TokenReader,
+    handle_event,
+    plan,
+)
 from webhook.notices import CustomerNotices, NoticeError, TopicNotices
 from webhook.settings import EventSettings
 
@@ -144,6 +153,7 @@ async def replay(
     reader: TokenReader,
     checks: PaymentChecks,
     notices: CustomerNotices,
+    budget: DeclineCounter,
     summary: Summary,
     *,
     dry_run: bool,
@@ -163,7 +173,7 @@ async def replay(
         async with slots:
             for event in pi_events:
                 await _replay_one(
-                    event, callbacks, reader, checks, notices, summary, dry_run=dry_run
+                    event, callbacks, reader, checks, notices, budget, summary, dry_run=dry_run
                 )
 
     await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
@@ -175,6 +185,7 @@ async def _replay_one(
     reader: TokenReader,
     checks: PaymentChecks,
     notices: CustomerNotices,
+    budget: DeclineCounter,
     summary: Summary,
     *,
     dry_run: bool,
@@ -191,7 +202,7 @@ async def _replay_one(
                 bound.info("reconcile.would_send", action=decision.callback.action,
                            payment_intent=decision.payment_intent.id)  # fmt: skip
             return
-        outcome = await handle_event(event, callbacks, reader, checks, notices)
+        outcome = await handle_event(event, callbacks, reader, checks, notices, budget)
     except MalformedEvent as exc:
         summary.skipped += 1
         bound.warning("reconcile.event_malformed", error=str(exc))
@@ -283,6 +294,10 @@ async def reconcile(
         )
         checks = QueueChecks(sqs, settings.queue_url)
         notices = TopicNotices(sns, settings.notifications_topic_arn)
+        ddb = await stack.enter_async_context(
+            aws_session().client("dynamodb", config=aws_config(RECONCILE))
+        )
+        budget = CardBudget(ddb, settings.card_attempts_table, settings.budgets)
         reader = TokenReader.from_settings(settings)
         try:
             events = await list_events(client, since_ts, list(EVENT_TABLE))
@@ -298,6 +313,7 @@ async def reconcile(
             reader,
             checks,
             notices,
+            budget,
             summary,
             dry_run=dry_run,
             concurrency=settings.reconcile_concurrency,

@@ -25,6 +25,7 @@ from stripe import CardError, PaymentIntent, Refund
 
 from statemachine import causes, declines, metadata
 from statemachine.callbacks import CallbackResult, Callbacks
+from statemachine.card_budget import Card, CardBudget, attempt_key
 from statemachine.models import (
     CancelOutcome,
     CancelPaymentTask,
@@ -40,7 +41,6 @@ from statemachine.models import (
 )
 from statemachine.seal import Binding, TokenKeys
 from worker.alerts import Alerts, Refunding
-from worker.card_budget import Card, CardBudget
 from worker.classify import payment_intent_id
 from worker.errors import PoisonMessage, TaskFailure
 from worker.executions import Executions, NoSuchExecution
@@ -483,8 +483,7 @@ def _adopt(intents: list[stripe.PaymentIntent]) -> str:
 
 
 def _attempt_key(task: CreatePaymentTask) -> str:
-    """One off-session charge: the execution's attempt, however often it is reported."""
-    return f"{task.execution_id}#{task.attempt}"
+    return attempt_key(task.execution_id, task.attempt)
 
 
 def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:

@@ -24,8 +24,8 @@ from paystep_common.metrics import probe, start_metrics_server
 from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
+from statemachine.card_budget import CardBudget
 from worker.alerts import Alerts
-from worker.card_budget import CardBudget
 from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.executions import Executions

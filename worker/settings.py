@@ -8,11 +8,11 @@ from pydantic import Field
 
 from paystep_common.settings import (
     SNS_TOPIC_ARN,
+    CardBudgetSettings,
     StripeSettings,
     TokenKeySettings,
     stripe_key_mode,
 )
-from worker.card_budget import DAY_S, Budgets, Window
 from worker.queue import RECEIVE_SLACK_S
 
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
@@ -29,7 +29,7 @@ IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
 SHUTDOWN_RELEASE_S: Final = 5
 
 
-class WorkerSettings(StripeSettings, TokenKeySettings):
+class WorkerSettings(StripeSettings, TokenKeySettings, CardBudgetSettings):
     """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe and token keys."""
 
     queue_url: str
@@ -59,28 +59,6 @@ class WorkerSettings(StripeSettings, TokenKeySettings):
     # A payment that succeeded after its task closed, while its execution still runs, is
     # looked at again this much later, until the execution ends or adopts it.
     worker_check_again_s: int = Field(default=300, ge=0, le=SQS_MAX_DELAY_S)
-    # The per-card count of declined and retried attempts (`worker.card_budget`), and the
-    # card networks' limits on retries of one card: Visa 15 in 30 days, Mastercard 10 in
-    # 24 h and 35 in 30 days; other networks get Visa's, the stricter 30-day limit.
-    card_attempts_table: str = Field(min_length=3, max_length=255)
-    retry_budget_visa_30d: int = Field(default=15, ge=1)
-    retry_budget_mastercard_24h: int = Field(default=10, ge=1)
-    retry_budget_mastercard_30d: int = Field(default=35, ge=1)
-    retry_budget_other_30d: int = Field(default=15, ge=1)
-
-    @property
-    def budgets(self) -> Budgets:
-        month = 30 * DAY_S
-        return Budgets(
-            by_brand={
-                "visa": (Window(self.retry_budget_visa_30d, month),),
-                "mastercard": (
-                    Window(self.retry_budget_mastercard_24h, DAY_S),
-                    Window(self.retry_budget_mastercard_30d, month),
-                ),
-            },
-            other=(Window(self.retry_budget_other_30d, month),),
-        )
 
     @property
     def livemode(self) -> bool:

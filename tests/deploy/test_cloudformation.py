@@ -240,6 +240,13 @@ def grants(role: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+# The card's retry budget: a consistent read, a conditional put (worker, webhook, reconcile).
+CARD_ATTEMPTS = {
+    "dynamodb:GetItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+    "dynamodb:PutItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+}
+
+
 def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
     template: dict[str, Any],
 ) -> None:
@@ -257,9 +264,7 @@ def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "states:DescribeExecution": MACHINE_EXECUTIONS,
         "sns:Publish": {"Ref": "AlarmTopic"},
-        # the card's retry budget: a consistent read, a conditional put
-        "dynamodb:GetItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
-        "dynamodb:PutItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+        **CARD_ATTEMPTS,
     }
 
 
@@ -274,6 +279,7 @@ def test_webhook_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]
         "sqs:SendMessage": TASK_QUEUE,
         # a decline the customer must fix: payment_action_required
         "sns:Publish": {"Ref": "NotificationsTopic"},
+        **CARD_ATTEMPTS,
     }
 
 
@@ -285,6 +291,7 @@ def test_reconcile_role_answers_tasks_and_asks_for_checks(template: dict[str, An
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "sqs:SendMessage": TASK_QUEUE,
         "sns:Publish": {"Ref": "NotificationsTopic"},
+        **CARD_ATTEMPTS,
     }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]

@@ -151,6 +151,7 @@ def test_fifty_connections_get_no_errors_and_memory_stays_flat(
             "PAYSTEP_STATE_MACHINE_ARN": MACHINE,
             "PAYSTEP_QUEUE_URL": _queue(),
             "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:none",
+            "PAYSTEP_CARD_ATTEMPTS_TABLE": "none",
         },
     )
     keys = TokenKeys.parse(bare.token_keys)

@@ -12,6 +12,7 @@ from typing import Any
 
 from statemachine.callbacks import CallbackResult
 from tests.webhook.conftest import (
+    FakeBudget,
     FakeChecks,
     FakeNotices,
     Waiting,
@@ -54,6 +55,7 @@ async def _replay(checks: FakeChecks) -> tuple[Summary, list[str]]:
         reader_for(WAITING),
         checks,
         FakeNotices(),
+        FakeBudget(),
         summary,
         dry_run=False,
         concurrency=2,

@@ -9,9 +9,11 @@ import stripe
 
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
+from statemachine.card_budget import Card
 from statemachine.metadata import TOKEN_PARTS_KEY
 from statemachine.models import PaymentOutcome
 from tests.webhook.conftest import (
+    FakeBudget,
     FakeChecks,
     FakeNotices,
     Waiting,
@@ -206,7 +208,7 @@ async def test_handle_event_takes_a_plain_mapping_and_sends_the_callback() -> No
     callbacks = FakeCallbacks()
     evt = event("payment_intent.succeeded", payment_intent(WAITING))
 
-    outcome = await handle_event(evt, callbacks, READER, FakeChecks(), FakeNotices())  # type: ignore[arg-type]
+    outcome = await handle_event(evt, callbacks, READER, FakeChecks(), FakeNotices(), FakeBudget())  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.DELIVERED, "succeed")
     assert [(name, token) for name, token, _ in callbacks.calls] == [("succeed", TOKEN)]
@@ -219,7 +221,9 @@ async def test_handle_event_takes_an_event_listed_from_stripes_api() -> None:
         event("payment_intent.canceled", payment_intent(WAITING)), "sk_test_x"
     )
 
-    outcome = await handle_event(listed, callbacks, READER, FakeChecks(), FakeNotices())  # type: ignore[arg-type]
+    outcome = await handle_event(
+        listed, callbacks, READER, FakeChecks(), FakeNotices(), FakeBudget()
+    )  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.ALREADY_CLOSED, "fail")
     assert callbacks.calls[0][2][0] == "Payment.Canceled"
@@ -235,6 +239,7 @@ async def test_handle_event_lets_a_callback_error_through_for_the_caller_to_retr
             READER,
             FakeChecks(),
             FakeNotices(),
+            FakeBudget(),
         )
 
 
@@ -247,6 +252,7 @@ async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
         READER,
         FakeChecks(),
         FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.NO_TOKEN)
@@ -264,6 +270,7 @@ async def test_a_success_on_a_closed_task_is_handed_to_the_worker_to_check() -> 
         READER,
         checks,
         FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.result, outcome.checked) == (Result.ALREADY_CLOSED, True)
@@ -289,6 +296,7 @@ async def test_only_a_closed_success_is_checked(event_type: str, result: Callbac
         READER,
         checks,
         FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.checked, checks.sent) == (False, [])
@@ -302,6 +310,7 @@ async def test_a_check_that_cannot_be_queued_raises_for_a_redelivery() -> None:
             READER,
             FakeChecks(CheckError("queue down")),
             FakeNotices(),
+            FakeBudget(),
         )
 
 
@@ -333,6 +342,7 @@ async def test_a_decline_the_customer_must_fix_keeps_the_task_open_and_tells_the
         READER,
         FakeChecks(),
         notices,
+        FakeBudget(),
     )
 
     assert (outcome.result, outcome.action) == (Result.DELIVERED, "ask_customer")
@@ -356,6 +366,7 @@ async def test_no_notice_when_the_task_no_longer_waits() -> None:
         READER,
         FakeChecks(),
         notices,
+        FakeBudget(),
     )
     assert (outcome.result, notices.published) == (Result.ALREADY_CLOSED, [])
 
@@ -369,6 +380,7 @@ async def test_a_notice_that_cannot_be_published_raises_for_a_redelivery() -> No
             READER,
             FakeChecks(),
             FakeNotices(NoticeError("sns down")),
+            FakeBudget(),
         )
 
 
@@ -385,3 +397,49 @@ def test_a_final_decline_fails_with_the_verdict() -> None:
     assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
     cause = causes.parse(decision.callback.failure.cause)
     assert (cause["verdict"], cause["reason"]) == ("final", "advice_code:do_not_try_again")
+
+
+VISA_DECLINE = {
+    "type": "card_error",
+    "code": "card_declined",
+    "decline_code": "insufficient_funds",
+    "charge": "ch_1",
+    "payment_method": {"id": "pm_1", "card": {"brand": "visa", "fingerprint": "fp_1"}},
+}
+
+
+@pytest.mark.parametrize(("room", "verdict"), [(True, "retry"), (False, "final")])
+async def test_a_decline_is_counted_against_its_card_as_the_worker_counts_it(
+    room: bool, verdict: str
+) -> None:
+    callbacks, budget = FakeCallbacks(), FakeBudget(room=room)
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=VISA_DECLINE)
+
+    await handle_event(
+        event("payment_intent.payment_failed", pi),
+        callbacks,  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        FakeNotices(),
+        budget,
+    )
+
+    assert budget.counted == [(Card("fp_1", "visa"), f"{WAITING.execution_arn}#1")]
+    [(name, _, (_, cause))] = callbacks.calls
+    assert (name, cause["verdict"]) == ("fail", verdict)
+    assert cause["reason"] == ("decline_code:insufficient_funds" if room else "retry_budget")
+
+
+async def test_a_decline_naming_no_card_is_not_counted() -> None:
+    budget = FakeBudget()
+    error = {k: v for k, v in VISA_DECLINE.items() if k != "payment_method"}
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=error)
+    await handle_event(
+        event("payment_intent.payment_failed", pi),
+        FakeCallbacks(),  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        FakeNotices(),
+        budget,
+    )
+    assert budget.counted == []

@@ -6,7 +6,7 @@ from typing import Any
 
 from paystep_local.localstack import LOCAL_STRIPE_KEY
 from paystep_local.processes import ManagedProcess
-from worker.card_budget import Card, Recorded
+from statemachine.card_budget import Card, Recorded
 
 FAST_RETRIES = {
     "PAYSTEP_WORKER_RETRY_BASE_S": "1",

@@ -19,7 +19,7 @@ import pytest
 
 from paystep_common.clients import aws_session
 from paystep_local.localstack import LocalStack
-from worker.card_budget import DAY_S, Budgets, Card, CardBudget, Window
+from statemachine.card_budget import DAY_S, Budgets, Card, CardBudget, Window
 
 VISA = Card("fp_visa_" + uuid.uuid4().hex[:8], "visa")
 BUDGETS = Budgets(

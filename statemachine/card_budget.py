@@ -3,8 +3,8 @@
 Card networks charge for excess retries of a declined card: Visa allows 15 retries of
 one card in 30 days, Mastercard 10 in 24 hours and 35 in 30 days (and Stripe blocks a
 card after repeated declines: `previously_declined_do_not_retry`,
-https://docs.stripe.com/declines/codes). paystep counts every off-session attempt on
-a card that was declined, by the card's fingerprint (the same card number has the same
+https://docs.stripe.com/declines/codes). paystep counts every attempt on a card that
+was declined, by the card's fingerprint (the same card number has the same
 fingerprint across customers and PaymentMethods:
 https://docs.stripe.com/api/payment_methods/object#payment_method_object-card-fingerprint).
 
@@ -15,10 +15,13 @@ deletes a quiet card's item, late (TTL deletes within days:
 https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/howitworks-ttl.html;
 entries older than the longest window are dropped on every write and never counted).
 
-- A declined attempt is recorded when its decline is seen (`record_decline`), never
-  refused: the first attempt is the customer's own try. It answers whether another
-  attempt would still fit, so a card at its limit fails at once.
-- A retry reserves its attempt before its charge (`reserve`): refused past the budget.
+- A declined attempt is recorded by whoever sees its decline first (`record_decline`:
+  the worker's create, the webhook's `payment_intent.payment_failed`, reconcile's
+  replay of it; the same key from each), never refused: the first attempt is the
+  customer's own try. It answers whether another attempt would still fit, so a card
+  at its limit fails at once.
+- A retry reserves its attempt before its charge (`reserve`, the worker): refused
+  past the budget.
 
 Both write conditionally on the version they read (optimistic concurrency), so
 concurrent executions of one card cannot together overshoot: each decision is made on
@@ -36,7 +39,7 @@ from typing import Any, Final
 import structlog
 from botocore.exceptions import ClientError
 
-log = structlog.get_logger("paystep.worker")
+log = structlog.get_logger("paystep.card_budget")
 
 DAY_S: Final = 86_400
 # Two writers of one card rarely meet more than a few times; past this many lost races in
@@ -90,6 +93,11 @@ class Card:
         if not fingerprint:
             return None
         return cls(str(fingerprint), str(card.get("brand") or "unknown"))
+
+
+def attempt_key(execution_id: str, attempt: int | str) -> str:
+    """One attempt of an execution: one off-session charge, however often it is reported."""
+    return f"{execution_id}#{attempt}"
 
 
 @dataclass(frozen=True, slots=True)
