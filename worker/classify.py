@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from statemachine import causes
 from statemachine.callbacks import CallbackError
+from statemachine.card_budget import BudgetContention
 from worker.errors import PoisonMessage, TaskFailure
 
 # https://docs.stripe.com/error-codes: answers that a later attempt can change.
@@ -79,6 +80,9 @@ def classify(exc: BaseException) -> Decision:
             return _classify_stripe(exc)
         case CallbackError():
             return Retry(f"step functions: {exc}")
+        case BudgetContention():
+            # Many executions of one card at once: the count is atomic, only slower.
+            return Retry(f"card budget: {exc}")
         case BotoCoreError() | ClientError():
             return Retry(f"aws: {exc}")
         case TimeoutError() | OSError():

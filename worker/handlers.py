@@ -135,7 +135,7 @@ class Handlers:
             if not existing:
                 raise  # not searchable yet (search lags writes): retried later
             return _adopt(existing)
-        except stripe.CardError as exc:
+        except CardError as exc:
             return await self._declined(task, exc)
         replayed = intent.last_response is not None and (
             intent.last_response.headers.get("Idempotent-Replayed") == "true"
