@@ -187,6 +187,8 @@ def start(
         "PAYSTEP_TOKEN_KEYS": TOKEN_KEYS,
         "PAYSTEP_STATE_MACHINE_ARN": STATE_MACHINE_ARN,
         "PAYSTEP_QUEUE_URL": TASK_QUEUE_URL,
+        "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:bench",
+        "PAYSTEP_CARD_ATTEMPTS_TABLE": "bench-card-attempts",
         "PAYSTEP_WEBHOOK_PORT": str(port),
         "PAYSTEP_METRICS_PORT": str(free_port()),
         "PAYSTEP_LOG_FORMAT": "json",

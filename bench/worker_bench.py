@@ -157,6 +157,8 @@ class Stack:
             # Only the order tasks use them, and the bench sends create tasks only.
             PAYSTEP_ORDERS_TABLE="bench-orders",
             PAYSTEP_INVENTORY_TABLE="bench-inventory",
+            # Read on a decline only, and the bench's payments succeed: no table behind it.
+            PAYSTEP_CARD_ATTEMPTS_TABLE="bench-card-attempts",
         )
         return env
 

@@ -71,13 +71,13 @@ async def _run_all(
 ) -> list[Observed]:
     assert stack.deployment and stack.stripe_base
     async with Stack(stack.deployment, stack.stripe_base, LOCAL_STRIPE_KEY) as clients:
+        name_width = max(len(s.name) for s in scenarios)
 
         async def one(scenario: Scenario) -> Observed:
             observed = await run(clients, scenario)
             mark = "ok" if not observed.problems else "UNEXPECTED"
-            _say(
-                out, f"  {mark:<10} {scenario.name:<14} {observed.status} {observed.error}".rstrip()
-            )
+            line = f"  {mark:<10} {scenario.name:<{name_width}} {observed.status} {observed.error}"
+            _say(out, line.rstrip())
             return observed
 
         _say(out, f"running {len(scenarios)} scenarios ...")

@@ -26,11 +26,14 @@ from pydantic import (
 from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from statemachine.card_budget import DAY_S, Budgets, Window
 from statemachine.seal import TokenKeys
 
 # https://docs.stripe.com/api-versions: `YYYY-MM-DD` or, since 2024-09-30, `YYYY-MM-DD.name`.
 STRIPE_API_VERSION: Final = "2026-10-28.endive"
 STRIPE_API_VERSION_PATTERN: Final = r"^\d{4}-\d{2}-\d{2}(\.[a-z]+)?$"
+# https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html: names of 1-256 characters.
+SNS_TOPIC_ARN: Final = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 EXIT_BAD_SETTINGS: Final = 2  # the status argparse uses for bad arguments
 _ECHO_MAX_CHARS: Final = 60
 _EXPECTED: Final = {
@@ -111,6 +114,35 @@ class TokenKeySettings(PaystepSettings):
     @property
     def keyring(self) -> TokenKeys:
         return TokenKeys.parse(self.token_keys.get_secret_value())
+
+
+class CardBudgetSettings(PaystepSettings):
+    """Settings of a process that counts declined attempts per card (`PAYSTEP_CARD_ATTEMPTS_TABLE`).
+
+    The card networks' limits on retries of one card are the defaults: Visa 15 in 30
+    days, Mastercard 10 in 24 h and 35 in 30 days; other networks get Visa's, the
+    stricter 30-day limit.
+    """
+
+    card_attempts_table: str = Field(min_length=3, max_length=255)
+    retry_budget_visa_30d: int = Field(default=15, ge=1)
+    retry_budget_mastercard_24h: int = Field(default=10, ge=1)
+    retry_budget_mastercard_30d: int = Field(default=35, ge=1)
+    retry_budget_other_30d: int = Field(default=15, ge=1)
+
+    @property
+    def budgets(self) -> Budgets:
+        month = 30 * DAY_S
+        return Budgets(
+            by_brand={
+                "visa": (Window(self.retry_budget_visa_30d, month),),
+                "mastercard": (
+                    Window(self.retry_budget_mastercard_24h, DAY_S),
+                    Window(self.retry_budget_mastercard_30d, month),
+                ),
+            },
+            other=(Window(self.retry_budget_other_30d, month),),
+        )
 
 
 class SettingsError(SystemExit):

@@ -28,10 +28,12 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
   `return_url` rule, `automatic_payment_methods` or listed types, metadata
   limits, unknown parameters -> 400 `parameter_unknown`). With `confirm=true` the
   payment method decides:
-  `pm_card_chargeCustomerFail`, `pm_card_chargeDeclined`, `pm_card_visa_chargeDeclined`
-  -> 402 `card_declined` / `generic_decline` (`...InsufficientFunds` ->
-  `insufficient_funds`), the PaymentIntent is stored as `requires_payment_method`
-  with `last_payment_error`; `pm_card_authenticationRequired` -> 402
+  Stripe's declining test cards (`stripe_rules.DECLINING_CARDS`:
+  `pm_card_chargeCustomerFail` -> 402 `card_declined` / `generic_decline`,
+  `pm_card_chargeDeclinedStolenCard` -> `stolen_card`, `...ExpiredCard` -> code
+  `expired_card`, ...), the error naming the charge and the PaymentMethod (brand,
+  fingerprint) and the PaymentIntent stored as `requires_payment_method` with the
+  same `last_payment_error`; `pm_card_authenticationRequired` -> 402
   `authentication_required` off-session, `requires_action` with a `next_action`
   on-session; `pm_processing*`, `pm_sepa*`, `pm_usBankAccount*` ->
   `processing`; `pm_missing*` -> 400 `resource_missing`; any other -> `succeeded`.
@@ -121,12 +123,6 @@ from paystep_local.stripe_rules import StripeFailure, check_metadata, decode_for
 
 FaultKind = Literal["error", "drop", "hold"]
 
-DECLINING_METHODS: Final = {
-    "pm_card_chargeCustomerFail": "generic_decline",
-    "pm_card_chargeDeclined": "generic_decline",
-    "pm_card_visa_chargeDeclined": "generic_decline",
-    "pm_card_chargeDeclinedInsufficientFunds": "insufficient_funds",
-}
 PROCESSING_PREFIXES: Final = ("pm_processing", "pm_sepa", "pm_usBankAccount")
 
 
@@ -592,18 +588,9 @@ class FakeStripe:
 
     def _confirm(self, intent: dict[str, Any], method: str, params: dict[str, Any]) -> _Answer:
         off_session = params.get("off_session") == "true"
-        decline_code = DECLINING_METHODS.get(method)
-        if decline_code is not None or (method == "pm_card_authenticationRequired" and off_session):
-            code = "card_declined" if decline_code else "authentication_required"
-            error = {
-                "type": "card_error",
-                "code": code,
-                "decline_code": decline_code or "authentication_required",
-                "message": "Your card was declined."
-                if decline_code
-                else "This payment requires authentication.",
-                "charge": "ch_" + secrets.token_hex(12),
-            }
+        card = stripe_rules.DECLINING_CARDS.get(method)
+        if card is not None and (off_session or not card.off_session_only):
+            error = card.error("ch_" + secrets.token_hex(12), method)
             with self._lock:
                 intent["status"] = "requires_payment_method"
                 intent["last_payment_error"] = dict(error)

@@ -98,7 +98,14 @@ class LocalStack:
         # localstripe rewrites a pickle in the temp folder on every change: one folder each.
         proc = self.spawn(
             "localstripe",
-            [sys.executable, "-m", "localstripe", "--port", str(port), "--from-scratch"],
+            [
+                sys.executable,
+                "-m",
+                "paystep_local.localstripe_cards",
+                "--port",
+                str(port),
+                "--from-scratch",
+            ],
             env={"TMPDIR": str(tmp)},
         )
         localstripe = f"http://127.0.0.1:{port}"
@@ -178,6 +185,8 @@ class LocalStack:
             env["PAYSTEP_ALARM_TOPIC_ARN"] = self.deployment["alarms_topic_arn"]
             env["PAYSTEP_ORDERS_TABLE"] = self.deployment["orders_table"]
             env["PAYSTEP_INVENTORY_TABLE"] = self.deployment["inventory_table"]
+            env["PAYSTEP_NOTIFICATIONS_TOPIC_ARN"] = self.deployment["notifications_topic_arn"]
+            env["PAYSTEP_CARD_ATTEMPTS_TABLE"] = self.deployment["card_attempts_table"]
         env.update(extra)
         return env
 

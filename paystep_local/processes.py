@@ -190,6 +190,7 @@ class Workers:
                 "PAYSTEP_ALARM_TOPIC_ARN": deployment["alarms_topic_arn"],
                 "PAYSTEP_ORDERS_TABLE": deployment["orders_table"],
                 "PAYSTEP_INVENTORY_TABLE": deployment["inventory_table"],
+                "PAYSTEP_CARD_ATTEMPTS_TABLE": deployment["card_attempts_table"],
                 "PAYSTEP_STRIPE_API_BASE": stripe_base,
                 **env,
             },

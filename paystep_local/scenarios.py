@@ -191,6 +191,17 @@ class Stack:
             "POST", f"/v1/payment_intents/{pi_id}/confirm", payment_method=payment_method
         )
 
+    async def authenticate(self, pi_id: str) -> dict[str, Any]:
+        """The customer passes the authentication a `requires_action` PaymentIntent asks for
+        (3D Secure; localstripe's stand-in for the bank's page)."""
+        intent = await self.stripe("GET", f"/v1/payment_intents/{pi_id}")
+        return await self.stripe(
+            "POST",
+            f"/v1/payment_intents/{pi_id}/_authenticate",
+            client_secret=intent["client_secret"],
+            success="true",
+        )
+
     async def refunds_of(self, pi_id: str) -> list[dict[str, Any]]:
         listed = await self.stripe("GET", f"/v1/refunds?payment_intent={pi_id}")
         refunds: list[dict[str, Any]] = listed["data"]
@@ -398,6 +409,26 @@ def _check_declined(max_attempts: int) -> Step:
     return check
 
 
+async def _check_declined_at_once(
+    stack: Stack, observed: Observed, request: dict[str, Any]
+) -> None:
+    """A card that will never be approved: one PaymentIntent, no retry, the reason said."""
+    observed.expect(
+        len(observed.payment_intents) == 1,
+        f"{len(observed.payment_intents)} PaymentIntents for a final decline, expected 1",
+    )
+    cause = json.loads(observed.cause or "{}")
+    observed.expect(
+        (cause.get("verdict"), cause.get("reason")) == ("final", "decline_code:stolen_card"),
+        f"cause {observed.cause!r}",
+    )
+    observed.messages = await stack.wait_messages(observed.order_id, 1)
+    observed.expect(
+        [m["type"] for m in observed.messages] == ["payment_declined"],
+        f"notified {[m['type'] for m in observed.messages]}",
+    )
+
+
 def _check_paid_after_failing(max_attempts: int) -> Step:
     """The customer pays the last declined attempt after the execution failed: the money
     rule refunds it, and the operators get an alert."""
@@ -494,11 +525,18 @@ def demo_scenarios(max_attempts: int) -> list[Scenario]:
             check=_check_paid,
         ),
         Scenario(
-            "card_declined",
-            {**base, "payment_method": "pm_card_chargeCustomerFail"},
+            "declined_retried",
+            {**base, "payment_method": "pm_card_chargeDeclinedInsufficientFunds"},
             "FAILED",
             "Payment.Declined",
             check=_check_declined(max_attempts),
+        ),
+        Scenario(
+            "declined_final",
+            {**base, "payment_method": "pm_card_chargeDeclinedStolenCard"},
+            "FAILED",
+            "Payment.Declined",
+            check=_check_declined_at_once,
         ),
         Scenario(
             "paid_too_late",

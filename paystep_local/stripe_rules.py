@@ -13,8 +13,10 @@ localstripe renders its events with, older than automatic payment methods.
 
 from __future__ import annotations
 
+import hashlib
 import urllib.parse
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 # The local account's default API version (localstripe renders every event with it).
@@ -303,3 +305,104 @@ def _one_of(params: Mapping[str, Any], first: str, second: str) -> None:
         raise invalid(
             f"You may only specify one of these parameters: {first}, {second}.", param=second
         )
+
+
+@dataclass(frozen=True, slots=True)
+class DecliningCard:
+    """One of Stripe's test PaymentMethods that is declined when charged.
+
+    https://docs.stripe.com/testing#declined-payments: the PaymentMethod, its card
+    number and the error the charge answers with (402, `card_error`). The error names the
+    declined `charge` and the `payment_method`, and the PaymentIntent keeps the same error
+    as `last_payment_error` (https://docs.stripe.com/api/errors). Every card of a kind
+    has one fixed fingerprint, as on Stripe where a fingerprint is per card number.
+    """
+
+    number: str
+    code: str
+    decline_code: str | None
+    message: str
+    brand: str = "visa"
+    off_session_only: bool = False
+    """Declined only off-session: on-session, the customer is asked to authenticate."""
+
+    @property
+    def fingerprint(self) -> str:
+        return card_fingerprint(self.number)
+
+    def error(self, charge_id: str, payment_method_id: str) -> dict[str, Any]:
+        """Stripe's error object for a charge of this card (no `payment_intent` yet)."""
+        error: dict[str, Any] = {"type": "card_error", "code": self.code}
+        if self.decline_code is not None:
+            error["decline_code"] = self.decline_code
+        error.update(
+            message=self.message,
+            charge=charge_id,
+            payment_method=self.payment_method(payment_method_id),
+        )
+        return error
+
+    def payment_method(self, payment_method_id: str) -> dict[str, Any]:
+        """The PaymentMethod object as an error carries it: the card's brand and fingerprint."""
+        return {
+            "id": payment_method_id,
+            "object": "payment_method",
+            "type": "card",
+            "card": {
+                "brand": self.brand,
+                "last4": self.number[-4:],
+                "fingerprint": self.fingerprint,
+                "exp_month": 12,
+                "exp_year": 2034,
+            },
+        }
+
+
+_DECLINED: Final = "Your card was declined."
+
+
+def _card_declined(number: str, decline_code: str, message: str = _DECLINED) -> DecliningCard:
+    return DecliningCard(number, "card_declined", decline_code, message)
+
+
+# https://docs.stripe.com/testing#declined-payments
+DECLINING_CARDS: Final[Mapping[str, DecliningCard]] = {
+    "pm_card_chargeCustomerFail": _card_declined("4000000000000341", "generic_decline"),
+    "pm_card_chargeDeclined": _card_declined("4000000000000002", "generic_decline"),
+    "pm_card_visa_chargeDeclined": _card_declined("4000000000000002", "generic_decline"),
+    "pm_card_chargeDeclinedInsufficientFunds": _card_declined(
+        "4000000000009995", "insufficient_funds", "Your card has insufficient funds."
+    ),
+    "pm_card_chargeDeclinedLostCard": _card_declined("4000000000009987", "lost_card"),
+    "pm_card_chargeDeclinedStolenCard": _card_declined("4000000000009979", "stolen_card"),
+    "pm_card_chargeDeclinedFraudulent": _card_declined("4100000000000019", "fraudulent"),
+    "pm_card_chargeDeclinedExpiredCard": DecliningCard(
+        "4000000000000069", "expired_card", None, "Your card has expired."
+    ),
+    "pm_card_chargeDeclinedIncorrectCvc": DecliningCard(
+        "4000000000000127", "incorrect_cvc", None, "Your card's security code is incorrect."
+    ),
+    "pm_card_chargeDeclinedProcessingError": DecliningCard(
+        "4000000000000119",
+        "processing_error",
+        None,
+        "An error occurred while processing your card. Try again in a little bit.",
+    ),
+    # https://docs.stripe.com/testing#authentication-and-setup: off-session it is declined
+    # `authentication_required`; the customer, back on-session, authenticates and pays.
+    "pm_card_authenticationRequired": DecliningCard(
+        "4000002760003184",
+        "authentication_required",
+        "authentication_required",
+        "Your card was declined. This transaction requires authentication.",
+        off_session_only=True,
+    ),
+}
+DECLINING_NUMBERS: Final[Mapping[str, DecliningCard]] = {
+    card.number: card for card in DECLINING_CARDS.values()
+}
+
+
+def card_fingerprint(number: str) -> str:
+    """A stable 16-character fingerprint per card number, shaped like Stripe's."""
+    return hashlib.sha256(f"paystep-local:{number}".encode()).hexdigest()[:16]

@@ -18,7 +18,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from statemachine import errors
+from statemachine import declines, errors
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,15 +43,47 @@ class StripeErrorFields(Protocol):
 
 
 def declined(
-    payment_intent_id: str | None, error: StripeErrorFields | None, *, event_id: str | None = None
+    payment_intent_id: str | None,
+    error: StripeErrorFields | None,
+    *,
+    verdict: declines.Verdict | None = None,
+    event_id: str | None = None,
 ) -> Failure:
-    """`Payment.Declined`: the PaymentIntent's payment failed, with Stripe's codes."""
+    """`Payment.Declined`: the PaymentIntent's payment failed, with Stripe's codes.
+
+    The policy's verdict goes with it (`declines.decide(error)` unless given): `verdict`
+    (`retry`, `ask_customer` or `final`), `retryable` (a bool the state machine's Choice
+    reads) and `reason` (the deciding field, `decline_code:stolen_card`, or
+    `retry_budget`). `charge` names the declined charge.
+    """
+    verdict = declines.decide(error) if verdict is None else verdict
     return _json_failure(
         errors.DECLINED,
         payment_intent_id=payment_intent_id,
-        **_read(error, "code", "decline_code", "message"),
+        **_read(
+            error,
+            "code",
+            "decline_code",
+            "advice_code",
+            "network_advice_code",
+            "network_decline_code",
+            "message",
+        ),
+        charge=charge_id(error),
+        verdict=verdict.kind,
+        retryable=verdict.retryable,
+        reason=verdict.reason,
         event_id=event_id,
     )
+
+
+def charge_id(error: StripeErrorFields | None) -> str | None:
+    """The declined charge's id: Stripe's error object names it in `charge`."""
+    charge = getattr(error, "charge", None)
+    if isinstance(charge, str) or charge is None:
+        return charge
+    found = getattr(charge, "id", None)
+    return found if isinstance(found, str) else None
 
 
 def canceled(

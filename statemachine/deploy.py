@@ -39,6 +39,8 @@ OPEN_CLAIMS_PROJECTED: Final = ("execution_id",)
 INDEX_POLL_S: Final = 2.0
 # Adding an index to a full table backfills it first; past this, deploy goes on and says so.
 INDEX_WAIT_S: Final = 600.0
+# https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/TTL.html: epoch seconds.
+CARD_ATTEMPTS_TTL_ATTRIBUTE: Final = "expires_at"
 
 
 class DeployOptions(BaseModel):
@@ -57,6 +59,8 @@ class DeployResult(BaseModel):
     dead_letter_queue_url: str
     orders_table: str
     inventory_table: str
+    # Declined and retried attempts per card (the worker's retry budget), TTL `expires_at`.
+    card_attempts_table: str
     receipts_topic_arn: str
     notifications_topic_arn: str
     # Where a person is told to act: the worker reports every refund it makes here.
@@ -92,6 +96,8 @@ async def deploy(options: DeployOptions) -> DeployResult:
         orders = await _table(ddb, f"{options.name}-orders", "order_id", changed, open_claims=True)
         await _open_claims_index(ddb, orders, changed)
         inventory = await _table(ddb, f"{options.name}-inventory", "sku", changed)
+        card_attempts = await _table(ddb, f"{options.name}-card-attempts", "card", changed)
+        await _expire(ddb, card_attempts, CARD_ATTEMPTS_TTL_ATTRIBUTE, changed)
         receipts = (await sns.create_topic(Name=f"{options.name}-receipts"))["TopicArn"]
         notifications = (await sns.create_topic(Name=f"{options.name}-notifications"))["TopicArn"]
         alarms = (await sns.create_topic(Name=f"{options.name}-alarms"))["TopicArn"]
@@ -119,6 +125,7 @@ async def deploy(options: DeployOptions) -> DeployResult:
         dead_letter_queue_url=dlq_url,
         orders_table=orders,
         inventory_table=inventory,
+        card_attempts_table=card_attempts,
         receipts_topic_arn=receipts,
         notifications_topic_arn=notifications,
         alarms_topic_arn=alarms,
@@ -229,6 +236,19 @@ def _attribute_definitions(current: list[dict[str, str]]) -> list[dict[str, str]
         *current,
         *(definition for definition in added if definition["AttributeName"] not in names),
     ]
+
+
+async def _expire(ddb: Any, table: str, attribute: str, changed: list[str]) -> None:
+    """Turn on TTL by `attribute`; DynamoDB refuses to turn on what is on already."""
+    described = await ddb.describe_time_to_live(TableName=table)
+    current = described.get("TimeToLiveDescription", {})
+    if current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING"):
+        return
+    await ddb.update_time_to_live(
+        TableName=table,
+        TimeToLiveSpecification={"Enabled": True, "AttributeName": attribute},
+    )
+    changed.append(f"table {table} ttl {attribute}")
 
 
 async def _index_active(ddb: Any, table: str) -> None:

@@ -38,8 +38,10 @@ ERRORS: Final = (
     ),
     ContractError(
         DECLINED,
-        "the payment failed and no retry is left (each retry first canceled the attempt "
-        "before it); an attempt the customer pays later is refunded",
+        "the payment failed and no retry is left, or none is allowed (a final decline, the "
+        "card's retry budget spent: the cause's `verdict` and `reason` say which); each "
+        "retry first canceled the attempt before it; an attempt the customer pays later is "
+        "refunded",
     ),
     ContractError(CANCELED, "the PaymentIntent was canceled"),
     ContractError(

@@ -18,6 +18,9 @@ THEN it is refused or accepted as Stripe documents, each case naming its rule:
 - cancel: https://docs.stripe.com/api/payment_intents/cancel (only from requires_payment_method,
   requires_capture, requires_confirmation or requires_action; otherwise
   `payment_intent_unexpected_state`)
+- declines: https://docs.stripe.com/testing#declined-payments (each declining test card's
+  code and decline code, in the 402 and in `last_payment_error`) and
+  https://docs.stripe.com/api/errors (the error names the `charge` and the `payment_method`)
 - search: https://docs.stripe.com/search (metadata clauses joined by AND, newest first, paged;
   what the query language does not hold is refused) and its data freshness (a new
   PaymentIntent is searchable only after a while: the local Stripe's `search_lag_s`)
@@ -173,6 +176,61 @@ def test_a_declined_payment_intent_is_confirmed_again_with_another_method(stripe
         stripe_base, f"/v1/payment_intents/{intent_id}/confirm", {"payment_method": "pm_card_visa"}
     )
     assert (again, refused["error"]["code"]) == (400, "payment_intent_unexpected_state")
+
+
+DECLINES = [
+    ("pm_card_chargeDeclinedInsufficientFunds", "card_declined", "insufficient_funds"),
+    ("pm_card_chargeDeclinedLostCard", "card_declined", "lost_card"),
+    ("pm_card_chargeDeclinedStolenCard", "card_declined", "stolen_card"),
+    ("pm_card_chargeDeclinedFraudulent", "card_declined", "fraudulent"),
+    ("pm_card_chargeDeclinedExpiredCard", "expired_card", None),
+    ("pm_card_chargeDeclinedIncorrectCvc", "incorrect_cvc", None),
+    ("pm_card_chargeDeclinedProcessingError", "processing_error", None),
+    ("pm_card_authenticationRequired", "authentication_required", "authentication_required"),
+]
+
+
+@pytest.mark.parametrize(("method", "code", "decline_code"), DECLINES, ids=[d[0] for d in DECLINES])
+def test_a_declining_test_card_is_declined_with_stripes_codes_everywhere(
+    stripe_base: str, method: str, code: str, decline_code: str | None
+) -> None:
+    form = {**CARD, **NEVER, "payment_method": method, "off_session": "true"}
+    status, body = _call(stripe_base, "/v1/payment_intents", form)
+    assert status == 402, body
+    error = body["error"]
+    assert (error["type"], error["code"], error.get("decline_code")) == (
+        "card_error",
+        code,
+        decline_code,
+    )
+    assert error["charge"].startswith("ch_")
+    card = error["payment_method"]["card"]
+    assert (card["brand"], card["fingerprint"]) == (
+        "visa",
+        stripe_rules.DECLINING_CARDS[method].fingerprint,
+    )
+    intent = error["payment_intent"]
+    assert intent["status"] == "requires_payment_method"
+    last = intent["last_payment_error"]
+    assert (last["code"], last.get("decline_code"), last["charge"]) == (
+        code,
+        decline_code,
+        error["charge"],
+    )
+    assert last["payment_method"]["card"]["fingerprint"] == card["fingerprint"]
+    _, events = _call(
+        stripe_base, "/v1/events?type=payment_intent.payment_failed&limit=100", version=PINNED
+    )
+    failed = [
+        e["data"]["object"] for e in events["data"] if e["data"]["object"]["id"] == intent["id"]
+    ]
+    assert failed and failed[0]["last_payment_error"]["code"] == code
+
+
+def test_authentication_required_on_session_asks_the_customer(stripe_base: str) -> None:
+    form = {**CARD, **RETURN_URL, "payment_method": "pm_card_authenticationRequired"}
+    status, body = _call(stripe_base, "/v1/payment_intents", form)
+    assert (status, body["status"]) == (200, "requires_action"), body
 
 
 def _declined_intent(base: str) -> str:

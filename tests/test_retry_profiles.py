@@ -37,6 +37,8 @@ WEBHOOK_REQUIRED = {
     "token_keys": new_key(),
     "state_machine_arn": "arn:aws:states:us-east-1:123456789012:stateMachine:paystep",
     "queue_url": "http://sqs.local/123456789012/paystep-tasks",
+    "notifications_topic_arn": "arn:aws:sns:us-east-1:123456789012:paystep-notifications",
+    "card_attempts_table": "paystep-card-attempts",
 }
 
 

@@ -52,10 +52,12 @@ TABLES_ENV: Final = {
     "PAYSTEP_ORDERS_TABLE": "paystep-orders",
     "PAYSTEP_INVENTORY_TABLE": "paystep-inventory",
 }
+NOTIFICATIONS_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:123456789012:paystep-notifications"
 WORKER_ENV: Final = {
     **SEALING_ENV,
     **TABLES_ENV,
     "PAYSTEP_ALARM_TOPIC_ARN": ALARM_TOPIC_ARN,
+    "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
     "PAYSTEP_STRIPE_API_KEY": "sk_test_1",
     "PAYSTEP_WORKER_CONCURRENCY": "abc",
 }
@@ -66,6 +68,8 @@ WORKER_LINES: Final = (
 WEBHOOK_ENV: Final = {
     **SEALING_ENV,
     "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
+    "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": NOTIFICATIONS_TOPIC_ARN,
+    "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
     "PAYSTEP_WEBHOOK_PORT": "0",
 }
 WEBHOOK_LINES: Final = (
@@ -84,6 +88,8 @@ COMMANDS: Final = [
             **SEALING_ENV,
             **TABLES_ENV,
             "PAYSTEP_QUEUE_URL": "http://sqs.local/q",
+            "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": NOTIFICATIONS_TOPIC_ARN,
+            "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
             "PAYSTEP_RECONCILE_CONCURRENCY": "many",
         },
         (
@@ -137,6 +143,7 @@ def test_each_problem_names_the_variable_and_the_value(
 ) -> None:  # fmt: skip
     monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/q")
     monkeypatch.setenv("PAYSTEP_ALARM_TOPIC_ARN", ALARM_TOPIC_ARN)
+    monkeypatch.setenv("PAYSTEP_CARD_ATTEMPTS_TABLE", "paystep-card-attempts")
     monkeypatch.setenv("PAYSTEP_STRIPE_API_KEY", "sk_test_1")
     monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", SEALING_ENV["PAYSTEP_TOKEN_KEYS"])
     for name, table in TABLES_ENV.items():

@@ -19,6 +19,8 @@ import uuid
 import pytest
 import stripe
 
+from statemachine import declines
+from statemachine.card_budget import Card
 from statemachine.models import CreatePaymentTask
 from statemachine.seal import TokenKeys, new_key
 from webhook.events import PaymentIntentSnapshot, parse_event
@@ -94,6 +96,13 @@ async def test_a_decline_names_its_payment_intent_and_code(client: stripe.Stripe
     assert snapshot.status == "requires_payment_method"
     assert snapshot.last_payment_error is not None
     assert snapshot.last_payment_error.decline_code == "insufficient_funds"
+    # What the decline policy and the card's budget read, in the 402 and in the snapshot
+    # (https://docs.stripe.com/api/errors: `charge`, and `payment_method` as an object).
+    assert declines.decide(error) == declines.Verdict("retry", "decline_code:insufficient_funds")
+    assert str(error.charge).startswith("ch_")
+    card = Card.of(error.payment_method)
+    assert card is not None and card.brand == "visa"
+    assert Card.of(snapshot.last_payment_error.payment_method) == card
 
 
 @pytest.mark.stripe_contract

@@ -26,11 +26,13 @@ from aiohttp import web
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import CALLBACKS_WEBHOOK
 from statemachine.callbacks import CallbackError, Callbacks
+from statemachine.card_budget import CardBudget
 from webhook import signature
 from webhook.checks import CheckError, QueueChecks
 from webhook.events import MalformedEvent, StripeEvent, parse_event
 from webhook.mapping import IgnoreReason, Result, TokenReader, handle_event
 from webhook.metrics import WebhookMetrics
+from webhook.notices import NoticeError, TopicNotices
 from webhook.readiness import Readiness
 from webhook.settings import WebhookSettings
 
@@ -42,6 +44,8 @@ CALLBACKS: Final = web.AppKey("callbacks", Callbacks)
 READINESS: Final = web.AppKey("readiness", Readiness)
 READER: Final = web.AppKey("reader", TokenReader)
 CHECKS: Final = web.AppKey("checks", QueueChecks)
+NOTICES: Final = web.AppKey("notices", TopicNotices)
+BUDGET: Final = web.AppKey("budget", CardBudget)
 
 log = structlog.get_logger("webhook.app")
 
@@ -51,14 +55,17 @@ def create_app(
     *,
     sfn_client: Any | None = None,
     sqs_client: Any | None = None,
+    sns_client: Any | None = None,
+    dynamodb_client: Any | None = None,
     metrics: WebhookMetrics | None = None,
 ) -> web.Application:
-    """The webhook app; the aioboto3 `stepfunctions` and `sqs` clients are opened if None."""
+    """The webhook app; the aioboto3 `stepfunctions`, `sqs`, `sns` and `dynamodb` clients
+    are opened if None."""
     app = web.Application(client_max_size=settings.webhook_max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = metrics or WebhookMetrics.create()
     app[READER] = TokenReader.from_settings(settings)
-    app.cleanup_ctx.append(_aws_clients(sfn_client, sqs_client))
+    app.cleanup_ctx.append(_aws_clients(sfn_client, sqs_client, sns_client, dynamodb_client))
     app.router.add_post(WEBHOOK_PATH, receive_event)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -78,13 +85,16 @@ def sfn_config(settings: WebhookSettings) -> AioConfig:
 
 
 def _aws_clients(
-    sfn_client: Any | None, sqs_client: Any | None
+    sfn_client: Any | None,
+    sqs_client: Any | None,
+    sns_client: Any | None,
+    dynamodb_client: Any | None,
 ) -> Callable[[web.Application], contextlib.AbstractAsyncContextManager[None]]:
     @contextlib.asynccontextmanager
     async def context(app: web.Application) -> AsyncIterator[None]:
         settings = app[SETTINGS]
         async with contextlib.AsyncExitStack() as stack:
-            sfn, sqs = sfn_client, sqs_client
+            sfn, sqs, sns, ddb = sfn_client, sqs_client, sns_client, dynamodb_client
             if sfn is None:
                 sfn = await stack.enter_async_context(
                     aws_session().client("stepfunctions", config=sfn_config(settings))
@@ -94,7 +104,19 @@ def _aws_clients(
                 sqs = await stack.enter_async_context(
                     aws_session().client("sqs", config=sfn_config(settings))
                 )
+            if sns is None:
+                # Same profile again: a notice is published while Stripe waits.
+                sns = await stack.enter_async_context(
+                    aws_session().client("sns", config=sfn_config(settings))
+                )
+            if ddb is None:
+                # And again: a decline is counted against its card while Stripe waits.
+                ddb = await stack.enter_async_context(
+                    aws_session().client("dynamodb", config=sfn_config(settings))
+                )
             app[CALLBACKS] = Callbacks(sfn)
+            app[BUDGET] = CardBudget(ddb, settings.card_attempts_table, settings.budgets)
+            app[NOTICES] = TopicNotices(sns, settings.notifications_topic_arn)
             app[CHECKS] = QueueChecks(sqs, settings.queue_url)
             app[READINESS] = Readiness(sfn, settings.webhook_ready_cache_s)
             yield
@@ -155,7 +177,9 @@ async def receive_event(request: web.Request) -> web.Response:
 async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
     metrics = app[METRICS]
     try:
-        outcome = await handle_event(event, app[CALLBACKS], app[READER], app[CHECKS])
+        outcome = await handle_event(
+            event, app[CALLBACKS], app[READER], app[CHECKS], app[NOTICES], app[BUDGET]
+        )
     except MalformedEvent as exc:
         metrics.count_event(event.type, "malformed")
         log.warning(
@@ -173,6 +197,11 @@ async def _dispatch(app: web.Application, event: StripeEvent) -> web.Response:
         metrics.count_event(event.type, "check_failed")
         log.warning("webhook.payment_check_failed", event_id=event.id, error=str(exc)[:300])
         return _error(503, "queue_unavailable")
+    except NoticeError as exc:
+        # The customer must hear of it: Stripe sends the event again (the heartbeat repeats).
+        metrics.count_event(event.type, "notice_failed")
+        log.warning("webhook.customer_notice_failed", event_id=event.id, error=str(exc)[:300])
+        return _error(503, "notifications_unavailable")
 
     metrics.count_event(event.type, outcome.result)
     if outcome.action is not None and outcome.callback_s is not None:

@@ -34,12 +34,22 @@ class StripeModel(BaseModel):
 
 
 class PaymentError(StripeModel):
-    """`last_payment_error`: why the last attempt to pay failed."""
+    """`last_payment_error`: why the last attempt to pay failed.
+
+    The advice fields are what the decline policy reads
+    (https://docs.stripe.com/api/errors); `charge` is the declined charge's id.
+    """
 
     type: str | None = None
     code: str | None = None
     decline_code: str | None = None
+    advice_code: str | None = None
+    network_advice_code: str | None = None
+    network_decline_code: str | None = None
     message: str | None = None
+    charge: str | None = None
+    # The PaymentMethod object (its card's fingerprint and brand key the card's budget).
+    payment_method: dict[str, Any] | str | None = None
 
 
 class PaymentIntentSnapshot(StripeModel):

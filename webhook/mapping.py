@@ -20,19 +20,22 @@ import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 import stripe
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import ValidationError
 
 from paystep_common.logging import token_hash
-from statemachine import causes, metadata
+from statemachine import causes, declines, metadata
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.card_budget import BudgetContention, Card, Recorded, attempt_key
 from statemachine.models import CheckPaymentTask, PaymentOutcome, describe_validation_error
 from statemachine.seal import Damaged, Mismatch, TokenKeys, UnknownKey
 from webhook.checks import PaymentChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
+from webhook.notices import ActionRequired, CustomerNotices
 from webhook.settings import EventSettings
 
 log = structlog.get_logger("webhook.mapping")
@@ -55,16 +58,38 @@ class Heartbeat:
     action: Literal["heartbeat"] = "heartbeat"
 
 
-Callback = Succeed | Fail | Heartbeat
+@dataclass(frozen=True)
+class AskCustomer:
+    """A decline only the customer can fix: keep the task open (a heartbeat) and tell them."""
+
+    notice: ActionRequired
+    action: Literal["ask_customer"] = "ask_customer"
+
+
+Callback = Succeed | Fail | Heartbeat | AskCustomer
+
+
+@dataclass(frozen=True)
+class Counted:
+    """A declined attempt to count against its card before the callback."""
+
+    card: Card
+    attempt: str
 
 
 @dataclass(frozen=True)
 class Plan:
-    """Send `callback` on `token`, the task token stored in `payment_intent`."""
+    """Send `callback` on `token`, the task token stored in `payment_intent`; count the
+    decline first when it names a card (`counted`)."""
 
     token: str = field(repr=False)
     callback: Callback
     payment_intent: PaymentIntentSnapshot
+    counted: Counted | None = None
+
+
+class DeclineCounter(Protocol):
+    async def record_decline(self, card: Card, attempt: str) -> Recorded: ...
 
 
 class IgnoreReason(enum.StrEnum):
@@ -159,7 +184,22 @@ def _succeeded(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
 
 
 def _payment_failed(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
-    return Fail(causes.declined(pi.id, pi.last_payment_error, event_id=event.id))
+    verdict = declines.decide(pi.last_payment_error)
+    if verdict.kind == declines.ASK_CUSTOMER:
+        # The token in this PaymentIntent resumes the execution when the customer confirms
+        # it; failing the task would retry off-session, which cannot succeed.
+        charge = pi.last_payment_error.charge if pi.last_payment_error else None
+        return AskCustomer(
+            ActionRequired(
+                order_id=pi.metadata.get(metadata.ORDER_KEY),
+                execution_id=pi.metadata.get(metadata.EXECUTION_KEY),
+                payment_intent_id=pi.id,
+                action=declines.customer_action(verdict),
+                reason=verdict.reason,
+                dedupe_key=charge or f"{pi.id}:{event.id}",
+            )
+        )
+    return Fail(causes.declined(pi.id, pi.last_payment_error, verdict=verdict, event_id=event.id))
 
 
 def _canceled(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
@@ -193,9 +233,22 @@ def plan(event: StripeEvent, reader: TokenReader) -> Plan | Ignore:
     if isinstance(token, IgnoreReason):
         return Ignore(token, pi)
     try:
-        return Plan(token, handler(event, pi), pi)
+        return Plan(token, handler(event, pi), pi, _counted(event, pi))
     except ValidationError as exc:
         raise MalformedEvent(describe_validation_error(exc)) from exc
+
+
+def _counted(event: StripeEvent, pi: PaymentIntentSnapshot) -> Counted | None:
+    """The card and attempt of a declined charge, keyed as the worker keys it."""
+    error = pi.last_payment_error
+    if event.type != "payment_intent.payment_failed" or error is None:
+        return None
+    card = Card.of(error.payment_method)
+    execution = pi.metadata.get(metadata.EXECUTION_KEY)
+    attempt = pi.metadata.get(metadata.ATTEMPT_KEY)
+    if card is None or not execution or not attempt:
+        return None
+    return Counted(card, attempt_key(execution, attempt))
 
 
 async def handle_event(
@@ -203,12 +256,16 @@ async def handle_event(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
+    budget: DeclineCounter,
 ) -> EventOutcome:
-    """Carry out what `event` asks for: one callback at most, and a check of a closed success.
+    """Carry out what `event` asks for: one callback at most, a check of a closed success,
+    a notice to the customer of a decline they must fix while the task waits for them.
 
     Raises `MalformedEvent` for an event that cannot be read, `CallbackError` when
-    Step Functions did not take the callback and `CheckError` when a check could not
-    be queued (retrying later may help, for both).
+    Step Functions did not take the callback, `CheckError` when a check could not
+    be queued and `NoticeError` when a notice could not be published (retrying later
+    may help, for all three).
     """
     if not isinstance(event, StripeEvent):
         event = parse_event(event)
@@ -234,6 +291,8 @@ async def handle_event(
         return EventOutcome(Result.IGNORED, reason=decision.reason)
 
     callback = decision.callback
+    if decision.counted is not None:
+        callback = await _count(budget, decision.counted, callback, event, decision.payment_intent)
     bound = bound.bind(action=callback.action, token_hash=token_hash(decision.token))
     started = time.perf_counter()
     try:
@@ -256,7 +315,37 @@ async def handle_event(
             await checks.check(task)
             bound.info("webhook.payment_check_queued")
             checked = True
+    if outcome is Result.DELIVERED and isinstance(callback, AskCustomer):
+        await notices.publish(callback.notice)
+        bound.info("webhook.customer_asked", reason=callback.notice.reason)
     return EventOutcome(outcome, action=callback.action, callback_s=elapsed_s, checked=checked)
+
+
+async def _count(
+    budget: DeclineCounter,
+    counted: Counted,
+    callback: Callback,
+    event: StripeEvent,
+    pi: PaymentIntentSnapshot,
+) -> Callback:
+    """Count the decline against its card; a retry the card has no room for becomes final."""
+    try:
+        recorded = await budget.record_decline(counted.card, counted.attempt)
+    except (BotoCoreError, ClientError, BudgetContention) as exc:
+        # The worker counts the same attempt and reserves every retry before charging it:
+        # the budget still binds there, so the event is not held back for it.
+        log.warning("webhook.card_budget_unavailable", event_id=event.id, error=str(exc)[:200])
+        return callback
+    error = pi.last_payment_error
+    if (
+        isinstance(callback, Fail)
+        and declines.decide(error).retryable
+        and not recorded.room_for_another
+    ):
+        return Fail(
+            causes.declined(pi.id, error, verdict=declines.over_budget(), event_id=event.id)
+        )
+    return callback
 
 
 def check_task(pi: PaymentIntentSnapshot, event_id: str) -> CheckPaymentTask | None:
@@ -285,7 +374,7 @@ async def _send(callbacks: Callbacks, token: str, callback: Callback) -> Callbac
             return await callbacks.succeed(token, output)
         case Fail(failure=failure):
             return await callbacks.fail(token, failure.error, failure.cause)
-        case Heartbeat():
+        case Heartbeat() | AskCustomer():
             return await callbacks.heartbeat(token)
 
 

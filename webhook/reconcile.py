@@ -46,11 +46,21 @@ from paystep_common.logging import configure_logging, token_hash
 from paystep_common.retry import RECONCILE, STRIPE_RECONCILE
 from paystep_common.settings import OrderTablesSettings, StripeSettings, load_settings
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
+from statemachine.card_budget import CardBudget
 from statemachine.executions import Executions, NoSuchExecution
 from statemachine.orders import Claim, Orders
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
 from webhook.events import MalformedEvent, PaymentIntentSnapshot, StripeEvent, parse_event
-from webhook.mapping import EVENT_TABLE, Ignore, Result, TokenReader, handle_event, plan
+from webhook.mapping import (
+    EVENT_TABLE,
+    DeclineCounter,
+    Ignore,
+    Result,
+    TokenReader,
+    handle_event,
+    plan,
+)
+from webhook.notices import CustomerNotices, NoticeError, TopicNotices
 from webhook.settings import EventSettings
 
 log = structlog.get_logger("paystep.reconcile")
@@ -160,6 +170,8 @@ async def replay(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
+    budget: DeclineCounter,
     summary: Summary,
     *,
     dry_run: bool,
@@ -178,7 +190,9 @@ async def replay(
     async def one_payment_intent(pi_events: list[StripeEvent]) -> None:
         async with slots:
             for event in pi_events:
-                await _replay_one(event, callbacks, reader, checks, summary, dry_run=dry_run)
+                await _replay_one(
+                    event, callbacks, reader, checks, notices, budget, summary, dry_run=dry_run
+                )
 
     await asyncio.gather(*(one_payment_intent(e) for e in by_pi.values()))
 
@@ -188,6 +202,8 @@ async def _replay_one(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
+    budget: DeclineCounter,
     summary: Summary,
     *,
     dry_run: bool,
@@ -204,7 +220,7 @@ async def _replay_one(
                 bound.info("reconcile.would_send", action=decision.callback.action,
                            payment_intent=decision.payment_intent.id)  # fmt: skip
             return
-        outcome = await handle_event(event, callbacks, reader, checks)
+        outcome = await handle_event(event, callbacks, reader, checks, notices, budget)
     except MalformedEvent as exc:
         summary.skipped += 1
         bound.warning("reconcile.event_malformed", error=str(exc))
@@ -216,6 +232,10 @@ async def _replay_one(
     except CheckError as exc:
         summary.errors += 1
         bound.error("reconcile.payment_check_failed", error=str(exc))
+        return
+    except NoticeError as exc:
+        summary.errors += 1
+        bound.error("reconcile.customer_notice_failed", error=str(exc))
         return
     summary.payment_checks += outcome.checked
     if outcome.result is Result.DELIVERED:
@@ -353,11 +373,16 @@ async def reconcile(
             aws_session().client("dynamodb", config=aws_config(RECONCILE))
         )
         callbacks = Callbacks(sfn)
+        sns = await stack.enter_async_context(
+            aws_session().client("sns", config=aws_config(RECONCILE))
+        )
         checks = QueueChecks(sqs, settings.queue_url)
+        notices = TopicNotices(sns, settings.notifications_topic_arn)
+        budget = CardBudget(ddb, settings.card_attempts_table, settings.budgets)
         reader = TokenReader.from_settings(settings)
-        await _replay_window(client, since_s, callbacks, reader, checks, summary,
-                             concurrency=settings.reconcile_concurrency, dry_run=dry_run,
-                             heartbeat=heartbeat)  # fmt: skip
+        await _replay_window(client, since_s, callbacks, reader, checks, notices, budget,
+                             summary, concurrency=settings.reconcile_concurrency,
+                             dry_run=dry_run, heartbeat=heartbeat)  # fmt: skip
         # After the replay: an execution the replay let finish has released its own claim.
         # A Stripe outage does not keep the stock held.
         await release_ended_claims(
@@ -376,6 +401,8 @@ async def _replay_window(
     callbacks: Callbacks,
     reader: TokenReader,
     checks: PaymentChecks,
+    notices: CustomerNotices,
+    budget: DeclineCounter,
     summary: Summary,
     *,
     concurrency: int,
@@ -396,6 +423,8 @@ async def _replay_window(
         callbacks,
         reader,
         checks,
+        notices,
+        budget,
         summary,
         dry_run=dry_run,
         concurrency=concurrency,

@@ -9,7 +9,12 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from paystep_common.retry import CALLBACKS_WEBHOOK
-from paystep_common.settings import TokenKeySettings, stripe_key_mode
+from paystep_common.settings import (
+    SNS_TOPIC_ARN,
+    CardBudgetSettings,
+    TokenKeySettings,
+    stripe_key_mode,
+)
 
 # Stripe events are a few KiB; a PaymentIntent with 50 metadata values of 500
 # characters stays far below this. Anything larger is not from Stripe.
@@ -24,18 +29,23 @@ _STATE_MACHINE_ARN: Final = re.compile(
 )
 
 
-class EventSettings(TokenKeySettings):
+class EventSettings(TokenKeySettings, CardBudgetSettings):
     """Settings of what turns Stripe events into callbacks: the webhook and reconciliation.
 
     `PAYSTEP_STATE_MACHINE_ARN` says which executions are ours: a Stripe account can
     serve several deployments, and the others' events are not for us to resume.
-    `PAYSTEP_QUEUE_URL` is the worker's task queue.
+    `PAYSTEP_QUEUE_URL` is the worker's task queue, `PAYSTEP_NOTIFICATIONS_TOPIC_ARN` the
+    customers' notifications topic; a decline is counted against its card
+    (`PAYSTEP_CARD_ATTEMPTS_TABLE`) by whoever sees it first.
     """
 
     state_machine_arn: str
     # The worker's task queue: a successful payment whose task is closed is sent there as
     # a `check_payment` task, for the worker to keep or refund.
     queue_url: str = Field(pattern=r"^https?://\S+$")
+    # The stack's notifications topic: a decline only the customer can fix is published
+    # there (`payment_action_required`) while the execution waits for them.
+    notifications_topic_arn: str = Field(pattern=SNS_TOPIC_ARN)
 
     @field_validator("state_machine_arn")
     @classmethod

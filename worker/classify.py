@@ -27,6 +27,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from statemachine import causes
 from statemachine.callbacks import CallbackError
+from statemachine.card_budget import BudgetContention
 from worker.errors import PoisonMessage, TaskFailure
 
 # https://docs.stripe.com/error-codes: answers that a later attempt can change.
@@ -74,11 +75,14 @@ def classify(exc: BaseException) -> Decision:
         case TaskFailure():
             return _fail(exc.failure)
         case stripe.CardError():
-            return _fail(causes.declined(_payment_intent_id(exc), exc.error))
+            return _fail(causes.declined(payment_intent_id(exc), exc.error))
         case stripe.StripeError():
             return _classify_stripe(exc)
         case CallbackError():
             return Retry(f"step functions: {exc}")
+        case BudgetContention():
+            # Many executions of one card at once: the count is atomic, only slower.
+            return Retry(f"card budget: {exc}")
         case BotoCoreError() | ClientError():
             return Retry(f"aws: {exc}")
         case TimeoutError() | OSError():
@@ -109,7 +113,7 @@ def _classify_stripe(exc: stripe.StripeError) -> Decision:
         case _ if status >= 500 or status == 0:
             return Retry(f"stripe: server error {status}")
         case stripe.InvalidRequestError():
-            return _fail(causes.rejected(_payment_intent_id(exc), exc.error))
+            return _fail(causes.rejected(payment_intent_id(exc), exc.error))
         case _:
             return Retry(f"stripe: {type(exc).__name__} ({status})", expected=False)
 
@@ -122,8 +126,8 @@ def _code(exc: stripe.StripeError) -> str | None:
     return exc.code
 
 
-def _payment_intent_id(exc: stripe.StripeError) -> str | None:
-    # The PaymentIntent a confirm created before it failed, when there is one.
+def payment_intent_id(exc: stripe.StripeError) -> str | None:
+    """The PaymentIntent a confirm created before it failed, when there is one."""
     intent = exc.error.payment_intent if exc.error is not None else None
     return intent.id if intent is not None else None
 

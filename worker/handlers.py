@@ -21,10 +21,11 @@ from typing import Final, Protocol
 import stripe
 import structlog
 from pydantic import ValidationError
-from stripe import PaymentIntent, Refund
+from stripe import CardError, PaymentIntent, Refund
 
-from statemachine import causes, metadata
+from statemachine import causes, declines, metadata
 from statemachine.callbacks import CallbackResult, Callbacks
+from statemachine.card_budget import Card, CardBudget, attempt_key
 from statemachine.executions import Executions, NoSuchExecution
 from statemachine.models import (
     CancelOutcome,
@@ -46,6 +47,7 @@ from statemachine.models import (
 from statemachine.orders import OrderRefused, Orders
 from statemachine.seal import Binding, TokenKeys
 from worker.alerts import Alerts, Refunding
+from worker.classify import payment_intent_id
 from worker.errors import PoisonMessage, TaskFailure
 from worker.metrics import Metrics
 from worker.queue import Message
@@ -88,6 +90,7 @@ class Handlers:
     metrics: Metrics
     check_again_s: int
     orders: Orders
+    card_budget: CardBudget
     clock: Callable[[], float] = time.time
 
     async def __call__(self, task: Task, message: Message) -> str:
@@ -164,13 +167,14 @@ class Handlers:
         structlog.contextvars.bind_contextvars(order_id=request.order_id)
         previous = task.previous_decline.payment_intent_id
         if previous is not None:
-            paid = await self._close_declined(task, previous)
-            if paid is not None:
+            declined = await self._close_declined(task, previous)
+            if declined.status == PAID:
                 # The customer paid the declined attempt after all (Stripe leaves it open
                 # for another payment method): that payment is this attempt's outcome.
-                log.info("payment_intent.adopted", payment_intent=paid.id, declined_before=True)
-                await self._succeed(task.task_token, _payment_outcome(paid))
+                log.info("payment_intent.adopted", payment_intent=declined.id, declined_before=True)
+                await self._succeed(task.task_token, _payment_outcome(declined))
                 return "adopted_paid"
+            await self._reserve_retry(task, declined)
         sealed = payment_metadata(task, request, self.token_keys, livemode=self.livemode)
         params = payment_intent_params(task, request, sealed)
         if self.clock() - message.sent_at_s > self.idempotency_horizon_s:
@@ -194,6 +198,8 @@ class Handlers:
             if not existing:
                 raise  # not searchable yet (search lags writes): retried later
             return _adopt(existing)
+        except CardError as exc:
+            return await self._declined(task, exc)
         replayed = intent.last_response is not None and (
             intent.last_response.headers.get("Idempotent-Replayed") == "true"
         )
@@ -214,6 +220,44 @@ class Handlers:
                 **_next_action(intent),
             )
         return "replayed" if replayed else "created"
+
+    async def _declined(self, task: CreatePaymentTask, exc: CardError) -> str:
+        """The charge was declined: count it against the card, then act on the verdict.
+
+        `ask_customer` leaves the task open: the customer confirms this PaymentIntent
+        (the webhook tells them, and keeps the wait alive), and its token resumes the
+        execution. Anything else fails the task with the verdict in the cause.
+        """
+        error = exc.error
+        intent_id = payment_intent_id(exc)
+        verdict = declines.decide(error)
+        card = Card.of(getattr(error, "payment_method", None))
+        if card is not None:
+            recorded = await self.card_budget.record_decline(card, _attempt_key(task))
+            if verdict.retryable and not recorded.room_for_another:
+                verdict = declines.over_budget()
+        log.info(
+            "payment_intent.declined",
+            payment_intent=intent_id,
+            verdict=verdict.kind,
+            reason=verdict.reason,
+        )
+        if verdict.kind == declines.ASK_CUSTOMER:
+            return "ask_customer"
+        raise TaskFailure(causes.declined(intent_id, error, verdict=verdict))
+
+    async def _reserve_retry(self, task: CreatePaymentTask, declined: PaymentIntent) -> None:
+        """Count this retry against the card before it is charged; past the budget, fail.
+
+        The card is the one the previous attempt's decline names (the same payment
+        method is charged again); a decline that names no card is not budgeted.
+        """
+        error = declined.last_payment_error
+        card = Card.of(getattr(error, "payment_method", None))
+        if card is None or await self.card_budget.reserve(card, _attempt_key(task)):
+            return
+        log.info("payment_intent.retry_refused", card_brand=card.brand, declined=declined.id)
+        raise TaskFailure(causes.declined(declined.id, error, verdict=declines.over_budget()))
 
     async def cancel_payment(self, task: CancelPaymentTask) -> str:
         """The payment wait timed out: cancel the attempt's PaymentIntent, or report it paid."""
@@ -374,17 +418,16 @@ class Handlers:
         )
         await self.stripe.update_refund_metadata(refund.id, {ALERT_KEY: "sent"})
 
-    async def _close_declined(
-        self, task: CreatePaymentTask, intent_id: str
-    ) -> PaymentIntent | None:
-        """Cancel the declined attempt's PaymentIntent; the PaymentIntent if it was paid instead.
+    async def _close_declined(self, task: CreatePaymentTask, intent_id: str) -> PaymentIntent:
+        """Cancel the declined attempt's PaymentIntent; the PaymentIntent as it ends (`succeeded`
+        if the customer paid it instead).
 
         Stripe keeps a declined PaymentIntent open (`requires_payment_method`) for the
         customer to pay with another method: left open, it could be paid beside the next
         attempt's. A bank debit still `processing` cannot be canceled; if it succeeds
         later, its execution has moved on without it and it is refunded as an orphan.
         """
-        intent = await self.stripe.retrieve_payment_intent(intent_id)
+        intent = declined = await self.stripe.retrieve_payment_intent(intent_id)
         if intent.status in CANCELABLE:
             try:
                 intent = await self.stripe.cancel_payment_intent(
@@ -402,7 +445,8 @@ class Handlers:
             log.warning(
                 "payment_intent.declined_still_open", payment_intent=intent_id, status=intent.status
             )
-        return None
+        # The read before the cancel: it holds the decline (a cancel may render it without).
+        return declined
 
     async def _succeed(
         self,
@@ -494,8 +538,17 @@ def _adopt(intents: list[stripe.PaymentIntent]) -> str:
         log.info("payment_intent.adopted", payment_intent=intent.id, status=intent.status)
         return "adopted"
     # It was declined and the failure never reached Step Functions: report it now, or the
-    # execution would wait for a webhook that already came.
-    raise TaskFailure(causes.declined(declined[0].id, declined[0].last_payment_error))
+    # execution would wait for a webhook that already came. One the customer must fix keeps
+    # waiting for them.
+    error = declined[0].last_payment_error
+    if declines.decide(error).kind == declines.ASK_CUSTOMER:
+        log.info("payment_intent.adopted", payment_intent=declined[0].id, status="ask_customer")
+        return "ask_customer"
+    raise TaskFailure(causes.declined(declined[0].id, error))
+
+
+def _attempt_key(task: CreatePaymentTask) -> str:
+    return attempt_key(task.execution_id, task.attempt)
 
 
 def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:

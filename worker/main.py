@@ -24,6 +24,7 @@ from paystep_common.metrics import probe, start_metrics_server
 from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
 from paystep_common.settings import load_settings
 from statemachine.callbacks import Callbacks
+from statemachine.card_budget import CardBudget
 from statemachine.executions import Executions
 from statemachine.orders import Orders
 from worker.alerts import Alerts
@@ -115,6 +116,7 @@ async def run(settings: WorkerSettings) -> int:
                 metrics=metrics,
                 check_again_s=settings.worker_check_again_s,
                 orders=Orders(dynamodb, settings.orders_table, settings.inventory_table),
+                card_budget=CardBudget(dynamodb, settings.card_attempts_table, settings.budgets),
             ),
             callbacks,
             concurrency=settings.worker_concurrency,

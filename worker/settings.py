@@ -7,6 +7,8 @@ from typing import Final
 from pydantic import Field
 
 from paystep_common.settings import (
+    SNS_TOPIC_ARN,
+    CardBudgetSettings,
     OrderTablesSettings,
     StripeSettings,
     TokenKeySettings,
@@ -20,8 +22,6 @@ SQS_MAX_VISIBILITY_TIMEOUT_S: Final = 43_200
 SQS_MAX_WAIT_S: Final = 20
 # https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
 SQS_MAX_DELAY_S: Final = 900
-# https://docs.aws.amazon.com/sns/latest/api/API_CreateTopic.html: names of 1-256 characters.
-SNS_TOPIC_ARN: Final = r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:[0-9]{12}:[A-Za-z0-9_-]{1,256}$"
 # https://docs.stripe.com/api/idempotent_requests: keys are pruned once at least 24 hours old;
 # an hour of margin covers clock skew and the time the message spent waiting for a slot.
 IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
@@ -30,7 +30,7 @@ IDEMPOTENCY_HORIZON_S: Final = 23 * 3600
 SHUTDOWN_RELEASE_S: Final = 5
 
 
-class WorkerSettings(StripeSettings, TokenKeySettings, OrderTablesSettings):
+class WorkerSettings(StripeSettings, TokenKeySettings, OrderTablesSettings, CardBudgetSettings):
     """`PAYSTEP_QUEUE_URL`, `PAYSTEP_WORKER_*`, `PAYSTEP_METRICS_PORT`, Stripe, keys, tables."""
 
     queue_url: str

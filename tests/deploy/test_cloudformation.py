@@ -195,10 +195,16 @@ def test_tables_and_topics_match_paystep_deploy(template: dict[str, Any]) -> Non
     assert {name: table["KeySchema"] for name, table in tables.items()} == {
         "${Name}-orders": [{"AttributeName": "order_id", "KeyType": "HASH"}],
         "${Name}-inventory": [{"AttributeName": "sku", "KeyType": "HASH"}],
+        "${Name}-card-attempts": [{"AttributeName": "card", "KeyType": "HASH"}],
     }
     for table in tables.values():
         assert table["BillingMode"] == "PAY_PER_REQUEST"
         assert table["SSESpecification"]["SSEEnabled"] is True
+    # DynamoDB deletes a card's attempts once past every window (the worker's budget).
+    assert tables["${Name}-card-attempts"]["TimeToLiveSpecification"] == {
+        "AttributeName": "expires_at",
+        "Enabled": True,
+    }
     topics = {
         resource["Properties"]["TopicName"]["Fn::Sub"]
         for resource in resources(template, "AWS::SNS::Topic").values()
@@ -259,6 +265,13 @@ def grants(role: dict[str, Any]) -> dict[str, Any]:
     return found
 
 
+# The card's retry budget: a consistent read, a conditional put (worker, webhook, reconcile).
+CARD_ATTEMPTS = {
+    "dynamodb:GetItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+    "dynamodb:PutItem": {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+}
+
+
 def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
     template: dict[str, Any],
 ) -> None:
@@ -277,6 +290,7 @@ def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
         "states:DescribeExecution": MACHINE_EXECUTIONS,
         **HOLD_STOCK,
         "sns:Publish": {"Ref": "AlarmTopic"},
+        **CARD_ATTEMPTS,
     }
 
 
@@ -289,6 +303,9 @@ def test_webhook_role_answers_tasks_and_asks_for_checks(template: dict[str, Any]
         # readiness probe; the action takes no resource ARN
         "states:ListStateMachines": "*",
         "sqs:SendMessage": TASK_QUEUE,
+        # a decline the customer must fix: payment_action_required
+        "sns:Publish": {"Ref": "NotificationsTopic"},
+        **CARD_ATTEMPTS,
     }
 
 
@@ -304,6 +321,8 @@ def test_reconcile_role_answers_tasks_asks_for_checks_and_releases_holds(
         "states:DescribeExecution": MACHINE_EXECUTIONS,
         **HOLD_STOCK,
         "dynamodb:Query": {"Fn::Sub": "${OrdersTable.Arn}/index/" + OPEN_CLAIMS_INDEX},
+        "sns:Publish": {"Ref": "NotificationsTopic"},
+        **CARD_ATTEMPTS,
     }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]

@@ -113,6 +113,7 @@ def test_worker_container_is_healthy_against_the_local_stack(
         PAYSTEP_ALARM_TOPIC_ARN=deployment["alarms_topic_arn"],
         PAYSTEP_ORDERS_TABLE=deployment["orders_table"],
         PAYSTEP_INVENTORY_TABLE=deployment["inventory_table"],
+        PAYSTEP_CARD_ATTEMPTS_TABLE=deployment["card_attempts_table"],
         PAYSTEP_METRICS_PORT=str(metrics_port),
         PAYSTEP_WORKER_CONCURRENCY="4",
         PAYSTEP_WORKER_SHUTDOWN_GRACE_S="5",

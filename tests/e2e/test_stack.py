@@ -59,12 +59,14 @@ def test_card_payment_succeeds_with_order_stock_and_receipt(full_stack: LocalSta
     assert metadata["paystep_execution"] == observed.execution_arn
 
 
-def test_declined_card_retries_then_fails_and_notifies(full_stack: LocalStack) -> None:
-    [observed] = _run(full_stack, SCENARIOS["card_declined"])
-    assert observed.problems == []
-    assert (observed.status, observed.error) == ("FAILED", "Payment.Declined")
-    assert len(observed.payment_intents) == DEMO_MAX_ATTEMPTS
-    assert "card_declined" in observed.cause
+def test_a_retried_decline_and_a_final_one_side_by_side(full_stack: LocalStack) -> None:
+    retried, final = _run(full_stack, SCENARIOS["declined_retried"], SCENARIOS["declined_final"])
+    assert (retried.problems, final.problems) == ([], [])
+    assert (retried.status, retried.error) == ("FAILED", "Payment.Declined")
+    assert len(retried.payment_intents) == DEMO_MAX_ATTEMPTS
+    assert json.loads(retried.cause)["reason"] == "decline_code:insufficient_funds"
+    assert len(final.payment_intents) == 1
+    assert json.loads(final.cause)["reason"] == "decline_code:stolen_card"
 
 
 def test_a_declined_attempt_paid_after_the_failure_is_refunded_with_an_alert(

@@ -42,8 +42,12 @@ from paystep_local.scenarios import Observed, Stack, demo_scenarios, judge, obse
 
 MAX_ATTEMPTS: Final = 2
 DEPLOY_ARGS: Final = ("--max-attempts", str(MAX_ATTEMPTS), "--retry-backoff-s", "1")
+# Every declined payment of a run charges the one test card (one fingerprint): a budget
+# the soak runs cannot spend, so each decline is retried as the scenario expects.
+BUDGET_ENV: Final = {"PAYSTEP_RETRY_BUDGET_VISA_30D": "100000"}
 # Workers that come back quickly: a killed worker's messages reappear after this.
 WORKER_ENV: Final = {
+    **BUDGET_ENV,
     "PAYSTEP_WORKER_VISIBILITY_TIMEOUT_S": "8",
     "PAYSTEP_WORKER_RETRY_BASE_S": "1",
     "PAYSTEP_WORKER_RETRY_MAX_S": "4",
@@ -67,7 +71,7 @@ KINDS: Final = {
     kind.name: kind
     for kind in (
         Kind("card", "card", payment_method="pm_card_visa"),
-        Kind("declined", "card_declined", payment_method="pm_card_chargeCustomerFail"),
+        Kind("declined", "declined_retried", payment_method="pm_card_chargeCustomerFail"),
         Kind("sepa", "sepa_debit", sepa=True),
         Kind("unfulfillable", "out_of_stock", payment_method="pm_card_visa", out_of_stock=True),
         Kind("invalid", "invalid_input", payment_method="pm_card_visa", amount=-5),
@@ -130,7 +134,7 @@ def start_webhook(
     local: LocalStack, port: int | None = None, env: Mapping[str, str] | None = None
 ) -> ManagedProcess:
     """A `paystep webhook` process on `port` (a free one if None); not registered anywhere."""
-    return processes.start_webhook(local, env, port=port)
+    return processes.start_webhook(local, {**BUDGET_ENV, **(env or {})}, port=port)
 
 
 def start_worker(
@@ -189,7 +193,7 @@ def reconcile(local: LocalStack, since: str = "1h") -> dict[str, int]:
     """`paystep reconcile --since`, its summary as numbers; its output joins the stack's logs."""
     result = subprocess.run(
         [sys.executable, "-m", "paystep", "reconcile", "--since", since],
-        env=local.env(),
+        env={**local.env(), **BUDGET_ENV},
         capture_output=True,
         text=True,
         timeout=300,

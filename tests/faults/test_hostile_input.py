@@ -412,7 +412,13 @@ def test_fuzzed_requests_never_5xx_never_accepted_unsigned_and_memory_stays_flat
     bare: LocalStack, cases: int
 ) -> None:
     webhook = start_webhook(
-        bare, env={"PAYSTEP_STATE_MACHINE_ARN": FUZZ_MACHINE, "PAYSTEP_QUEUE_URL": _queue()}
+        bare,
+        env={
+            "PAYSTEP_STATE_MACHINE_ARN": FUZZ_MACHINE,
+            "PAYSTEP_QUEUE_URL": _queue(),
+            "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:none",
+            "PAYSTEP_CARD_ATTEMPTS_TABLE": "none",
+        },
     )
     client = RawClient(webhook.urls["base"])
     fuzz = Fuzz(client, Counter(), [])

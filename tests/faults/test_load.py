@@ -146,7 +146,13 @@ def test_fifty_connections_get_no_errors_and_memory_stays_flat(
     bare: LocalStack, duration_s: float
 ) -> None:
     webhook = start_webhook(
-        bare, env={"PAYSTEP_STATE_MACHINE_ARN": MACHINE, "PAYSTEP_QUEUE_URL": _queue()}
+        bare,
+        env={
+            "PAYSTEP_STATE_MACHINE_ARN": MACHINE,
+            "PAYSTEP_QUEUE_URL": _queue(),
+            "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": "arn:aws:sns:us-east-1:123456789012:none",
+            "PAYSTEP_CARD_ATTEMPTS_TABLE": "none",
+        },
     )
     keys = TokenKeys.parse(bare.token_keys)
     load = Load(webhook.urls["webhook"], _deliveries(bare.webhook_secret, keys))

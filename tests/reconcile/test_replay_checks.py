@@ -11,7 +11,15 @@ from __future__ import annotations
 from typing import Any
 
 from statemachine.callbacks import CallbackResult
-from tests.webhook.conftest import FakeChecks, Waiting, event, payment_intent, reader_for
+from tests.webhook.conftest import (
+    FakeBudget,
+    FakeChecks,
+    FakeNotices,
+    Waiting,
+    event,
+    payment_intent,
+    reader_for,
+)
 from webhook.checks import CheckError
 from webhook.events import parse_event
 from webhook.reconcile import Summary, replay
@@ -46,6 +54,8 @@ async def _replay(checks: FakeChecks) -> tuple[Summary, list[str]]:
         ClosedCallbacks(),  # type: ignore[arg-type]
         reader_for(WAITING),
         checks,
+        FakeNotices(),
+        FakeBudget(),
         summary,
         dry_run=False,
         concurrency=2,

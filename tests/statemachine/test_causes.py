@@ -31,19 +31,21 @@ DECLINES = [
             "message": "Your card has insufficient funds.",
         },
         '{"payment_intent_id":"pi_declined","code":"card_declined",'
-        '"decline_code":"insufficient_funds","message":"Your card has insufficient funds."}',
+        '"decline_code":"insufficient_funds","message":"Your card has insufficient funds.",'
+        '"verdict":"retry","retryable":true,"reason":"decline_code:insufficient_funds"}',
         id="insufficient_funds",
     ),
     pytest.param(
-        # Stripe sends no decline_code for a declined security code.
+        # Stripe sends no decline_code for a processing error.
         {
             "type": "card_error",
-            "code": "incorrect_cvc",
-            "message": "Your card's security code is incorrect.",
-            "doc_url": "https://docs.stripe.com/error-codes/incorrect-cvc",
+            "code": "processing_error",
+            "message": "An error occurred while processing your card.",
+            "doc_url": "https://docs.stripe.com/error-codes/processing-error",
         },
-        '{"payment_intent_id":"pi_declined","code":"incorrect_cvc",'
-        '"message":"Your card\'s security code is incorrect."}',
+        '{"payment_intent_id":"pi_declined","code":"processing_error",'
+        '"message":"An error occurred while processing your card.",'
+        '"verdict":"retry","retryable":true,"reason":"code:processing_error"}',
         id="no_decline_code",
     ),
 ]
@@ -94,13 +96,52 @@ def test_a_decline_reads_the_same_from_the_worker_a_late_worker_and_the_webhook(
     assert by_the_webhook(error) == causes.Failure(errors.DECLINED, with_event)
 
 
+def test_a_late_worker_leaves_a_decline_the_customer_must_fix_open() -> None:
+    """incorrect_cvc asks the customer: a redelivered create reports no failure."""
+    intent = stripe.PaymentIntent.construct_from(
+        {
+            "id": PI_ID,
+            "object": "payment_intent",
+            "status": "requires_payment_method",
+            "last_payment_error": {"type": "card_error", "code": "incorrect_cvc"},
+        },
+        "sk_test",
+    )
+    assert _adopt([intent]) == "ask_customer"
+
+
 BUILT: list[tuple[str, causes.Failure, str]] = [
     (
         "declined",
         causes.declined("pi_1", None, event_id="evt_1"),
-        '{"payment_intent_id":"pi_1","event_id":"evt_1"}',
+        '{"payment_intent_id":"pi_1","verdict":"retry","retryable":true,"reason":"unknown",'
+        '"event_id":"evt_1"}',
     ),
-    ("declined, nothing known", causes.declined(None, None), "{}"),
+    (
+        "declined, nothing known",
+        causes.declined(None, None),
+        '{"verdict":"retry","retryable":true,"reason":"unknown"}',
+    ),
+    (
+        "declined, with advice and the charge",
+        causes.declined(
+            "pi_1",
+            stripe.ErrorObject.construct_from(
+                {
+                    "code": "card_declined",
+                    "decline_code": "generic_decline",
+                    "advice_code": "do_not_try_again",
+                    "network_advice_code": "03",
+                    "network_decline_code": "05",
+                    "charge": "ch_1",
+                },
+                "sk_test",
+            ),
+        ),
+        '{"payment_intent_id":"pi_1","code":"card_declined","decline_code":"generic_decline",'
+        '"advice_code":"do_not_try_again","network_advice_code":"03","network_decline_code":"05",'
+        '"charge":"ch_1","verdict":"final","retryable":false,"reason":"advice_code:do_not_try_again"}',
+    ),
     (
         "canceled",
         causes.canceled("pi_1", "abandoned", event_id="evt_1"),
@@ -144,7 +185,13 @@ def test_every_builder_names_a_contract_error(build: Callable[[], causes.Failure
 
 def test_parse_reads_a_built_cause_back() -> None:
     failure = causes.declined("pi_1", None, event_id="evt_1")
-    assert causes.parse(failure.cause) == {"payment_intent_id": "pi_1", "event_id": "evt_1"}
+    assert causes.parse(failure.cause) == {
+        "payment_intent_id": "pi_1",
+        "verdict": "retry",
+        "retryable": True,
+        "reason": "unknown",
+        "event_id": "evt_1",
+    }
 
 
 @pytest.mark.parametrize("text", ["amount: must be > 0", "[]"])

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from statemachine import causes, errors
+from statemachine import causes, declines, errors
 from tests.conftest import Deployer
 from tests.support.aws import (
     TopicInbox,
@@ -174,6 +174,52 @@ def test_declines_exhaust_the_attempts(deploy_fresh: Deployer) -> None:
     assert order_row(ddb, deployed["orders_table"], request["order_id"])["status"] == "released"
     assert len(notices.messages()) == 2
     assert states_entered(sfn, arn).count("CreatePayment") == 2
+
+
+@pytest.mark.parametrize(
+    ("cause", "reason"),
+    [
+        (causes.declined("pi_stolen", _CardDeclined("stolen_card")), "decline_code:stolen_card"),
+        (
+            causes.declined(
+                "pi_spent", _CardDeclined("insufficient_funds"), verdict=declines.over_budget()
+            ),
+            "retry_budget",
+        ),
+    ],
+    ids=["stolen_card", "retry_budget"],
+)
+def test_a_final_decline_notifies_and_fails_without_a_retry(
+    fast: dict[str, Any], cause: causes.Failure, reason: str
+) -> None:
+    sfn, sqs, _, sns = clients()
+    notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
+    arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    task = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_failure(taskToken=task["task_token"], error=errors.DECLINED, cause=cause.cause)
+
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
+    ended = causes.parse(done["cause"])
+    assert (ended["verdict"], ended["retryable"], ended["reason"]) == ("final", False, reason)
+    assert states_entered(sfn, arn).count("CreatePayment") == 1
+    assert "WaitBeforeRetry" not in states_entered(sfn, arn)
+    assert [m["type"] for m in notices.messages()] == ["payment_declined"]
+
+
+def test_a_cause_without_a_verdict_is_retried_never_final(fast: dict[str, Any]) -> None:
+    sfn, sqs, _, _ = clients()
+    arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    first = receive_task(sqs, fast["queue_url"], "create_payment")
+    sfn.send_task_failure(
+        taskToken=first["task_token"],
+        error=errors.DECLINED,
+        cause=json.dumps({"payment_intent_id": "pi_old", "code": "card_declined"}),
+    )
+    second = receive_task(sqs, fast["queue_url"], "create_payment")
+    assert second["attempt"] == 2
+    sfn.send_task_success(taskToken=second["task_token"], output=_paid("pi_second"))
+    assert wait_done(sfn, arn)["status"] == "SUCCEEDED"
 
 
 def _timed_out(deployment: dict[str, Any], request: dict[str, Any]) -> tuple[str, dict[str, Any]]:

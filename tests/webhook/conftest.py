@@ -20,12 +20,14 @@ from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
 from paystep_local.polling import ended, eventually
 from paystep_local.prometheus import metric
 from paystep_local.signing import signed
+from statemachine.card_budget import Card, Recorded
 from statemachine.metadata import payment_intent_metadata
 from statemachine.models import CheckPaymentTask
 from statemachine.seal import Binding, TokenKeys, new_key
 from tests.support import aws
 from webhook.app import METRICS, create_app
 from webhook.mapping import TokenReader
+from webhook.notices import ActionRequired
 from webhook.settings import WebhookSettings
 
 SECRET = "whsec_" + "a1" * 16
@@ -57,6 +59,33 @@ class FakeChecks:
         self.sent.append(task)
 
 
+class FakeNotices:
+    """Records the notices published to customers (or raises `error`)."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.published: list[ActionRequired] = []
+        self._error = error
+
+    async def publish(self, notice: ActionRequired) -> None:
+        if self._error is not None:
+            raise self._error
+        self.published.append(notice)
+
+
+class FakeBudget:
+    """Records the declines counted against cards; `room` says if another attempt fits."""
+
+    def __init__(self, *, room: bool = True) -> None:
+        self.counted: list[tuple[Card, str]] = []
+        self._room = room
+
+    async def record_decline(self, card: Card, attempt: str) -> Recorded:
+        self.counted.append((card, attempt))
+        return Recorded(room_for_another=self._room, attempts_in_longest_window=len(self.counted))
+
+
+# A topic no test publishes to unless it makes one: a notice then answers 503.
+NO_TOPIC = "arn:aws:sns:us-east-1:123456789012:paystep-test-no-notifications"
 # Where no test reaches the queue: a closed success then answers 503, as with SQS down.
 UNREACHABLE_QUEUE = "http://127.0.0.1:9/000000000000/none"
 
@@ -66,6 +95,8 @@ def make_settings(
 ) -> WebhookSettings:
     values: dict[str, Any] = {
         "queue_url": queue_url,
+        "notifications_topic_arn": NO_TOPIC,
+        "card_attempts_table": "paystep-test-no-card-attempts",
         "webhook_secrets": (SecretStr(SECRET),),
         "stripe_api_key": SecretStr(LOCAL_STRIPE_KEY),
         "webhook_ready_cache_s": 0,

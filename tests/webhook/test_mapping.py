@@ -9,9 +9,18 @@ import stripe
 
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
+from statemachine.card_budget import Card
 from statemachine.metadata import TOKEN_PARTS_KEY
 from statemachine.models import PaymentOutcome
-from tests.webhook.conftest import FakeChecks, Waiting, event, payment_intent, reader_for
+from tests.webhook.conftest import (
+    FakeBudget,
+    FakeChecks,
+    FakeNotices,
+    Waiting,
+    event,
+    payment_intent,
+    reader_for,
+)
 from webhook.checks import CheckError
 from webhook.events import MalformedEvent, parse_event
 from webhook.mapping import (
@@ -25,6 +34,7 @@ from webhook.mapping import (
     handle_event,
     plan,
 )
+from webhook.notices import NoticeError
 
 TOKEN = "T" * 1500 + "end"
 EVENT_ID = "evt_planned"
@@ -123,6 +133,9 @@ def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:
         "code": "card_declined",
         "decline_code": "stolen_card",
         "message": "Your card was declined.",
+        "verdict": "final",
+        "retryable": False,
+        "reason": "decline_code:stolen_card",
         "event_id": EVENT_ID,
     }
 
@@ -195,7 +208,7 @@ async def test_handle_event_takes_a_plain_mapping_and_sends_the_callback() -> No
     callbacks = FakeCallbacks()
     evt = event("payment_intent.succeeded", payment_intent(WAITING))
 
-    outcome = await handle_event(evt, callbacks, READER, FakeChecks())  # type: ignore[arg-type]
+    outcome = await handle_event(evt, callbacks, READER, FakeChecks(), FakeNotices(), FakeBudget())  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.DELIVERED, "succeed")
     assert [(name, token) for name, token, _ in callbacks.calls] == [("succeed", TOKEN)]
@@ -208,7 +221,9 @@ async def test_handle_event_takes_an_event_listed_from_stripes_api() -> None:
         event("payment_intent.canceled", payment_intent(WAITING)), "sk_test_x"
     )
 
-    outcome = await handle_event(listed, callbacks, READER, FakeChecks())  # type: ignore[arg-type]
+    outcome = await handle_event(
+        listed, callbacks, READER, FakeChecks(), FakeNotices(), FakeBudget()
+    )  # type: ignore[arg-type]
 
     assert (outcome.result, outcome.action) == (Result.ALREADY_CLOSED, "fail")
     assert callbacks.calls[0][2][0] == "Payment.Canceled"
@@ -223,6 +238,8 @@ async def test_handle_event_lets_a_callback_error_through_for_the_caller_to_retr
             callbacks,  # type: ignore[arg-type]
             READER,
             FakeChecks(),
+            FakeNotices(),
+            FakeBudget(),
         )
 
 
@@ -234,6 +251,8 @@ async def test_handle_event_sends_nothing_for_an_ignored_event() -> None:
         callbacks,  # type: ignore[arg-type]
         READER,
         FakeChecks(),
+        FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.NO_TOKEN)
@@ -250,6 +269,8 @@ async def test_a_success_on_a_closed_task_is_handed_to_the_worker_to_check() -> 
         FakeCallbacks(CallbackResult.ALREADY_CLOSED),  # type: ignore[arg-type]
         READER,
         checks,
+        FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.result, outcome.checked) == (Result.ALREADY_CLOSED, True)
@@ -274,6 +295,8 @@ async def test_only_a_closed_success_is_checked(event_type: str, result: Callbac
         FakeCallbacks(result),  # type: ignore[arg-type]
         READER,
         checks,
+        FakeNotices(),
+        FakeBudget(),
     )
 
     assert (outcome.checked, checks.sent) == (False, [])
@@ -286,4 +309,137 @@ async def test_a_check_that_cannot_be_queued_raises_for_a_redelivery() -> None:
             FakeCallbacks(CallbackResult.ALREADY_CLOSED),  # type: ignore[arg-type]
             READER,
             FakeChecks(CheckError("queue down")),
+            FakeNotices(),
+            FakeBudget(),
         )
+
+
+ASKING = [
+    ({"type": "card_error", "code": "expired_card", "charge": "ch_exp"}, "update_card"),
+    ({"type": "card_error", "code": "incorrect_cvc", "charge": "ch_cvc"}, "update_card"),
+    (
+        {
+            "type": "card_error",
+            "code": "authentication_required",
+            "decline_code": "authentication_required",
+            "charge": "ch_auth",
+        },
+        "authenticate",
+    ),
+]
+
+
+@pytest.mark.parametrize(("error", "action"), ASKING, ids=["expired", "cvc", "authentication"])
+async def test_a_decline_the_customer_must_fix_keeps_the_task_open_and_tells_them(
+    error: dict[str, Any], action: str
+) -> None:
+    callbacks, notices = FakeCallbacks(), FakeNotices()
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=error)
+
+    outcome = await handle_event(
+        event("payment_intent.payment_failed", pi),
+        callbacks,  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        notices,
+        FakeBudget(),
+    )
+
+    assert (outcome.result, outcome.action) == (Result.DELIVERED, "ask_customer")
+    assert [name for name, _, _ in callbacks.calls] == ["heartbeat"]
+    [notice] = notices.published
+    assert (notice.type, notice.action, notice.payment_intent_id) == (
+        "payment_action_required",
+        action,
+        pi["id"],
+    )
+    assert (notice.order_id, notice.execution_id) == ("ord_1", WAITING.execution_arn)
+    assert notice.dedupe_key == error["charge"]
+
+
+async def test_no_notice_when_the_task_no_longer_waits() -> None:
+    notices = FakeNotices()
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=ASKING[0][0])
+    outcome = await handle_event(
+        event("payment_intent.payment_failed", pi),
+        FakeCallbacks(CallbackResult.ALREADY_CLOSED),  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        notices,
+        FakeBudget(),
+    )
+    assert (outcome.result, notices.published) == (Result.ALREADY_CLOSED, [])
+
+
+async def test_a_notice_that_cannot_be_published_raises_for_a_redelivery() -> None:
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=ASKING[0][0])
+    with pytest.raises(NoticeError):
+        await handle_event(
+            event("payment_intent.payment_failed", pi),
+            FakeCallbacks(),  # type: ignore[arg-type]
+            READER,
+            FakeChecks(),
+            FakeNotices(NoticeError("sns down")),
+            FakeBudget(),
+        )
+
+
+def test_a_final_decline_fails_with_the_verdict() -> None:
+    decision = planned(
+        "payment_intent.payment_failed",
+        status="requires_payment_method",
+        last_payment_error={
+            "code": "card_declined",
+            "decline_code": "insufficient_funds",
+            "advice_code": "do_not_try_again",
+        },
+    )
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
+    cause = causes.parse(decision.callback.failure.cause)
+    assert (cause["verdict"], cause["reason"]) == ("final", "advice_code:do_not_try_again")
+
+
+VISA_DECLINE = {
+    "type": "card_error",
+    "code": "card_declined",
+    "decline_code": "insufficient_funds",
+    "charge": "ch_1",
+    "payment_method": {"id": "pm_1", "card": {"brand": "visa", "fingerprint": "fp_1"}},
+}
+
+
+@pytest.mark.parametrize(("room", "verdict"), [(True, "retry"), (False, "final")])
+async def test_a_decline_is_counted_against_its_card_as_the_worker_counts_it(
+    room: bool, verdict: str
+) -> None:
+    callbacks, budget = FakeCallbacks(), FakeBudget(room=room)
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=VISA_DECLINE)
+
+    await handle_event(
+        event("payment_intent.payment_failed", pi),
+        callbacks,  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        FakeNotices(),
+        budget,
+    )
+
+    assert budget.counted == [(Card("fp_1", "visa"), f"{WAITING.execution_arn}#1")]
+    [(name, _, (_, cause))] = callbacks.calls
+    assert (name, cause["verdict"]) == ("fail", verdict)
+    assert cause["reason"] == ("decline_code:insufficient_funds" if room else "retry_budget")
+
+
+async def test_a_decline_naming_no_card_is_not_counted() -> None:
+    budget = FakeBudget()
+    error = {k: v for k, v in VISA_DECLINE.items() if k != "payment_method"}
+    pi = payment_intent(WAITING, status="requires_payment_method", last_payment_error=error)
+    await handle_event(
+        event("payment_intent.payment_failed", pi),
+        FakeCallbacks(),  # type: ignore[arg-type]
+        READER,
+        FakeChecks(),
+        FakeNotices(),
+        budget,
+    )
+    assert budget.counted == []

@@ -19,7 +19,9 @@ from statemachine.metadata import TOKEN_CHUNK_PREFIX, TOKEN_PARTS_KEY
 from statemachine.seal import TokenKeys, new_key
 from tests.webhook.conftest import (
     KEYS,
+    FakeBudget,
     FakeChecks,
+    FakeNotices,
     Waiting,
     Webhook,
     describe,
@@ -98,7 +100,7 @@ def test_an_execution_of_another_state_machine_is_ignored() -> None:
 async def test_an_ignored_mismatch_sends_no_callback() -> None:
     callbacks = FakeCallbacks()
     evt = event("payment_intent.succeeded", copied(amount=50))
-    outcome = await handle_event(evt, callbacks, READER, FakeChecks())  # type: ignore[arg-type]
+    outcome = await handle_event(evt, callbacks, READER, FakeChecks(), FakeNotices(), FakeBudget())  # type: ignore[arg-type]
     assert (outcome.result, outcome.reason) == (Result.IGNORED, IgnoreReason.MISMATCH)
     assert callbacks.calls == []
 
@@ -144,6 +146,8 @@ async def test_damaged_token_metadata_is_ignored_never_an_exception(
             callbacks,  # type: ignore[arg-type]
             READER,
             FakeChecks(),
+            FakeNotices(),
+            FakeBudget(),
         )
     except MalformedEvent:
         return

@@ -97,6 +97,10 @@ async def test_payment_failed_fails_the_execution_as_declined_with_stripes_reaso
         "code": "card_declined",
         "decline_code": "insufficient_funds",
         "message": "Your card has insufficient funds.",
+        "charge": "ch_declined",
+        "verdict": "retry",
+        "retryable": True,
+        "reason": "decline_code:insufficient_funds",
     }
 
 

@@ -20,6 +20,10 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PAYSTEP_TOKEN_KEYS", KEY)
     monkeypatch.setenv("PAYSTEP_STATE_MACHINE_ARN", MACHINE)
     monkeypatch.setenv("PAYSTEP_QUEUE_URL", "http://sqs.local/000000000000/tasks")
+    monkeypatch.setenv(
+        "PAYSTEP_NOTIFICATIONS_TOPIC_ARN", "arn:aws:sns:us-east-1:000000000000:notifications"
+    )
+    monkeypatch.setenv("PAYSTEP_CARD_ATTEMPTS_TABLE", "paystep-card-attempts")
 
 
 def test_secrets_are_a_comma_separated_list(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -11,6 +11,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError
+from statemachine.card_budget import BudgetContention
 from worker.classify import Backoff, DeadLetter, FailTask, Retry, RetryPolicy, classify
 from worker.errors import PoisonMessage, TaskFailure
 
@@ -41,6 +42,9 @@ def test_card_error_fails_the_task_as_declined_with_codes() -> None:
         "code": "card_declined",
         "decline_code": "insufficient_funds",
         "message": "Your card has insufficient funds.",
+        "verdict": "retry",
+        "retryable": True,
+        "reason": "decline_code:insufficient_funds",
     }
 
 
@@ -138,3 +142,8 @@ def test_failed_receives_back_off_on_their_own_scale() -> None:
         Backoff(2, 900, random=lambda: 0.0), receive_backoff=Backoff(1, 30, random=lambda: 1.0)
     )
     assert [policy.receive_error_delay_s(n) for n in (1, 2, 6, 7)] == [1, 2, 30, 30]
+
+
+def test_a_card_budget_too_contended_to_write_is_retried_as_expected() -> None:
+    decision = classify(BudgetContention("card fp_1: 20 conflicting writes"))
+    assert isinstance(decision, Retry) and decision.expected

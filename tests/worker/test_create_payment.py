@@ -23,6 +23,7 @@ from paystep_local.polling import eventually
 from paystep_local.processes import Workers
 from paystep_local.sfn_proxy import SfnProxy
 from statemachine import errors
+from statemachine.metadata import ORDER_KEY
 from statemachine.models import PaymentOutcome, dump_json
 from statemachine.seal import new_key
 from tests.conftest import Deployer
@@ -155,6 +156,45 @@ def test_a_decline_fails_the_execution_as_declined(
     assert cause["decline_code"] == "generic_decline"
     assert cause["message"] == "Your card was declined."
     assert cause["payment_intent_id"] == fake_stripe.intents()[0]["id"]
+
+
+def test_a_decline_the_customer_must_fix_leaves_the_task_open(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    sfn, sqs = aws
+    deployed = deploy_fresh("--max-attempts", "3", "--retry-backoff-s", "0")
+    workers.start(deployed, fake_stripe.url)
+    request = order(payment_method="pm_card_chargeDeclinedExpiredCard")
+    arn = start(sfn, deployed["state_machine_arn"], request)
+
+    # The create is answered (its message deleted) without failing the task.
+    eventually(lambda: queue_empty(sqs, deployed["queue_url"]) and fake_stripe.intents())
+    [intent] = [
+        pi for pi in fake_stripe.intents() if pi["metadata"].get(ORDER_KEY) == request["order_id"]
+    ]
+    assert intent["last_payment_error"]["code"] == "expired_card"
+    assert describe_status(sfn, arn) == "RUNNING"
+    sfn.stop_execution(executionArn=arn)
+
+
+def test_the_card_budget_turns_a_retry_final(
+    deploy_fresh: Deployer, workers: Workers, fake_stripe: FakeStripe, aws: tuple[Any, Any]
+) -> None:
+    """Budget 2 attempts on the card: a retry within it, then none (`retry_budget`)."""
+    sfn, _ = aws
+    deployed = deploy_fresh("--max-attempts", "3", "--retry-backoff-s", "0")
+    workers.start(deployed, fake_stripe.url, PAYSTEP_RETRY_BUDGET_VISA_30D="2")
+    card = "pm_card_chargeDeclinedInsufficientFunds"
+
+    first = run_to_end(sfn, deployed["state_machine_arn"], order(payment_method=card))
+    second = run_to_end(sfn, deployed["state_machine_arn"], order(payment_method=card))
+
+    for done in (first, second):
+        assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
+        cause = json.loads(done["cause"])
+        assert (cause["verdict"], cause["reason"]) == ("final", "retry_budget")
+        assert cause["decline_code"] == "insufficient_funds"
+    assert len(fake_stripe.intents()) == 3  # two for the first order, one for the second
 
 
 def test_invalid_input_fails_the_execution_without_calling_stripe(

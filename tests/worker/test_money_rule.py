@@ -38,6 +38,7 @@ from statemachine.models import (
     PreviousDecline,
 )
 from statemachine.seal import TokenKeys, new_key
+from tests.worker.support import UnlimitedCards
 from worker.alerts import RefundAlert
 from worker.errors import PoisonMessage
 from worker.handlers import Handlers
@@ -109,6 +110,7 @@ def handlers(fake: FakeStripe, recorded: Recorded) -> Handlers:
         metrics=metrics,
         check_again_s=7,
         orders=None,  # type: ignore[arg-type]  # no order task here
+        card_budget=UnlimitedCards(),  # type: ignore[arg-type]
     )
 
 

@@ -31,7 +31,7 @@ from statemachine.models import CreatePaymentTask
 from statemachine.seal import TokenKeys, new_key
 from tests.conftest import Deployer
 from tests.support.aws import answer_order_task, start, wait_done
-from tests.worker.support import queue_empty
+from tests.worker.support import UnlimitedCards, queue_empty
 from worker.errors import TaskFailure
 from worker.handlers import Handlers
 from worker.queue import Message
@@ -174,6 +174,7 @@ def handlers(stub: StubStripe, callbacks: StubCallbacks, now: float) -> Handlers
         metrics=None,  # type: ignore[arg-type]
         check_again_s=0,
         orders=None,  # type: ignore[arg-type]
+        card_budget=UnlimitedCards(),  # type: ignore[arg-type]
         clock=lambda: now,
     )
 
