@@ -217,7 +217,15 @@ ORDERS_TABLE: Final = {"Fn::GetAtt": ["OrdersTable", "Arn"]}
 # https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/transaction-apis-iam.html
 HOLD_STOCK: Final = {
     action: [ORDERS_TABLE, {"Fn::GetAtt": ["InventoryTable", "Arn"]}]
-    for action in ("dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
+    for action in ("dynamodb:UpdateItem", "dynamodb:ConditionCheckItem")
+}
+# The worker and reconcile read the order's row, its stock and a declined card's attempts.
+READ_TABLES: Final = {
+    "dynamodb:GetItem": [
+        ORDERS_TABLE,
+        {"Fn::GetAtt": ["InventoryTable", "Arn"]},
+        {"Fn::GetAtt": ["CardAttemptsTable", "Arn"]},
+    ]
 }
 
 
@@ -288,9 +296,10 @@ def test_worker_role_consumes_its_queue_answers_tasks_and_alerts_refunds(
         "sqs:SendMessage": TASK_QUEUE,
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "states:DescribeExecution": MACHINE_EXECUTIONS,
+        **READ_TABLES,
         **HOLD_STOCK,
         "sns:Publish": {"Ref": "AlarmTopic"},
-        **CARD_ATTEMPTS,
+        "dynamodb:PutItem": CARD_ATTEMPTS["dynamodb:PutItem"],
     }
 
 
@@ -319,10 +328,11 @@ def test_reconcile_role_answers_tasks_asks_for_checks_and_releases_holds(
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "sqs:SendMessage": TASK_QUEUE,
         "states:DescribeExecution": MACHINE_EXECUTIONS,
+        **READ_TABLES,
         **HOLD_STOCK,
         "dynamodb:Query": {"Fn::Sub": "${OrdersTable.Arn}/index/" + OPEN_CLAIMS_INDEX},
         "sns:Publish": {"Ref": "NotificationsTopic"},
-        **CARD_ATTEMPTS,
+        "dynamodb:PutItem": CARD_ATTEMPTS["dynamodb:PutItem"],
     }
     assert template["Outputs"]["ReconcileRoleArn"]["Value"] == {
         "Fn::GetAtt": ["ReconcileRole", "Arn"]

@@ -195,8 +195,10 @@ def test_a_final_decline_notifies_and_fails_without_a_retry(
     sfn, sqs, _, sns = clients()
     notices = TopicInbox(sqs, sns, fast["notifications_topic_arn"])
     arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
     sfn.send_task_failure(taskToken=task["task_token"], error=errors.DECLINED, cause=cause.cause)
+    assert answer_order_task(sqs, sfn, fast, "release_order")["reason"] == errors.DECLINED
 
     done = wait_done(sfn, arn)
     assert (done["status"], done["error"]) == ("FAILED", errors.DECLINED)
@@ -210,6 +212,7 @@ def test_a_final_decline_notifies_and_fails_without_a_retry(
 def test_a_cause_without_a_verdict_is_retried_never_final(fast: dict[str, Any]) -> None:
     sfn, sqs, _, _ = clients()
     arn = start(sfn, fast["state_machine_arn"], _order(payment_method="pm_card_visa"))
+    answer_order_task(sqs, sfn, fast, "reserve_order")
     first = receive_task(sqs, fast["queue_url"], "create_payment")
     sfn.send_task_failure(
         taskToken=first["task_token"],

@@ -80,6 +80,7 @@ def _handlers(stubs: Stubs) -> Handlers:
         metrics=None,  # type: ignore[arg-type]
         check_again_s=0,
         orders=stubs,  # type: ignore[arg-type]
+        card_budget=None,  # type: ignore[arg-type]  # no decline in an order task
     )
 
 
