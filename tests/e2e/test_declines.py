@@ -25,10 +25,11 @@ from typing import Any, TypeVar
 
 import pytest
 
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.localstack import LocalStack
 from paystep_local.prometheus import metric, scrape
 from paystep_local.scenarios import Stack
 from statemachine import errors
+from tests.support.stacks import deployed_stack, run_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -48,21 +49,12 @@ WAIT_S = 90.0
 
 @pytest.fixture(scope="module")
 def declines_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("declines")) as stack:
-        stack.start(*DEPLOY_ARGS)
-        with stack.environment():
-            yield stack
+    with deployed_stack(tmp_path_factory.mktemp("declines"), DEPLOY_ARGS) as stack:
+        yield stack
 
 
 def _run(stack: LocalStack, scenario: Callable[[Stack], Awaitable[T]]) -> T:
-    async def go() -> T:
-        assert stack.deployment and stack.stripe_base
-        async with Stack(
-            stack.deployment, stack.stripe_base, LOCAL_STRIPE_KEY, message_timeout_s=30
-        ) as clients:
-            return await scenario(clients)
-
-    return asyncio.run(go())
+    return run_scenario(stack, scenario, message_timeout_s=30)
 
 
 def _order(payment_method: str) -> dict[str, Any]:

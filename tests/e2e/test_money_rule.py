@@ -20,24 +20,23 @@ PaymentIntent cannot be confirmed, and a succeeded one cannot be canceled
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
 from paystep_local import processes
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually, eventually_async
 from paystep_local.prometheus import metric, scrape
 from paystep_local.scenarios import Stack, in_attempt_order
 from statemachine import errors
+from tests.support.stacks import deployed_stack, run_scenario
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 
 # Two attempts 4 s apart: time for the customer to pay a declined attempt before the retry.
 DEPLOY_ARGS = (
@@ -51,23 +50,11 @@ AMOUNT = 1999
 
 @pytest.fixture(scope="module")
 def money_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(
-        tmp_path_factory.mktemp("money"), workers=0, search_lag_s=SEARCH_LAG_S
-    ) as stack:
-        stack.start(*DEPLOY_ARGS)
+    folder = tmp_path_factory.mktemp("money")
+    with deployed_stack(folder, DEPLOY_ARGS, workers=0, search_lag_s=SEARCH_LAG_S) as stack:
         # A payment whose execution still runs is looked at again after a second.
         processes.start_worker(stack, {"PAYSTEP_WORKER_CHECK_AGAIN_S": "1"}, ready_path="/healthz")
-        with stack.environment():
-            yield stack
-
-
-def _run(stack: LocalStack, scenario: Callable[[Stack], Awaitable[T]]) -> T:
-    async def go() -> T:
-        assert stack.deployment and stack.stripe_base
-        async with Stack(stack.deployment, stack.stripe_base, LOCAL_STRIPE_KEY) as clients:
-            return await scenario(clients)
-
-    return asyncio.run(go())
+        yield stack
 
 
 def _worker_metric(stack: LocalStack, name: str, **labels: str) -> float:
@@ -148,7 +135,7 @@ def test_a_declined_attempt_paid_after_the_execution_failed_is_refunded(
         alert = await _refunded_with_alert(clients, request["order_id"], last["id"])
         assert alert["execution_id"] == arn and alert["reason"].startswith("orphan")
 
-    _run(money_stack, scenario)
+    run_scenario(money_stack, scenario)
     refunded = _worker_metric(money_stack, "paystep_orphan_payments_total", outcome="refunded")
     assert refunded == refunded_before + 1
 
@@ -180,7 +167,7 @@ def test_a_declined_attempt_paid_before_the_retry_is_the_orders_one_payment(
             declined["id"]
         ]
 
-    _run(money_stack, scenario)
+    run_scenario(money_stack, scenario)
     # The webhook's success met the closed first task: the check waits for the end and keeps it.
     eventually(
         lambda: _worker_metric(
@@ -208,7 +195,7 @@ def test_a_second_execution_for_a_paid_order_takes_no_payment(money_stack: Local
         assert only["id"] == kept
         assert await clients.refunds_of(kept) == []
 
-    _run(money_stack, scenario)
+    run_scenario(money_stack, scenario)
 
 
 def test_a_payment_after_the_timeout_found_nothing_to_cancel_is_refunded(
@@ -227,7 +214,7 @@ def test_a_payment_after_the_timeout_found_nothing_to_cancel_is_refunded(
         alert = await _refunded_with_alert(clients, request["order_id"], waiting["id"])
         assert alert["execution_id"] == arn
 
-    _run(money_stack, scenario)
+    run_scenario(money_stack, scenario)
 
 
 def test_a_payment_for_a_stopped_execution_is_refunded(money_stack: LocalStack) -> None:
@@ -247,4 +234,4 @@ def test_a_payment_for_a_stopped_execution_is_refunded(money_stack: LocalStack) 
         alert = await _refunded_with_alert(clients, request["order_id"], waiting["id"])
         assert alert["execution_id"] == arn
 
-    _run(money_stack, scenario)
+    run_scenario(money_stack, scenario)

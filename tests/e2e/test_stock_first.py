@@ -18,19 +18,19 @@ import asyncio
 import subprocess
 import sys
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
-from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually_async
 from paystep_local.scenarios import Stack
 from statemachine import errors
+from tests.support.stacks import deployed_stack, run_scenario
 
 pytestmark = pytest.mark.slow
 
-T = TypeVar("T")
 
 DEPLOY_ARGS = (
     *("--max-attempts", "2", "--retry-backoff-s", "1"),
@@ -41,19 +41,8 @@ DECLINING_CARD = "pm_card_chargeCustomerFail"
 
 @pytest.fixture(scope="module")
 def stock_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    with LocalStack(tmp_path_factory.mktemp("stock"), workers=1) as stack:
-        stack.start(*DEPLOY_ARGS)
-        with stack.environment():
-            yield stack
-
-
-def _run(stack: LocalStack, scenario: Callable[[Stack], Awaitable[T]]) -> T:
-    async def go() -> T:
-        assert stack.deployment and stack.stripe_base
-        async with Stack(stack.deployment, stack.stripe_base, LOCAL_STRIPE_KEY) as clients:
-            return await scenario(clients)
-
-    return asyncio.run(go())
+    with deployed_stack(tmp_path_factory.mktemp("stock"), DEPLOY_ARGS, workers=1) as stack:
+        yield stack
 
 
 async def _order_with_stock(
@@ -98,7 +87,7 @@ def test_two_executions_of_one_order_at_once_take_the_stock_and_the_money_once(
         row = await clients.order_row(request["order_id"])
         assert (row["status"], row["payment_intent_id"]) == ("paid", payment["id"])
 
-    _run(stock_stack, scenario)
+    run_scenario(stock_stack, scenario)
 
 
 def test_a_declined_out_order_and_a_timed_out_order_have_their_stock_back(
@@ -118,7 +107,7 @@ def test_a_declined_out_order_and_a_timed_out_order_have_their_stock_back(
             assert row["status"] == "released", row
             assert "claim_state" not in row and "held_items" not in row
 
-    _run(stock_stack, scenario)
+    run_scenario(stock_stack, scenario)
 
 
 def test_a_stopped_execution_has_its_stock_back_after_reconcile(stock_stack: LocalStack) -> None:
@@ -140,7 +129,7 @@ def test_a_stopped_execution_has_its_stock_back_after_reconcile(stock_stack: Loc
         assert await clients.stock_of(_sku(request)) == 0
         return request
 
-    request = _run(stock_stack, scenario)
+    request = run_scenario(stock_stack, scenario)
     result = subprocess.run(
         [sys.executable, "-m", "paystep", "reconcile", "--since", "1h"],
         env=stock_stack.env(),
@@ -156,4 +145,4 @@ def test_a_stopped_execution_has_its_stock_back_after_reconcile(stock_stack: Loc
         row = await clients.order_row(request["order_id"])
         assert row["status"] == "released", row
 
-    _run(stock_stack, after)
+    run_scenario(stock_stack, after)
