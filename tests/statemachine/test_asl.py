@@ -95,11 +95,19 @@ def test_render_fills_every_placeholder_and_applies_tunables() -> None:
     assert "payment_heartbeat_s" not in init["config"]
 
 
-def test_fail_states_use_contract_error_names() -> None:
-    names = {
-        state["Error"]
-        for _, state, _ in _states(load_definition())
-        if state["Type"] == "Fail" and "Error" in state
+def test_every_error_an_execution_can_end_with_is_a_contract_error() -> None:
+    """One Fail state ends every failed execution with the error in `$.error`; each name the
+    definition puts there itself (a Pass's `Error`) is in the contract."""
+    states = list(_states(load_definition()))
+    fails = [state for _, state, _ in states if state["Type"] == "Fail"]
+    assert fails and all(
+        (state.get("ErrorPath"), state.get("CausePath")) == ("$.error.Error", "$.error.Cause")
+        for state in fails
+    ), fails
+    named = {
+        state["Parameters"]["Error"]
+        for _, state, _ in states
+        if state["Type"] == "Pass" and "Error" in state.get("Parameters", {})
     }
-    internal = {"Order.AlreadyPaid", "Inventory.OutOfStock"}  # caught inside, become Unfulfillable
-    assert names - internal <= errors.CONTRACT_ERRORS
+    assert {errors.TIMED_OUT, errors.ALREADY_PAID, errors.UNFULFILLABLE} <= named
+    assert named <= errors.CONTRACT_ERRORS
