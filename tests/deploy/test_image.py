@@ -36,6 +36,7 @@ FAKE_AWS: Final = {
 # Well-formed names of resources no test here reaches.
 NO_QUEUE_URL: Final = "https://sqs.us-east-1.amazonaws.com/000000000000/paystep-tasks"
 NO_ALARM_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:paystep-alarms"
+NO_NOTIFICATIONS_TOPIC_ARN: Final = "arn:aws:sns:us-east-1:000000000000:paystep-notifications"
 
 
 @pytest.fixture(scope="module")
@@ -83,6 +84,8 @@ def test_webhook_container_answers_healthz(podman: Podman, image: str) -> None:
         "PAYSTEP_TOKEN_KEYS": new_key(),
         "PAYSTEP_STATE_MACHINE_ARN": "arn:aws:states:us-east-1:000000000000:stateMachine:paystep",
         "PAYSTEP_QUEUE_URL": NO_QUEUE_URL,
+        "PAYSTEP_NOTIFICATIONS_TOPIC_ARN": NO_NOTIFICATIONS_TOPIC_ARN,
+        "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
     }
     with podman.container(
         image, ["webhook"], env=env, publish={http_port: 8080, metrics_port: 9090}
@@ -141,6 +144,7 @@ def test_worker_container_says_so_when_its_queue_is_unreachable(podman: Podman, 
         "PAYSTEP_ALARM_TOPIC_ARN": NO_ALARM_TOPIC_ARN,
         "PAYSTEP_ORDERS_TABLE": "paystep-orders",
         "PAYSTEP_INVENTORY_TABLE": "paystep-inventory",
+        "PAYSTEP_CARD_ATTEMPTS_TABLE": "paystep-card-attempts",
         "PAYSTEP_STRIPE_API_KEY": "sk_test_x",
         "PAYSTEP_TOKEN_KEYS": new_key(),
         "PAYSTEP_METRICS_PORT": str(metrics_port),
