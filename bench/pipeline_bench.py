@@ -117,6 +117,11 @@ async def _history(clients: Stack, arn: str) -> list[dict[str, Any]]:
     return events
 
 
+def _transitions(history: list[dict[str, Any]]) -> int:
+    """State transitions of one execution: the states it entered (billed per entry)."""
+    return sum(event["type"].endswith("StateEntered") for event in history)
+
+
 async def _measure(
     stack: LocalStack, stripe_direct: str, calls: Calls, payments: int
 ) -> dict[str, Any]:
@@ -137,7 +142,7 @@ async def _measure(
                 failures.append(f"{observed.order_id}: {observed.problems}")
                 continue
             history = await _history(clients, observed.execution_arn)
-            transitions.append(sum(e["type"].endswith("StateEntered") for e in history))
+            transitions.append(_transitions(history))
             started = next(e["timestamp"] for e in history if e["type"] == "ExecutionStarted")
             ended = next(e["timestamp"] for e in history if e["type"] == "ExecutionSucceeded")
             total_s = (ended - started).total_seconds()
@@ -150,7 +155,7 @@ async def _measure(
                 failures.append(f"{observed.order_id}: {observed.problems}")
                 continue
             history = await _history(clients, observed.execution_arn)
-            transitions_no_items.append(sum(e["type"].endswith("StateEntered") for e in history))
+            transitions_no_items.append(_transitions(history))
     api_calls = calls.api()
     succeeded = len(transitions)
     per_payment = statistics.mean(transitions) if transitions else float("nan")

@@ -76,6 +76,12 @@ def _cancel_idempotency_key(execution_id: str, payment_intent_id: str) -> str:
     return _idempotency_key("cancel", execution_id, payment_intent_id)
 
 
+# The order's claim and its items are one DynamoDB transaction (`statemachine.orders`), of
+# at most 100 writes: the order's row and one per item.
+# https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html
+MAX_ITEMS: Final = 99
+
+
 class Frozen(BaseModel):
     """Immutable, strict about unknown fields."""
 
@@ -100,8 +106,7 @@ class PaymentRequest(Frozen):
     payment_method_types: tuple[PaymentMethodType, ...] | None = Field(
         default=None, min_length=1, max_length=20
     )
-    # A DynamoDB transaction holds 100 writes: the items and the order's row.
-    items: tuple[Item, ...] = Field(default=(), max_length=99)
+    items: tuple[Item, ...] = Field(default=(), max_length=MAX_ITEMS)
     metadata: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("metadata")

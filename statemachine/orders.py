@@ -37,9 +37,6 @@ REFUNDED: Final = "refunded"
 OPEN: Final = "open"
 OPEN_CLAIMS_INDEX: Final = "open-claims"
 CLAIMABLE: Final = (RELEASED, REFUNDED)
-# https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html:
-# at most 100 actions; the order's row is one of them.
-MAX_ITEMS: Final = 99
 CONDITION_FAILED: Final = "ConditionalCheckFailed"
 
 

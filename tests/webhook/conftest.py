@@ -204,18 +204,29 @@ def start_waiting(deployment: Mapping[str, Any], amount: int = 1999) -> Waiting:
 _deployment_of: dict[str, Mapping[str, Any]] = {}
 
 
+def _answered_order_task(
+    deployment: Mapping[str, Any], execution_arn: str, message: Mapping[str, Any]
+) -> bool:
+    """Answer `message` as the worker would if it is a reserve / release task of
+    `execution_arn` (and delete it); False for any other message."""
+    body: dict[str, Any] = json.loads(message["Body"])
+    if body.get("execution_id") != execution_arn or body.get("type") not in aws.ORDER_TASKS:
+        return False
+    aws.answer_order_body(boto3.client("stepfunctions"), dict(deployment), body)
+    boto3.client("sqs").delete_message(
+        QueueUrl=deployment["queue_url"], ReceiptHandle=message["ReceiptHandle"]
+    )
+    return True
+
+
 def _answer_order_tasks(deployment: Mapping[str, Any], execution_arn: str) -> None:
-    """Answer the reserve / release tasks of `execution_arn` waiting in the queue, as the
-    worker would; hand every other message back at once."""
+    """Answer the reserve / release tasks of `execution_arn` waiting in the queue; hand
+    every other message back at once."""
     sqs = boto3.client("sqs")
     queue_url = deployment["queue_url"]
     answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0)
     for message in answer.get("Messages", []):
-        body: dict[str, Any] = json.loads(message["Body"])
-        if body.get("execution_id") == execution_arn and body.get("type") in aws.ORDER_TASKS:
-            aws.answer_order_body(boto3.client("stepfunctions"), dict(deployment), body)
-            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        else:
+        if not _answered_order_task(deployment, execution_arn, message):
             sqs.change_message_visibility(
                 QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"], VisibilityTimeout=0
             )
@@ -228,11 +239,10 @@ def next_task(deployment: Mapping[str, Any], execution_arn: str, attempt: int) -
     def take() -> dict[str, Any] | None:
         answer = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for message in answer.get("Messages", []):
+            if _answered_order_task(deployment, execution_arn, message):
+                continue
             body: dict[str, Any] = json.loads(message["Body"])
-            if body.get("execution_id") == execution_arn and body["type"] in aws.ORDER_TASKS:
-                aws.answer_order_body(boto3.client("stepfunctions"), dict(deployment), body)
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-            elif body.get("execution_id") == execution_arn and body.get("attempt") == attempt:
+            if body.get("execution_id") == execution_arn and body.get("attempt") == attempt:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                 return body
         return None
