@@ -41,9 +41,14 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Two pytest workers (pytest-xdist), each with its own local stack: most tests wait on
+# processes and timeouts rather than compute, so two share 2 cores well. A module's tests
+# stay on one worker (`--dist loadfile`): module fixtures such as the image build run once.
+TEST_WORKERS ?= 2
+
 test: $(VENV)/.installed lint
 	@if [ -x .ci/deploy-tools.sh ]; then PYTHON=$(BIN)/python bash .ci/deploy-tools.sh; fi
-	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # Stripe's test mode, not part of `make test`: needs PAYSTEP_STRIPE_TEST_KEY (skipped without).
 test-stripe: $(VENV)/.installed
