@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal, TypeVar
 
+import aiohttp
 import stripe
 from boto3.dynamodb.types import TypeDeserializer
 from botocore.exceptions import BotoCoreError, ClientError
@@ -422,7 +423,9 @@ async def read_status(settings: StatusSettings, order_id: str) -> OrderStatus:
     async with AsyncExitStack() as stack:
         ddb = await stack.enter_async_context(session.client("dynamodb", config=config))
         sfn = await stack.enter_async_context(session.client("stepfunctions", config=config))
-        client = stripe_client(settings, STRIPE_RECONCILE)
+        # Owned here, so it is closed here (stripe-python leaves its own session open).
+        http = await stack.enter_async_context(aiohttp.ClientSession())
+        client = stripe_client(settings, STRIPE_RECONCILE, session=http)
         return await StatusReader(settings, ddb, sfn, client).read(order_id)
 
 

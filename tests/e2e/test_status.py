@@ -17,6 +17,8 @@ a PaymentIntent's refunds from the refunds list
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import json
 import subprocess
 import sys
@@ -27,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from paystep.cli import main
 from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually_async
 from paystep_local.scenarios import Observed, Stack, demo_scenarios, run
@@ -78,9 +81,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Demo]:
         yield Demo(stack, observed, waiting)
 
 
-def _status(stack: LocalStack, order_id: str, *args: str) -> subprocess.CompletedProcess[str]:
+def _command(stack: LocalStack, *args: str) -> subprocess.CompletedProcess[str]:
+    """`paystep status` in a process of its own, as a person or a script runs it."""
     return subprocess.run(
-        [sys.executable, "-m", "paystep", "status", order_id, *args],
+        [sys.executable, "-m", "paystep", "status", *args],
         env=stack.env(),
         capture_output=True,
         text=True,
@@ -89,12 +93,20 @@ def _status(stack: LocalStack, order_id: str, *args: str) -> subprocess.Complete
     )
 
 
+def _main(*args: str) -> tuple[int, str]:
+    """The same command line through the CLI's `main` in this process (the stack's
+    environment is this process's while the fixture runs): its exit code and stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["status", *args])
+    return code, out.getvalue()
+
+
 def _json(demo: Demo, story: str) -> tuple[dict[str, Any], Observed]:
     observed = demo.observed[story]
-    result = _status(demo.stack, observed.order_id, "--output", "json")
-    assert result.stdout, result.stderr
-    view: dict[str, Any] = json.loads(result.stdout)
-    assert result.returncode == view["exit_code"], result.stderr
+    code, out = _main(observed.order_id, "--output", "json")
+    view: dict[str, Any] = json.loads(out)
+    assert code == view["exit_code"]
     return view, observed
 
 
@@ -126,7 +138,7 @@ def test_a_paid_order_exits_0_with_its_payment_and_no_holds_left(demo: Demo) -> 
 
 def test_the_table_tells_the_same_story(demo: Demo) -> None:
     observed = demo.observed["card"]
-    result = _status(demo.stack, observed.order_id)
+    result = _command(demo.stack, observed.order_id)
 
     assert result.returncode == 0, result.stderr
     text = result.stdout
@@ -192,10 +204,10 @@ def test_a_payment_made_too_late_shows_its_refund_and_is_not_paid(demo: Demo) ->
 
 
 def test_a_payment_still_waiting_exits_3_with_its_hold_counted(demo: Demo) -> None:
-    result = _status(demo.stack, demo.waiting_order, "--output", "json")
-    view = json.loads(result.stdout)
+    code, out = _main(demo.waiting_order, "--output", "json")
+    view = json.loads(out)
 
-    assert (result.returncode, view["verdict"]) == (3, "in_progress"), view["summary"]
+    assert (code, view["verdict"]) == (3, "in_progress"), view["summary"]
     [execution] = view["executions"]
     assert (execution["status"], execution["current_state"]) == ("RUNNING", "CreatePayment")
     assert view["order"]["status"] == "paying" and view["order"]["claim_state"] == "open"
@@ -206,9 +218,8 @@ def test_a_payment_still_waiting_exits_3_with_its_hold_counted(demo: Demo) -> No
 
 
 def test_an_unknown_order_exits_4_and_a_bad_id_exits_2(demo: Demo) -> None:
-    unknown = _status(demo.stack, f"ord_nobody_{uuid.uuid4().hex[:8]}", "--output", "json")
+    unknown = _command(demo.stack, f"ord_nobody_{uuid.uuid4().hex[:8]}", "--output", "json")
     assert unknown.returncode == 4, unknown.stdout + unknown.stderr
     assert json.loads(unknown.stdout)["verdict"] == "unknown"
 
-    bad = _status(demo.stack, "not an order")
-    assert bad.returncode == 2 and "not an order id" in bad.stderr
+    assert _main("not an order") == (2, "")
