@@ -25,7 +25,7 @@ import json
 from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Final, Literal, TypeVar
 
 import aiohttp
@@ -577,7 +577,10 @@ def _attempt_of(state_input: str | None) -> int:
 def _when(value: datetime | str | None) -> str | None:
     if value is None:
         return None
-    return value.isoformat() if isinstance(value, datetime) else str(value)
+    if isinstance(value, datetime):
+        # botocore gives the local time zone; UTC to the second reads the same everywhere.
+        return value.astimezone(UTC).isoformat(timespec="seconds")
+    return str(value)
 
 
 def _reason(exc: Exception) -> str:
