@@ -37,7 +37,8 @@ from pydantic import TypeAdapter, ValidationError, field_validator
 from paystep_common.clients import aws_config, aws_session, stripe_client
 from paystep_common.retry import CONTROL_PLANE, STRIPE_RECONCILE
 from paystep_common.settings import EXIT_BAD_SETTINGS, OrderTablesSettings, StripeSettings
-from statemachine import errors, metadata
+from statemachine import errors, metadata, orders
+from statemachine.executions import ENDED
 from statemachine.models import OrderId
 
 Verdict = Literal["paid", "not_paid", "in_progress", "attention", "unknown"]
@@ -52,7 +53,7 @@ EXIT_CODES: Final[Mapping[Verdict, int]] = {
 }
 EXIT_BAD_ARGUMENTS: Final = EXIT_BAD_SETTINGS
 EXIT_UNREADABLE: Final = 6
-RUNNING: Final = frozenset({"RUNNING", "PENDING_REDRIVE"})
+NOT_FOUND: Final = "NOT_FOUND"
 # https://docs.aws.amazon.com/step-functions/latest/apireference/API_GetExecutionHistory.html:
 # at most 1,000 events a page. A paystep execution rarely has 100; two pages of the newest
 # events name the current state and the last attempt of any.
@@ -111,7 +112,7 @@ class ExecutionView:
     arn: str
     name: str
     status: str
-    """Step Functions' status, or `NOT_FOUND` for an execution it no longer knows."""
+    """Step Functions' status, or `NOT_FOUND` for one it does not know (any longer)."""
     current_state: str | None
     """The state entered last (for an ended execution, the one it ended in)."""
     attempts: int
@@ -120,6 +121,10 @@ class ExecutionView:
     stopped_at: str | None
     error: str | None
     cause: str | None
+
+    @property
+    def ended(self) -> bool:
+        return self.status in ENDED
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,8 +203,10 @@ def judge(status: OrderStatus) -> None:
     """
     row, runs, intents = status.order, status.executions, status.payment_intents
     failed_refund = [e for e in runs if e.error == errors.REFUND_FAILED]
-    running = [e for e in runs if e.status in RUNNING]
-    paid_with = row.payment_intent_id if row and row.status == "paid" else None
+    # PENDING_REDRIVE (a failed execution being redriven) has not ended: it goes on.
+    running = [e for e in runs if e.status not in ENDED and e.status != NOT_FOUND]
+    holder = next((e for e in runs if row and e.arn == row.execution_id), None)
+    paid_with = row.payment_intent_id if row and row.status == orders.PAID else None
     unmatched = [p for p in intents if p.kept and p.id != paid_with]
     if failed_refund:
         status.verdict = "attention"
@@ -211,9 +218,9 @@ def judge(status: OrderStatus) -> None:
         latest = running[-1]
         status.verdict = "in_progress"
         status.summary = f"{latest.name} is {latest.status} in {latest.current_state or '?'}"
-    elif row is not None and row.status == "paying":
+    elif row is not None and row.status == orders.PAYING and (holder is None or not holder.ended):
         status.verdict = "in_progress"
-        status.summary = f"claimed by {row.execution_id or '?'}, no execution seen running"
+        status.summary = f"claimed by {row.execution_id or '?'}, not seen running"
     elif unmatched:
         status.verdict = "attention"
         money = ", ".join(f"{p.id} {p.kept} {p.currency}" for p in unmatched)
@@ -229,6 +236,9 @@ def judge(status: OrderStatus) -> None:
         last = runs[-1] if runs else None
         ended = f"{last.name} ended {last.status} {last.error or ''}".rstrip() if last else ""
         row_text = f"order row {row.status}" if row else "no order row"
+        if row is not None and row.status == orders.PAYING:
+            # An execution stopped from outside never ran its release.
+            row_text += ", claimed by an ended execution (paystep reconcile releases it)"
         status.summary = "; ".join(part for part in (ended, row_text) if part)
 
 
@@ -441,17 +451,15 @@ def render_table(status: OrderStatus) -> str:
     if row is None:
         lines.append("order row: none")
     else:
-        lines.append(
-            f"order row: {row.status}"
-            + (f", paid by {row.payment_intent_id}" if row.status == "paid" else "")
-            + (
-                f", payment {row.payment_intent_id}"
-                if row.status != "paid" and row.payment_intent_id
-                else ""
-            )
-            + (f", refund {row.refund_id}" if row.refund_id else "")
-            + (f", claim {row.claim_state} by {row.execution_id}" if row.claim_state else "")
-        )
+        parts = [row.status]
+        if row.payment_intent_id:
+            paid = "paid by" if row.status == orders.PAID else "payment"
+            parts.append(f"{paid} {row.payment_intent_id}")
+        if row.refund_id:
+            parts.append(f"refund {row.refund_id}")
+        if row.claim_state:
+            parts.append(f"claim {row.claim_state} by {row.execution_id}")
+        lines.append("order row: " + ", ".join(parts))
         holds = ", ".join(
             f"{h.sku} x{h.quantity} (stock {'-' if h.stock is None else h.stock})"
             for h in row.holds
@@ -563,7 +571,7 @@ def _payment_error(error: Any) -> PaymentError | None:
 
 
 def _unknown_execution(arn: str) -> ExecutionView:
-    return ExecutionView(arn, arn.rsplit(":", 1)[-1], "NOT_FOUND", None, 0, None, None, None, None)
+    return ExecutionView(arn, arn.rsplit(":", 1)[-1], NOT_FOUND, None, 0, None, None, None, None)
 
 
 def _attempt_of(state_input: str | None) -> int:

@@ -119,6 +119,12 @@ def test_a_claim_without_a_running_execution_is_in_progress() -> None:
     assert (status.verdict, status.exit_code) == ("in_progress", 3)
 
 
+def test_a_claim_left_by_an_ended_execution_is_not_paid_and_says_reconcile_releases_it() -> None:
+    status = _judged(order=_row("paying"), executions=[_execution("ABORTED")])
+    assert (status.verdict, status.exit_code) == ("not_paid", 1)
+    assert "paystep reconcile releases it" in status.summary
+
+
 def test_a_refund_that_failed_needs_a_person_first() -> None:
     status = _judged(
         order=_row("released"),
