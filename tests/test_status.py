@@ -23,7 +23,7 @@ import pytest
 import stripe
 from botocore.exceptions import ClientError
 
-from paystep.cli import STATUS_EXIT_CODES
+from paystep.cli import STATUS_EXIT_CODES, main
 from paystep.status import (
     EXIT_BAD_ARGUMENTS,
     EXIT_CODES,
@@ -262,3 +262,21 @@ def test_a_failing_source_is_reported_not_raised() -> None:
     assert status.exit_code == EXIT_UNREADABLE
     assert status.executions[0].error == errors.DECLINED
     assert "could not read dynamodb: AccessDeniedException" in render_table(status)
+
+
+def test_a_bad_setting_exits_2_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name, value in {
+        "PAYSTEP_STRIPE_API_KEY": "rk_test_x",
+        "PAYSTEP_ORDERS_TABLE": "orders",
+        "PAYSTEP_INVENTORY_TABLE": "inventory",
+        "PAYSTEP_STATE_MACHINE_ARN": "paystep-payment",
+    }.items():
+        monkeypatch.setenv(name, value)
+
+    with pytest.raises(SystemExit) as exited:
+        main(["status", "ord_1"])
+
+    assert exited.value.code == EXIT_BAD_ARGUMENTS
+    assert "paystep status: PAYSTEP_STATE_MACHINE_ARN: expected arn:" in capsys.readouterr().err
