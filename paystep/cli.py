@@ -13,6 +13,7 @@ import importlib
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from pydantic import ValidationError
 
@@ -20,6 +21,15 @@ from paystep_common.logging import configure_logging
 from paystep_common.settings import PaystepSettings, load_settings
 
 Handler = Callable[[argparse.Namespace], int]
+
+STATUS_EXIT_CODES: Final = """exit codes:
+  0  paid: the order's row is paid, and no other payment of it is kept
+  1  not paid: every execution ended without a payment kept
+  2  bad arguments or settings
+  3  in progress: an execution is running, or the order is claimed
+  4  unknown order: no row, no execution named after it, no PaymentIntent
+  5  a person must act: a refund failed, or money is kept that no paid order accounts for
+  6  a source could not be read (the view printed is partial)"""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -75,6 +85,22 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--execution-name", help="default: the order id")
     pay.add_argument("--wait", action="store_true", help="follow the execution to its end")
     pay.set_defaults(handler=_with_logging("pay", _pay))
+
+    status = commands.add_parser(
+        "status",
+        help="where an order's payment is: its row, executions and PaymentIntents (read only)",
+        description=(
+            "One view of an order: its row and holds (DynamoDB), every execution that "
+            "claimed it or is named after it (Step Functions) and its PaymentIntents "
+            "(Stripe). Reads only; a Stripe restricted key with read access to "
+            "PaymentIntents and Refunds is enough."
+        ),
+        epilog=STATUS_EXIT_CODES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("order_id", metavar="ORDER_ID")
+    status.add_argument("--output", choices=["table", "json"], default="table")
+    status.set_defaults(handler=_status)
 
     demo = commands.add_parser("demo", help="run sample payments on the embedded local stack")
     demo.add_argument("--workers", type=int, default=2)
@@ -181,6 +207,27 @@ def _deploy(args: argparse.Namespace) -> int:
         for key, value in result.model_dump().items():
             print(f"{key}: {value}")
     return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from paystep.status import (
+        EXIT_BAD_ARGUMENTS,
+        BadOrderId,
+        StatusSettings,
+        read_status,
+        render_json,
+        render_table,
+    )
+
+    settings = load_settings(StatusSettings, "status")
+    configure_logging(settings)
+    try:
+        status = asyncio.run(read_status(settings, args.order_id))
+    except BadOrderId as exc:
+        print(f"paystep status: {exc}", file=sys.stderr)
+        return EXIT_BAD_ARGUMENTS
+    print(render_json(status) if args.output == "json" else render_table(status))
+    return status.exit_code
 
 
 def _pay(args: argparse.Namespace) -> int:

@@ -143,6 +143,11 @@ def attempt_query(execution_id: str, attempt: int) -> str:
     )
 
 
+def order_query(order_id: str) -> str:
+    """Search query for every PaymentIntent paystep created for `order_id`, any execution."""
+    return f"metadata['{ORDER_KEY}']:'{_quote(order_id)}'"
+
+
 def ids(metadata: Mapping[str, str]) -> dict[str, str]:
     """The payment's ids in `metadata`, named for a log line (never the token)."""
     named = {"order_id": ORDER_KEY, "execution": EXECUTION_KEY, "attempt": ATTEMPT_KEY}

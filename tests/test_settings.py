@@ -18,6 +18,7 @@ import pytest
 import stripe
 from pydantic import SecretStr
 
+from paystep.status import StatusSettings
 from paystep_common.clients import stripe_client
 from paystep_common.retry import STRIPE_WORKER
 from paystep_common.settings import (
@@ -38,6 +39,7 @@ SETTINGS: Final[tuple[type[PaystepSettings], ...]] = (
     WorkerSettings,
     WebhookSettings,
     ReconcileSettings,
+    StatusSettings,
 )
 LOG_LEVEL_LINE: Final = (
     "PAYSTEP_LOG_LEVEL: should be 'debug', 'info', 'warning' or 'error', got 'verbose'"

@@ -339,6 +339,25 @@ def test_reconcile_role_answers_tasks_asks_for_checks_and_releases_holds(
     }
 
 
+def test_status_policy_only_reads_one_order_and_this_machine_s_executions(
+    template: dict[str, Any],
+) -> None:
+    policy = template["Resources"]["StatusReadPolicy"]
+    assert policy["Type"] == "AWS::IAM::ManagedPolicy"
+    granted: dict[str, Any] = {}
+    for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+        assert statement["Effect"] == "Allow"
+        value = statement["Action"]
+        for action in [value] if isinstance(value, str) else value:
+            granted[action] = statement["Resource"]
+    assert granted == {
+        "dynamodb:GetItem": [ORDERS_TABLE, {"Fn::GetAtt": ["InventoryTable", "Arn"]}],
+        "states:DescribeExecution": MACHINE_EXECUTIONS,
+        "states:GetExecutionHistory": MACHINE_EXECUTIONS,
+    }
+    assert template["Outputs"]["StatusReadPolicyArn"]["Value"] == {"Ref": "StatusReadPolicy"}
+
+
 def test_token_keys_secret_comes_from_a_no_echo_parameter(template: dict[str, Any]) -> None:
     [(name, secret)] = resources(template, "AWS::SecretsManager::Secret").items()
     properties = secret["Properties"]

@@ -25,6 +25,7 @@ from statemachine.metadata import (
     TOKEN_PARTS_KEY,
     MetadataError,
     attempt_query,
+    order_query,
     payment_intent_metadata,
     read_token,
 )
@@ -135,3 +136,8 @@ def test_the_search_query_escapes_quotes_and_backslashes() -> None:
     assert attempt_query("a'b\\c", 2) == (
         "metadata['paystep_execution']:'a\\'b\\\\c' AND metadata['paystep_attempt']:'2'"
     )
+
+
+def test_the_order_query_finds_every_attempt_of_the_order_escaped_alike() -> None:
+    assert order_query("ord_1") == "metadata['order_id']:'ord_1'"
+    assert order_query("a'b\\c") == "metadata['order_id']:'a\\'b\\\\c'"
