@@ -61,6 +61,38 @@ def alert_resource_name(error: ContractError) -> str:
     return "Alert" + re.sub(r"[^A-Za-z0-9]", "", error.name)
 
 
+def failure_rule(
+    description: str, error: str | dict[str, Any], message: str, paths: dict[str, str]
+) -> dict[str, Any]:
+    """Every execution of the state machine that fails with an error `error` matches, to
+    the alarm topic as `message` (its `<name>`s filled from the event's `paths`)."""
+    return {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Description": description,
+            "EventPattern": {
+                "source": ["aws.states"],
+                "detail-type": [STATUS_CHANGE],
+                "detail": {
+                    "status": ["FAILED"],
+                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
+                    "error": [error],
+                },
+            },
+            "Targets": [
+                {
+                    "Id": "alarm-topic",
+                    "Arn": {"Ref": ALARM_TOPIC},
+                    "InputTransformer": {
+                        "InputPathsMap": paths,
+                        "InputTemplate": json.dumps(message),
+                    },
+                }
+            ],
+        },
+    }
+
+
 def alert_rule(error: ContractError) -> dict[str, Any]:
     """Every execution of the state machine that fails with `error`, to the alarm topic.
 
@@ -75,31 +107,12 @@ def alert_rule(error: ContractError) -> dict[str, Any]:
         f"{error.name}: {error.when}. Execution <execution> "
         "(aws stepfunctions describe-execution --execution-arn <execution>)."
     )
-    return {
-        "Type": "AWS::Events::Rule",
-        "Properties": {
-            "Description": f"Executions that fail with {error.name}: a person must act.",
-            "EventPattern": {
-                "source": ["aws.states"],
-                "detail-type": [STATUS_CHANGE],
-                "detail": {
-                    "status": ["FAILED"],
-                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
-                    "error": [error.name],
-                },
-            },
-            "Targets": [
-                {
-                    "Id": "alarm-topic",
-                    "Arn": {"Ref": ALARM_TOPIC},
-                    "InputTransformer": {
-                        "InputPathsMap": {"execution": "$.detail.executionArn"},
-                        "InputTemplate": json.dumps(message),
-                    },
-                }
-            ],
-        },
-    }
+    return failure_rule(
+        f"Executions that fail with {error.name}: a person must act.",
+        error.name,
+        message,
+        {"execution": "$.detail.executionArn"},
+    )
 
 
 def unexpected_failure_rule() -> dict[str, Any]:
@@ -114,34 +127,12 @@ def unexpected_failure_rule() -> dict[str, Any]:
         "(statemachine/errors.py): a bug or a broken integration. "
         "aws stepfunctions describe-execution --execution-arn <execution>"
     )
-    return {
-        "Type": "AWS::Events::Rule",
-        "Properties": {
-            "Description": "Executions that fail with an error outside the contract: a bug.",
-            "EventPattern": {
-                "source": ["aws.states"],
-                "detail-type": [STATUS_CHANGE],
-                "detail": {
-                    "status": ["FAILED"],
-                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
-                    "error": [{"anything-but": sorted(error.name for error in ERRORS)}],
-                },
-            },
-            "Targets": [
-                {
-                    "Id": "alarm-topic",
-                    "Arn": {"Ref": ALARM_TOPIC},
-                    "InputTransformer": {
-                        "InputPathsMap": {
-                            "execution": "$.detail.executionArn",
-                            "error": "$.detail.error",
-                        },
-                        "InputTemplate": json.dumps(message),
-                    },
-                }
-            ],
-        },
-    }
+    return failure_rule(
+        "Executions that fail with an error outside the contract: a bug.",
+        {"anything-but": sorted(error.name for error in ERRORS)},
+        message,
+        {"execution": "$.detail.executionArn", "error": "$.detail.error"},
+    )
 
 
 @dataclass(frozen=True)

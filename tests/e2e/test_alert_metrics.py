@@ -101,6 +101,16 @@ def _metric(process: ManagedProcess, name: str, **labels: str) -> float:
     return metric(scrape(process.urls["metrics"]), name, default=0, **labels)
 
 
+def _counted_once_more(process: ManagedProcess, before: float, name: str, **labels: str) -> None:
+    """Wait until the breakage is counted: `name{labels}` reaches `before + 1`."""
+    eventually(
+        lambda: _metric(process, name, **labels),
+        until=lambda now: now == before + 1,
+        timeout_s=60,
+        what=f"{name}{labels} counted once more",
+    )
+
+
 def _webhook(stack: LocalStack) -> ManagedProcess:
     [webhook] = stack.services("webhook")
     return webhook
@@ -124,12 +134,7 @@ def test_a_late_payment_moves_the_orphan_count(stack: LocalStack, worker: Manage
 
     _pay_after_the_execution_failed(stack)
 
-    eventually(
-        lambda: _metric(worker, "paystep_orphan_payments_total", outcome="refunded"),
-        until=lambda refunded: refunded == before + 1,
-        timeout_s=60,
-        what="the late payment counted as a refunded orphan",
-    )
+    _counted_once_more(worker, before, "paystep_orphan_payments_total", outcome="refunded")
     assert _metric(worker, "paystep_worker_refunds_refused_total") == 0
 
 
@@ -141,11 +146,8 @@ def test_a_refund_stripe_refuses_moves_the_refused_count(
     try:
         _pay_after_the_execution_failed(stack)
 
-        eventually(
-            lambda: _metric(worker, "paystep_worker_refunds_refused_total", task="check_payment"),
-            until=lambda refused: refused == before + 1,
-            timeout_s=60,
-            what="the refused refund counted",
+        _counted_once_more(
+            worker, before, "paystep_worker_refunds_refused_total", task="check_payment"
         )
     finally:
         stripe_for_worker.refusing.clear()

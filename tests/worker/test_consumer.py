@@ -68,8 +68,9 @@ def consumer(
     grace_s: float = 5.0,
     visibility_timeout_s: int = 30,
     wait_s: int = 1,
+    metrics: Metrics | None = None,
 ) -> Consumer:
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     queue = TaskQueue(
         sqs,
         sqs.url,
@@ -241,8 +242,8 @@ def refund_body() -> str:
     )
 
 
-def refused(worker: Consumer, task: str) -> float:
-    text = generate_latest(worker._metrics.registry).decode()
+def refused(metrics: Metrics, task: str) -> float:
+    text = generate_latest(metrics.registry).decode()
     return metric(text, "paystep_worker_refunds_refused_total", default=0, task=task)
 
 
@@ -251,23 +252,24 @@ async def test_a_refund_stripe_refuses_for_good_is_counted_for_a_person() -> Non
     sqs.send(refund_body())
     refusal = stripe.InvalidRequestError("charge disputed", None, code="charge_disputed")
     refusal.http_status = 400
-    callbacks = RecordingCallbacks()
-    worker = consumer(sqs, failing(refusal), callbacks=callbacks)
+    callbacks, metrics = RecordingCallbacks(), Metrics()
+    worker = consumer(sqs, failing(refusal), callbacks=callbacks, metrics=metrics)
 
     await run_until(worker, lambda: sqs.deleted)
 
     assert [error for error, _ in callbacks.failures] == [errors.REJECTED]
-    assert refused(worker, "refund_payment") == 1
+    assert refused(metrics, "refund_payment") == 1
 
 
 async def test_a_refund_stripe_may_take_later_is_retried_not_counted() -> None:
     sqs = MemorySqs()
     sqs.send(refund_body())
-    worker = consumer(sqs, failing(stripe.RateLimitError("slow down", http_status=429)))
+    metrics = Metrics()
+    limited = failing(stripe.RateLimitError("slow down", http_status=429))
 
-    await run_until(worker, lambda: sqs.visibility)
+    await run_until(consumer(sqs, limited, metrics=metrics), lambda: sqs.visibility)
 
-    assert refused(worker, "refund_payment") == 0
+    assert refused(metrics, "refund_payment") == 0
 
 
 async def test_a_failure_step_functions_did_not_take_is_retried() -> None:
