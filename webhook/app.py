@@ -22,6 +22,7 @@ from typing import Any, Final
 import structlog
 from aiobotocore.config import AioConfig
 from aiohttp import web
+from aiohttp.typedefs import Handler, Middleware
 
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import CALLBACKS_WEBHOOK
@@ -61,15 +62,41 @@ def create_app(
 ) -> web.Application:
     """The webhook app; the aioboto3 `stepfunctions`, `sqs`, `sns` and `dynamodb` clients
     are opened if None."""
-    app = web.Application(client_max_size=settings.webhook_max_body_bytes)
+    metrics = metrics or WebhookMetrics.create()
+    app = web.Application(
+        client_max_size=settings.webhook_max_body_bytes, middlewares=[_count_responses(metrics)]
+    )
     app[SETTINGS] = settings
-    app[METRICS] = metrics or WebhookMetrics.create()
+    app[METRICS] = metrics
     app[READER] = TokenReader.from_settings(settings)
     app.cleanup_ctx.append(_aws_clients(sfn_client, sqs_client, sns_client, dynamodb_client))
     app.router.add_post(WEBHOOK_PATH, receive_event)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
+
+
+def _count_responses(metrics: WebhookMetrics) -> Middleware:
+    """Count each answer to a delivery by its status, raised ones (413, 405) included:
+    Stripe redelivers on anything but a 2xx, so the mix says what Stripe sees."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path != WEBHOOK_PATH:
+            return await handler(request)
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            metrics.responses.labels(str(exc.status)).inc()
+            raise
+        except Exception:
+            # aiohttp answers 500 for an exception that escapes the handler.
+            metrics.responses.labels("500").inc()
+            raise
+        metrics.responses.labels(str(response.status)).inc()
+        return response
+
+    return middleware
 
 
 def sfn_config(settings: WebhookSettings) -> AioConfig:
@@ -114,7 +141,10 @@ def _aws_clients(
                 ddb = await stack.enter_async_context(
                     aws_session().client("dynamodb", config=sfn_config(settings))
                 )
-            app[CALLBACKS] = Callbacks(sfn)
+            failures = app[METRICS].callback_failures
+            app[CALLBACKS] = Callbacks(
+                sfn, on_failure=lambda action, code: failures.labels(action, code).inc()
+            )
             app[BUDGET] = CardBudget(ddb, settings.card_attempts_table, settings.budgets)
             app[NOTICES] = TopicNotices(sns, settings.notifications_topic_arn)
             app[CHECKS] = QueueChecks(sqs, settings.queue_url)

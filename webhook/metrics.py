@@ -9,6 +9,7 @@ from typing import Final
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from paystep_common.metrics import callback_failures
 from webhook.mapping import EVENT_TABLE
 
 # Callbacks are one Step Functions call: milliseconds normally, seconds when throttled.
@@ -32,6 +33,8 @@ class WebhookMetrics:
     mismatches: Counter
     api_versions: Counter
     payment_checks: Counter
+    responses: Counter
+    callback_failures: Counter
     _versions_seen: set[str] = field(default_factory=set)
 
     @classmethod
@@ -88,6 +91,14 @@ class WebhookMetrics:
                 "keep or refund.",
                 registry=registry,
             ),
+            responses=Counter(
+                "paystep_webhook_responses",
+                "Answers to Stripe's deliveries, by HTTP status code (Stripe retries any "
+                "answer but a 2xx).",
+                ["status"],
+                registry=registry,
+            ),
+            callback_failures=callback_failures(registry),
         )
 
     def observe_api_version(self, api_version: str | None) -> None:

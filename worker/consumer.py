@@ -46,7 +46,7 @@ import structlog
 from paystep_common.logging import token_hash
 from statemachine import errors
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
-from statemachine.models import Task, WaitingTask
+from statemachine.models import RefundPaymentTask, Task, WaitingTask
 from worker.classify import DeadLetter, FailTask, Retry, RetryPolicy
 from worker.leases import Leases
 from worker.messages import decode
@@ -274,6 +274,10 @@ class Consumer:
             cause=cause,
             already_closed=result is CallbackResult.ALREADY_CLOSED,
         )
+        if isinstance(task, RefundPaymentTask):
+            # Stripe refused it for good (the classifier retries what a retry can change):
+            # the execution ends Payment.RefundFailed and the money stays with us.
+            self._metrics.refunds_refused.labels(task.type).inc()
         self._delete(message)
         return FAILURE_OUTCOMES.get(error, "failed")
 

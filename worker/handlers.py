@@ -361,6 +361,7 @@ class Handlers:
                 return "already_refunded"
             # Stripe will not refund it (a dispute, a balance too low): a person must.
             self.metrics.orphans.labels("refund_failed").inc()
+            self.metrics.refunds_refused.labels(task.type).inc()
             await self.alerts.publish(
                 refunding.alert(
                     "refund_failed",

@@ -93,7 +93,10 @@ async def run(settings: WorkerSettings) -> int:
             * settings.worker_stripe_share,
             on_change=lambda limiter, rate: metrics.stripe_rate.labels(limiter).set(rate),
         )
-        callbacks = Callbacks(sfn)
+        failures = metrics.callback_failures
+        callbacks = Callbacks(
+            sfn, on_failure=lambda action, code: failures.labels(action, code).inc()
+        )
         queue = TaskQueue(
             sqs,
             settings.queue_url,

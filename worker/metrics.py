@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from paystep_common.metrics import callback_failures
+
 STRIPE_LATENCY_BUCKETS_S = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -40,6 +42,14 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.refunds_refused = Counter(
+            "paystep_worker_refunds_refused",
+            "Refunds Stripe refused (a dispute, a balance too low), by task: money kept for "
+            "an order that does not keep it, until a person acts.",
+            ["task"],
+            registry=r,
+        )
+        self.callback_failures = callback_failures(r)
         self.stripe_throttled = Counter(
             "paystep_worker_stripe_throttled", "Stripe calls answered 429.", registry=r
         )

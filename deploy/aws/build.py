@@ -6,8 +6,9 @@ a `DefinitionString: !Sub` string), between two marker comments; its `${...}`
 placeholders are filled by `DefinitionSubstitutions` at deploy time.
 
 `statemachine/errors.py` is the one list of the errors an execution ends with. From
-it come the README's table of them and, for each error a person must act on, an
-EventBridge rule that sends every such failure to the alarm topic.
+it come the README's table of them and the alerts of the alarm topic: an EventBridge
+rule for each error a person must act on, one for a failure with an error outside
+the list (a bug), and CloudWatch alarms on executions that time out or are stopped.
 
     python deploy/aws/build.py           # rewrite the generated blocks
     python deploy/aws/build.py --check   # exit 1 if one is out of date (CI)
@@ -35,6 +36,8 @@ README: Final = REPO / "README.md"
 STATE_MACHINE: Final = "PaymentStateMachine"
 ALARM_TOPIC: Final = "AlarmTopic"
 ALERT_TOPIC_POLICY: Final = "ErrorAlertsTopicPolicy"
+UNEXPECTED_FAILURE: Final = "AlertUnexpectedFailure"
+STATUS_CHANGE: Final = "Step Functions Execution Status Change"
 
 
 def as_yaml(document: dict[str, Any], indent: int) -> str:
@@ -58,6 +61,38 @@ def alert_resource_name(error: ContractError) -> str:
     return "Alert" + re.sub(r"[^A-Za-z0-9]", "", error.name)
 
 
+def failure_rule(
+    description: str, error: str | dict[str, Any], message: str, paths: dict[str, str]
+) -> dict[str, Any]:
+    """Every execution of the state machine that fails with an error `error` matches, to
+    the alarm topic as `message` (its `<name>`s filled from the event's `paths`)."""
+    return {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Description": description,
+            "EventPattern": {
+                "source": ["aws.states"],
+                "detail-type": [STATUS_CHANGE],
+                "detail": {
+                    "status": ["FAILED"],
+                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
+                    "error": [error],
+                },
+            },
+            "Targets": [
+                {
+                    "Id": "alarm-topic",
+                    "Arn": {"Ref": ALARM_TOPIC},
+                    "InputTransformer": {
+                        "InputPathsMap": paths,
+                        "InputTemplate": json.dumps(message),
+                    },
+                }
+            ],
+        },
+    }
+
+
 def alert_rule(error: ContractError) -> dict[str, Any]:
     """Every execution of the state machine that fails with `error`, to the alarm topic.
 
@@ -72,29 +107,86 @@ def alert_rule(error: ContractError) -> dict[str, Any]:
         f"{error.name}: {error.when}. Execution <execution> "
         "(aws stepfunctions describe-execution --execution-arn <execution>)."
     )
+    return failure_rule(
+        f"Executions that fail with {error.name}: a person must act.",
+        error.name,
+        message,
+        {"execution": "$.detail.executionArn"},
+    )
+
+
+def unexpected_failure_rule() -> dict[str, Any]:
+    """Every failure whose error is not in the contract: a state the definition does not
+    catch (`States.Runtime`, `States.TaskFailed`, ...), so a bug or a broken integration.
+
+    `anything-but` with a list matches a value that is none of them.
+    https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-create-pattern-operators.html
+    """
+    message = (
+        "Execution <execution> failed with <error>, an error outside the contract "
+        "(statemachine/errors.py): a bug or a broken integration. "
+        "aws stepfunctions describe-execution --execution-arn <execution>"
+    )
+    return failure_rule(
+        "Executions that fail with an error outside the contract: a bug.",
+        {"anything-but": sorted(error.name for error in ERRORS)},
+        message,
+        {"execution": "$.detail.executionArn", "error": "$.detail.error"},
+    )
+
+
+@dataclass(frozen=True)
+class ExecutionAlarm:
+    """A CloudWatch alarm on one of the state machine's execution metrics (AWS/States)."""
+
+    resource: str
+    metric: str
+    name: str
+    """The alarm's name after the stack's `Name-` (the topic policy admits those)."""
+    description: str
+
+
+EXECUTION_ALARMS: Final = (
+    ExecutionAlarm(
+        "ExecutionsTimedOutAlarm",
+        "ExecutionsTimedOut",
+        "executions-timed-out",
+        "An execution ran past its time limit and ended without its cleanup (stock held, "
+        "a payment possibly taken): reconcile releases holds and refunds orphans; find out "
+        "why it ran that long.",
+    ),
+    ExecutionAlarm(
+        "ExecutionsAbortedAlarm",
+        "ExecutionsAborted",
+        "executions-aborted",
+        "An execution was stopped (StopExecution) and ended without its cleanup: reconcile "
+        "releases its hold and refunds a payment it took; check who stops executions.",
+    ),
+)
+"""Every failure is a FAILED execution with an error (the rules above): most are ordinary
+outcomes (a declined card), so ExecutionsFailed alone would page for each. A timeout or a
+stop skips the definition's own ending; none is expected.
+https://docs.aws.amazon.com/step-functions/latest/dg/procedure-cw-metrics.html"""
+
+
+def execution_alarm(alarm: ExecutionAlarm) -> dict[str, Any]:
     return {
-        "Type": "AWS::Events::Rule",
+        "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
-            "Description": f"Executions that fail with {error.name}: a person must act.",
-            "EventPattern": {
-                "source": ["aws.states"],
-                "detail-type": ["Step Functions Execution Status Change"],
-                "detail": {
-                    "status": ["FAILED"],
-                    "stateMachineArn": [{"Ref": STATE_MACHINE}],
-                    "error": [error.name],
-                },
-            },
-            "Targets": [
-                {
-                    "Id": "alarm-topic",
-                    "Arn": {"Ref": ALARM_TOPIC},
-                    "InputTransformer": {
-                        "InputPathsMap": {"execution": "$.detail.executionArn"},
-                        "InputTemplate": json.dumps(message),
-                    },
-                }
-            ],
+            "AlarmName": {"Fn::Sub": f"${{Name}}-{alarm.name}"},
+            "AlarmDescription": alarm.description,
+            "Namespace": "AWS/States",
+            "MetricName": alarm.metric,
+            "Dimensions": [{"Name": "StateMachineArn", "Value": {"Ref": STATE_MACHINE}}],
+            "Statistic": "Sum",
+            "Period": 300,
+            "EvaluationPeriods": 1,
+            "Threshold": 0,
+            "ComparisonOperator": "GreaterThanThreshold",
+            # No execution ended that way in the period: the metric has no data point.
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [{"Ref": ALARM_TOPIC}],
+            "OKActions": [{"Ref": ALARM_TOPIC}],
         },
     }
 
@@ -144,9 +236,11 @@ def alerts_topic_policy(rules: Sequence[str]) -> dict[str, Any]:
 def alerts_block(indent: int) -> str:
     """The alert resources, indented to sit under `Resources:`."""
     rules = {alert_resource_name(error): alert_rule(error) for error in ERRORS if error.alert}
-    if not rules:
-        return ""
-    return as_yaml({**rules, ALERT_TOPIC_POLICY: alerts_topic_policy(list(rules))}, indent)
+    rules[UNEXPECTED_FAILURE] = unexpected_failure_rule()
+    alarms = {alarm.resource: execution_alarm(alarm) for alarm in EXECUTION_ALARMS}
+    return as_yaml(
+        {**rules, **alarms, ALERT_TOPIC_POLICY: alerts_topic_policy(list(rules))}, indent
+    )
 
 
 def errors_table(indent: int) -> str:

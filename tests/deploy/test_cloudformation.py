@@ -119,6 +119,7 @@ def test_each_alert_error_notifies_the_alarm_topic(template: dict[str, Any]) -> 
         error: name
         for name, rule in rules.items()
         for error in rule["Properties"]["EventPattern"]["detail"]["error"]
+        if isinstance(error, str)
     }
     assert set(by_error) == {error.name for error in errors.ERRORS if error.alert}
     assert errors.REFUND_FAILED in by_error
@@ -142,6 +143,46 @@ def test_each_alert_error_notifies_the_alarm_topic(template: dict[str, Any]) -> 
     assert "cloudwatch.amazonaws.com" in by_service
 
 
+def test_a_failure_outside_the_contract_notifies_the_alarm_topic(
+    template: dict[str, Any],
+) -> None:
+    """EventBridge `anything-but` with a list matches a value that is none of them
+    (https://docs.aws.amazon.com/eventbridge/latest/userguide/eb-create-pattern-operators.html):
+    every error the contract does not name, and none it does."""
+    rule = resources(template, "AWS::Events::Rule")["AlertUnexpectedFailure"]["Properties"]
+    detail = rule["EventPattern"]["detail"]
+    assert detail["status"] == ["FAILED"]
+    [matcher] = detail["error"]
+    assert set(matcher["anything-but"]) == errors.CONTRACT_ERRORS
+    [target] = rule["Targets"]
+    assert target["InputTransformer"]["InputPathsMap"]["error"] == "$.detail.error"
+
+
+@pytest.mark.parametrize("metric", ["ExecutionsTimedOut", "ExecutionsAborted"])
+def test_executions_that_time_out_or_are_stopped_raise_an_alarm(
+    template: dict[str, Any], metric: str
+) -> None:
+    """AWS/States execution metrics, per state machine (dimension StateMachineArn):
+    https://docs.aws.amazon.com/step-functions/latest/dg/procedure-cw-metrics.html"""
+    [alarm] = [
+        alarm["Properties"]
+        for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
+        if alarm["Properties"]["MetricName"] == metric
+    ]
+    assert alarm["Namespace"] == "AWS/States"
+    assert alarm["Dimensions"] == [
+        {"Name": "StateMachineArn", "Value": {"Ref": "PaymentStateMachine"}}
+    ]
+    assert (alarm["Statistic"], alarm["Threshold"], alarm["ComparisonOperator"]) == (
+        "Sum",
+        0,
+        "GreaterThanThreshold",
+    )
+    assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
+    # The topic policy admits the stack's own alarms by name.
+    assert alarm["AlarmName"]["Fn::Sub"].startswith("${Name}-")
+
+
 @pytest.mark.parametrize("alert", [False, True])
 def test_generator_reports_a_new_error_as_drift(
     build: ModuleType, monkeypatch: pytest.MonkeyPatch, alert: bool
@@ -151,7 +192,9 @@ def test_generator_reports_a_new_error_as_drift(
     assert build.main(["--check"]) == 1
     readme, alerts = build.BLOCKS[2], build.BLOCKS[1]
     assert "| `Payment.Disputed` | the customer disputed it |" in readme.render(0)
-    assert ("Payment.Disputed" in alerts.render(2)) is alert
+    assert ("AlertPaymentDisputed:" in alerts.render(2)) is alert
+    # Whichever it is, a failure with it is no longer unexpected.
+    assert "- Payment.Disputed" in alerts.render(2)
 
 
 def test_queues_match_paystep_deploy(template: dict[str, Any]) -> None:

@@ -46,8 +46,18 @@ STATE_MACHINE_ARN: Final = re.compile(
 KEDA_SCHEMAS: Final = Path(__file__).resolve().parent / "schemas" / "keda"
 
 
+def config_map(docs: list[Manifest]) -> Manifest:
+    """The settings every process reads (the generated `paystep-config-<hash>`)."""
+    [config] = [
+        doc
+        for doc in by_kind(docs, "ConfigMap")
+        if doc["metadata"]["name"].startswith("paystep-config-")
+    ]
+    return config
+
+
 def config_of(docs: list[Manifest]) -> dict[str, str]:
-    data: dict[str, str] = one(docs, "ConfigMap")["data"]
+    data: dict[str, str] = config_map(docs)["data"]
     return data
 
 
@@ -262,7 +272,7 @@ def test_the_worker_drains_before_kubernetes_kills_it(
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_pods_are_locked_down(overlay: str, manifests: dict[str, list[Manifest]]) -> None:
     docs = manifests[overlay]
-    config_name = one(docs, "ConfigMap")["metadata"]["name"]
+    config_name = config_map(docs)["metadata"]["name"]
     assert {
         found["metadata"]["labels"]["app.kubernetes.io/component"] for found in workloads(docs)
     } == set(WORKLOADS)

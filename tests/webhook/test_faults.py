@@ -71,6 +71,12 @@ async def test_throttling_answers_503_and_the_redelivery_resumes_the_execution(
         )
         == 1
     )
+    assert (
+        webhook.metric(
+            "paystep_callback_failures_total", action="succeed", code="ThrottlingException"
+        ),
+        webhook.metric("paystep_webhook_responses_total", status="503"),
+    ) == (1, 1)
 
     # Stripe delivers the same event again later, signed anew.
     status, answer = await webhook.deliver(evt)
@@ -124,6 +130,12 @@ async def test_access_denied_on_our_own_state_machine_answers_503_not_2xx(
 
     assert (status, answer) == (503, {"error": "step_functions_unavailable"})
     assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
+    assert (
+        webhook.metric(
+            "paystep_callback_failures_total", action="succeed", code="AccessDeniedException"
+        )
+        == 1
+    )
 
 
 async def test_readyz_fails_while_step_functions_cannot_be_reached(

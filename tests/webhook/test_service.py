@@ -67,6 +67,9 @@ async def test_succeeded_resumes_the_execution_with_the_payment(
         )
         == 1
     )
+    # Only deliveries are answers Stripe sees: the probes are not counted.
+    assert (await webhook.client.get("/healthz")).status == 200
+    assert webhook.metric("paystep_webhook_responses_total", status="200") == 1
 
 
 async def test_payment_failed_fails_the_execution_as_declined_with_stripes_reason(
@@ -419,6 +422,7 @@ async def test_a_bad_signature_is_refused_and_changes_nothing(
         )
         == 1
     )
+    assert webhook.metric("paystep_webhook_responses_total", status="400") == 1
     # The token was not used: the genuine delivery still resumes the execution.
     status, answer = await webhook.deliver(good)
     assert (status, answer["outcome"]) == (200, "delivered")

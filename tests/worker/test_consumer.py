@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import stripe
+from prometheus_client import generate_latest
 
 from paystep_local.memory_sqs import MemorySqs
+from paystep_local.prometheus import metric
 from statemachine import causes, errors
 from statemachine.callbacks import CallbackError, CallbackResult
 from statemachine.models import Task
@@ -66,8 +68,9 @@ def consumer(
     grace_s: float = 5.0,
     visibility_timeout_s: int = 30,
     wait_s: int = 1,
+    metrics: Metrics | None = None,
 ) -> Consumer:
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     queue = TaskQueue(
         sqs,
         sqs.url,
@@ -225,6 +228,48 @@ async def test_task_failure_is_reported_then_deleted() -> None:
     handler = failing(TaskFailure(causes.invalid_input("amount: Input should be greater than 0")))
     await run_until(consumer(sqs, handler, callbacks=callbacks), lambda: sqs.deleted)
     assert callbacks.failures == [(errors.INVALID_INPUT, "amount: Input should be greater than 0")]
+
+
+def refund_body() -> str:
+    return json.dumps(
+        {
+            "type": "refund_payment",
+            "task_token": "token-refund",
+            "execution_id": "arn:aws:states:us-east-1:1:execution:m:refund",
+            "order_id": "o-refund",
+            "payment_intent_id": "pi_refused",
+        }
+    )
+
+
+def refused(metrics: Metrics, task: str) -> float:
+    text = generate_latest(metrics.registry).decode()
+    return metric(text, "paystep_worker_refunds_refused_total", default=0, task=task)
+
+
+async def test_a_refund_stripe_refuses_for_good_is_counted_for_a_person() -> None:
+    sqs = MemorySqs()
+    sqs.send(refund_body())
+    refusal = stripe.InvalidRequestError("charge disputed", None, code="charge_disputed")
+    refusal.http_status = 400
+    callbacks, metrics = RecordingCallbacks(), Metrics()
+    worker = consumer(sqs, failing(refusal), callbacks=callbacks, metrics=metrics)
+
+    await run_until(worker, lambda: sqs.deleted)
+
+    assert [error for error, _ in callbacks.failures] == [errors.REJECTED]
+    assert refused(metrics, "refund_payment") == 1
+
+
+async def test_a_refund_stripe_may_take_later_is_retried_not_counted() -> None:
+    sqs = MemorySqs()
+    sqs.send(refund_body())
+    metrics = Metrics()
+    limited = failing(stripe.RateLimitError("slow down", http_status=429))
+
+    await run_until(consumer(sqs, limited, metrics=metrics), lambda: sqs.visibility)
+
+    assert refused(metrics, "refund_payment") == 0
 
 
 async def test_a_failure_step_functions_did_not_take_is_retried() -> None:

@@ -313,6 +313,8 @@ async def test_a_refund_stripe_refuses_is_an_alert_for_a_person(
     )
     assert alert.error
     assert _orphans(handlers, "refund_failed") == 1
+    text = generate_latest(handlers.metrics.registry).decode()
+    assert metric(text, "paystep_worker_refunds_refused_total", task="check_payment") == 1
 
 
 async def test_a_refund_whose_alert_was_never_sent_gets_it_when_found(
