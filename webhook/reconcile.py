@@ -45,10 +45,10 @@ import asyncio
 import re
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 import stripe
 import structlog
@@ -64,7 +64,7 @@ from statemachine import metadata
 from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.card_budget import CardBudget
 from statemachine.executions import Executions, NoSuchExecution
-from statemachine.orders import Claim, Orders
+from statemachine.orders import Claim, Orders, Released
 from webhook.call_rates import Call, CallRates
 from webhook.checkpoint import CheckpointStore, Memory, task_key
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
@@ -203,6 +203,22 @@ class PacedCallbacks(Callbacks):
         return await super()._send(operation, **params)
 
 
+class Claims(Protocol):
+    """The open claims and their release (`statemachine.orders.Orders`)."""
+
+    def open_claims(self) -> AsyncIterator[Claim]: ...
+
+    async def release(self, execution_id: str, order_id: str) -> Released | None: ...
+
+
+class Checkpoints(Protocol):
+    """Where the checkpoint and the memory of tasks live (`webhook.checkpoint`)."""
+
+    async def load(self) -> Memory: ...
+
+    async def save(self, memory: Memory) -> None: ...
+
+
 @dataclass
 class Services:
     """What a run calls, created once per process (or faked by a test or the benchmark)."""
@@ -210,8 +226,8 @@ class Services:
     stripe: stripe.StripeClient
     sfn: Any
     callbacks: Callbacks
-    orders: Orders
-    checkpoints: CheckpointStore
+    orders: Claims
+    checkpoints: Checkpoints
     checks: PaymentChecks
     notices: CustomerNotices
     budget: DeclineCounter
@@ -515,23 +531,15 @@ async def reconcile_with(
     since_ts = window_start(settings, since_s, memory.checkpoint, now)
     run = Run(services, memory, summary, now, dry_run, heartbeat,
               settings.reconcile_heartbeat_every_s, settings.reconcile_concurrency)  # fmt: skip
-    whole = True
-    try:
-        events = await list_events(services.stripe, since_ts, list(EVENT_TABLE), services.rates)
-    except stripe.StripeError as exc:
-        summary.errors += 1
-        log.error("reconcile.list_failed", error=str(exc))
-        events, whole = [], False
+    # The listings draw on separate quotas: they run side by side.
+    (events, whole), listed = await asyncio.gather(
+        _events(services, since_ts, summary), _executions(services, since_ts, summary)
+    )
     summary.events_seen = len(events)
-    machine = services.reader.state_machine_arn
-    try:
-        run.running = await running_executions(services.sfn, machine, services.rates)
-        run.statuses = await statuses_since(services.sfn, machine, since_ts, services.rates)
-    except (ClientError, BotoCoreError) as exc:
+    if listed is None:
         # Without the running executions nothing can tell an open task from a closed one.
-        summary.errors += 1
-        log.error("reconcile.executions_list_failed", error=str(exc))
         return summary
+    run.running, run.statuses = listed
     summary.running = len(run.running)
     log.info("reconcile.listed", events=len(events), since_ts=since_ts, running=len(run.running))
     await run.act(events)
@@ -558,8 +566,36 @@ async def reconcile_with(
     return summary
 
 
+async def _events(
+    services: Services, since_ts: int, summary: Summary
+) -> tuple[list[StripeEvent], bool]:
+    """The window's events, and whether the listing was whole."""
+    try:
+        events = await list_events(services.stripe, since_ts, list(EVENT_TABLE), services.rates)
+    except stripe.StripeError as exc:
+        summary.errors += 1
+        log.error("reconcile.list_failed", error=str(exc))
+        return [], False
+    return events, True
+
+
+async def _executions(
+    services: Services, since_ts: int, summary: Summary
+) -> tuple[set[str], dict[str, str]] | None:
+    """The executions still running, and the statuses of those started in the window."""
+    machine = services.reader.state_machine_arn
+    try:
+        running = await running_executions(services.sfn, machine, services.rates)
+        statuses = await statuses_since(services.sfn, machine, since_ts, services.rates)
+    except (ClientError, BotoCoreError) as exc:
+        summary.errors += 1
+        log.error("reconcile.executions_list_failed", error=str(exc))
+        return None
+    return running, statuses
+
+
 async def release_ended_claims(
-    orders: Orders,
+    orders: Claims,
     executions: Executions,
     summary: Summary,
     *,
@@ -597,7 +633,7 @@ async def release_ended_claims(
 
 
 async def _release_if_ended(
-    claim: Claim, orders: Orders, executions: Executions, summary: Summary, *, dry_run: bool
+    claim: Claim, orders: Claims, executions: Executions, summary: Summary, *, dry_run: bool
 ) -> None:
     bound = log.bind(order_id=claim.order_id, execution=claim.execution_id,
                      claimed_at=claim.claimed_at)  # fmt: skip
