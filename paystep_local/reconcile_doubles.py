@@ -100,13 +100,21 @@ class Payments:
     intents: list[dict[str, Any]] = field(default_factory=list)
 
     def add(
-        self, *, status: str, pi_status: str, created: int, attempt: int = 1, amount: int = 1999
+        self,
+        *,
+        status: str,
+        pi_status: str,
+        created: int,
+        attempt: int = 1,
+        amount: int = 1999,
+        token: str | None = None,
     ) -> tuple[str, str]:
         """One execution (`status`) whose attempt's PaymentIntent is `pi_status`; its ARN and
-        the PaymentIntent's id."""
+        the PaymentIntent's id. A `token` starting `closed-` is one the fake says is closed."""
         name = "ord_" + secrets.token_hex(8)
         arn = f"arn:aws:states:{REGION}:{ACCOUNT}:execution:paystep-payment:{name}"
-        token = "tok-" + secrets.token_hex(40)
+        # As long as a real one: the sealed metadata's size is what Stripe carries.
+        token = token or "tok-" + secrets.token_hex(400)
         binding = Binding(arn, str(attempt), amount, "usd", False)
         pi_id = "pi_" + secrets.token_hex(12)
         metadata = payment_intent_metadata(self.keys, token, binding, order_id=name)
