@@ -9,7 +9,7 @@ mode (25 in a sandbox) and each endpoint (a named operation such as
 `global-rate`, `endpoint-rate`, `global-concurrency`, `endpoint-concurrency` or
 `resource-specific`. These are the two rate limiters, each a token bucket whose
 burst is one second of its rate; with `search_per_s`, the Search API's own limit
-(20 read requests/s, https://docs.stripe.com/search#rate-limits) is a third bucket,
+(20 read requests/s, on the same page) is a third bucket,
 for `GET /v1/payment_intents/search` alone, refused as `endpoint-rate`.
 
     limits = StripeRateLimits(global_per_s=100, endpoint_per_s=25)

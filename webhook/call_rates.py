@@ -6,7 +6,7 @@ set in `ReconcileSettings`, never the whole:
 
 - Stripe: 100 requests/s per account in live mode, 25 in test mode, about 25/s per
   endpoint, and 20 read requests/s for the Search API
-  (https://docs.stripe.com/rate-limits, https://docs.stripe.com/search#rate-limits);
+  (https://docs.stripe.com/rate-limits);
 - Step Functions, per account and region, as token buckets
   (https://docs.aws.amazon.com/step-functions/latest/dg/service-quotas.html#service-limits-api-action-throttling-general):
   SendTaskSuccess/Failure/Heartbeat refill 500/s in US East (N. Virginia), US West
@@ -16,7 +16,8 @@ set in `ReconcileSettings`, never the whole:
   20/s (bucket 400).
 
 A call waits for its turn (`await rates.take(kind)`); the pacer is the worker's
-(`paystep_common.limiter.Pacer`) at a fixed rate: the SDKs' own retries ride out a
+(`paystep_common.limiter.Pacer`) at a fixed rate, which after a pause lets two calls
+go together (every bucket above holds far more): the SDKs' own retries ride out a
 throttle that another caller of the same quota caused.
 """
 
