@@ -1,7 +1,7 @@
 """`make bench` / `python -m bench [--quick]`: every figure of what a payment costs.
 
-Runs the worker, webhook and pipeline benchmarks one after the other (never side by
-side: they would measure each other), each as its own process writing its own
+Runs the worker, webhook, pipeline, fleet and reconcile benchmarks one after the other (never
+side by side: they would measure each other), each as its own process writing its own
 results file, then merges them into `bench/results.json`, writes the table
 `bench/results.md` and the plots `bench/throughput.png` (worker throughput against
 tasks in flight, paystep and the naive consumer on the same axes) and
@@ -30,6 +30,7 @@ RUNS: Final = (
     ("bench.webhook_bench", HERE / "results-webhook.json"),
     ("bench.pipeline_bench", HERE / "results-pipeline.json"),
     ("bench.fleet_bench", HERE / "results-fleet.json"),
+    ("bench.reconcile_bench", HERE / "results-reconcile.json"),
 )
 STRIPE_LATENCY_S: Final = 0.2
 
@@ -86,6 +87,14 @@ TABLE: Final = (
      "webhook benchmark, events at 1.6x the quota, 503s redelivered", "0", lambda v, _: v == 0),
     ("webhook_quota_503_share", "share of deliveries answered 503 under the quota",
      "webhook benchmark", "report", None),
+    ("reconcile_s_per_20k", "reconcile: one run over 20,000 finished and 200 unfinished payments",
+     "reconcile benchmark, fast fakes at Stripe's and Step Functions' quotas", "< 120 s",
+     lambda v, _: v < 120),
+    ("reconcile_sendtask_per_open", "SendTask* calls per unfinished payment (none for a "
+     "finished one)", "reconcile benchmark, counted by the fake Step Functions", "<= 1.1",
+     lambda v, r: v <= 1.1 and r.get("reconcile_sendtask_finished") == 0),
+    ("reconcile_sendtask_second_run", "SendTask* calls of a second run right after",
+     "reconcile benchmark", "0", lambda v, _: v == 0),
 )  # fmt: skip
 
 CALIBRATED: Final = (
@@ -218,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         results["runs"][module] = {"seconds": round(time.monotonic() - begun, 1), **figures}
         # The pipeline run's Stripe count is the one on the real stack: it wins.
         results.update({k: v for k, v in figures.items() if k in dict.fromkeys(t[0] for t in TABLE)
-                        or k in ("naive_tasks_per_s", "fleet_duplicated")})  # fmt: skip
+                        or k in ("naive_tasks_per_s", "fleet_duplicated",
+                                 "reconcile_sendtask_finished")})  # fmt: skip
     after = calibrate()
     unit_ms = (before["calibration_ms"] + after["calibration_ms"]) / 2
     results["calibration"] = {"before": before, "after": after, "calibration_ms": unit_ms}

@@ -42,9 +42,13 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
 - `POST /v1/payment_intents/{id}/confirm` (`payment_method`, `return_url`,
   `off_session`, ...): a declined PaymentIntent confirmed again with another method,
   the same outcomes as above.
-- `GET /v1/events` (`type`, `limit`): the events each change emitted, newest first
+- `GET /v1/events` (`type`, `created`): the events each change emitted, newest first
   (`payment_intent.created`, `.succeeded`, `.payment_failed`, `.processing`, ...).
-- `GET /v1/payment_intents/{id}`, `GET /v1/payment_intents` (list, `limit`).
+- `GET /v1/payment_intents/{id}`, `GET /v1/payment_intents` (list, `created`).
+  Both lists page as Stripe's do (https://docs.stripe.com/api/pagination): `limit`
+  1 to 100 (default 10, anything else 400), `starting_after` / `ending_before` an id
+  of the list (an unknown one 400 `resource_missing`), `has_more`; `created` an
+  integer or `created[gt|gte|lt|lte]`.
 - `POST /v1/payment_intents/{id}/cancel`: refused as Stripe refuses
   (`stripe_rules.check_cancel`: 400 `payment_intent_unexpected_state` once
   processing, succeeded or canceled, the PaymentIntent in the error).
@@ -75,7 +79,10 @@ matched in order against `method` and a path regex (`path`), each used `times` t
 - `kind="hold"`: run the endpoint, then keep the answer for `hold_s` seconds
   (a client killed in that window never sees it).
 
-Latency: every `/v1` request sleeps `latency_s` plus up to `jitter_s`. Rate limit:
+Latency: every `/v1` request sleeps `latency_s` plus up to `jitter_s`. Stripe's
+limiters (`paystep_local.stripe_rate_limits`: the account's 100/s live or 25/s test,
+about 25/s per endpoint, the Search API's 20/s) answer 429 with the limiter named
+in `Stripe-Rate-Limited-Reason`. The older single limiter:
 `rate_limit_per_s` requests a second (token bucket, burst of one second) then
 429s, counted in `stats()["rate_limited"]`.
 
@@ -83,7 +90,9 @@ State, in-process: `intents()`, `requests(route)`, `stats()`, `put_payment_inten
 `update_payment_intent(id, status=...)`, `put_refund(payment_intent, amount)`.
 
 Control API (process form): `GET /_fake/stats`, `GET /_fake/requests`,
-`GET /_fake/payment_intents`, `POST /_fake/config` (JSON: latency_s, jitter_s,
+`GET /_fake/payment_intents`, `POST /_fake/payment_intents` (a JSON list of
+`{"intent": {fields}, "events": [types]}`: stored as `put_payment_intent` does, each
+event emitted at the PaymentIntent's `created`), `POST /_fake/config` (JSON: latency_s, jitter_s,
 rate_limit_per_s, same_key_in_flight), `POST /_fake/faults`,
 `POST /_fake/forget_idempotency_keys`, `POST /_fake/reset`.
 
@@ -97,6 +106,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import random
 import re
@@ -305,6 +315,16 @@ class FakeStripe:
             self.payment_intents[intent["id"]] = intent
         return intent
 
+    def put_payment_intents(self, entries: list[dict[str, Any]]) -> None:
+        """Store PaymentIntents with the events they emitted, as if made long ago: each entry
+        is `{"intent": {fields}, "events": [types]}`, the events dated at `created`."""
+        with self._lock:
+            for entry in entries:
+                intent = _payment_intent(dict(entry["intent"]))
+                self.payment_intents[intent["id"]] = intent
+                for event_type in entry.get("events", ()):
+                    self._emit(event_type, intent, created=intent["created"])
+
     def update_payment_intent(self, intent_id: str, **fields: Any) -> dict[str, Any]:
         """Change a PaymentIntent as the customer or the bank would (a status, a charge)."""
         with self._lock:
@@ -390,6 +410,7 @@ class FakeStripe:
         app.router.add_get("/_fake/stats", self._control_stats)
         app.router.add_get("/_fake/requests", self._control_requests)
         app.router.add_get("/_fake/payment_intents", self._control_intents)
+        app.router.add_post("/_fake/payment_intents", self._control_put_intents)
         app.router.add_post("/_fake/config", self._control_config)
         app.router.add_post("/_fake/faults", self._control_faults)
         app.router.add_post("/_fake/forget_idempotency_keys", self._control_forget)
@@ -615,7 +636,7 @@ class FakeStripe:
                 self._emit("payment_intent.succeeded", intent)
         return _Answer(200, dict(intent))
 
-    def _emit(self, event_type: str, intent: dict[str, Any]) -> None:
+    def _emit(self, event_type: str, intent: dict[str, Any], *, created: int | None = None) -> None:
         """Record an event as Stripe lists it (https://docs.stripe.com/api/events/object)."""
         self.events.append(
             {
@@ -623,26 +644,24 @@ class FakeStripe:
                 "object": "event",
                 "type": event_type,
                 "livemode": False,
-                "created": int(time.time()),
+                "created": int(time.time()) if created is None else created,
                 "data": {"object": json.loads(json.dumps(intent))},
             }
         )
 
     async def _list_events(self, _: web.Request, params: dict[str, Any]) -> _Answer:
-        limit = int(params.get("limit", 10))
         event_type = params.get("type")
         with self._lock:
-            data = [e for e in reversed(self.events) if event_type in (None, e["type"])]
-        return _Answer(200, _list(data[:limit], "/v1/events"))
+            data = [e for e in self.events if event_type in (None, e["type"])]
+        return _Answer(200, _page(data, params, "/v1/events"))
 
     async def _retrieve_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
         return _Answer(200, self._intent(request.match_info["id"]))
 
     async def _list_payment_intents(self, _: web.Request, params: dict[str, Any]) -> _Answer:
-        limit = int(params.get("limit", 10))
         with self._lock:
-            data = sorted(self.payment_intents.values(), key=lambda pi: -pi["created"])[:limit]
-        return _Answer(200, _list(data, "/v1/payment_intents"))
+            data = list(self.payment_intents.values())
+        return _Answer(200, _page(data, params, "/v1/payment_intents"))
 
     async def _search_payment_intents(self, _: web.Request, params: dict[str, Any]) -> _Answer:
         with self._lock:
@@ -748,6 +767,10 @@ class FakeStripe:
     async def _control_intents(self, _: web.Request) -> web.Response:
         return web.json_response(self.intents())
 
+    async def _control_put_intents(self, request: web.Request) -> web.Response:
+        self.put_payment_intents(await request.json())
+        return web.json_response({"ok": True})
+
     async def _control_config(self, request: web.Request) -> web.Response:
         body = await request.json()
         self.configure(
@@ -821,6 +844,53 @@ def _redirect(return_url: str | None) -> dict[str, Any]:
 
 def _list(data: list[dict[str, Any]], url: str) -> dict[str, Any]:
     return {"object": "list", "data": data, "has_more": False, "url": url}
+
+
+# https://docs.stripe.com/api/pagination: `limit` between 1 and 100, default 10.
+MAX_PAGE_LIMIT: Final = 100
+_CREATED_OPS: Final[dict[str, Callable[..., bool]]] = {
+    "gt": lambda value, bound: value > bound,
+    "gte": lambda value, bound: value >= bound,
+    "lt": lambda value, bound: value < bound,
+    "lte": lambda value, bound: value <= bound,
+    "eq": lambda value, bound: value == bound,
+}
+
+
+def _page(objects: list[dict[str, Any]], params: dict[str, Any], url: str) -> dict[str, Any]:
+    """One page of `objects` (given oldest first) as Stripe lists them: newest first, by
+    `created`, then `starting_after` or `ending_before`, `limit` of them."""
+    raw_limit = params.get("limit", "10")
+    if not str(raw_limit).isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE_LIMIT:
+        raise invalid(
+            f"This value must be between 1 and {MAX_PAGE_LIMIT}.",
+            param="limit",
+            code="parameter_invalid_integer",
+        )
+    limit = int(raw_limit)
+    created = params.get("created")
+    bounds = created if isinstance(created, dict) else {} if created is None else {"eq": created}
+    tests: list[Callable[[int], bool]] = []
+    for op, bound in bounds.items():
+        if op not in _CREATED_OPS or not str(bound).isdigit():
+            raise invalid(f"Invalid created[{op}]: must be an integer.", param="created")
+        tests.append(functools.partial(_CREATED_OPS[op], bound=int(bound)))
+    # Newest first; of those created in the same second, the later one first.
+    found = [o for o in reversed(objects) if all(test(int(o["created"])) for test in tests)]
+    found.sort(key=lambda o: -int(o["created"]))
+    start, end = 0, len(found)
+    for param in ("starting_after", "ending_before"):
+        cursor = params.get(param)
+        if cursor:
+            index = next((i for i, o in enumerate(found) if o["id"] == cursor), None)
+            if index is None:
+                raise invalid(f"No such object: '{cursor}'", param=param, code="resource_missing")
+            if param == "starting_after":
+                start = index + 1
+            else:
+                end, start = index, max(0, index - limit)
+    data = found[start : min(end, start + limit)]
+    return {"object": "list", "data": data, "has_more": start + limit < end, "url": url}
 
 
 def _injected(status: int) -> StripeFailure:

@@ -8,7 +8,9 @@ mode (25 in a sandbox) and each endpoint (a named operation such as
 `Stripe-Rate-Limited-Reason` header naming the limiter that refused it:
 `global-rate`, `endpoint-rate`, `global-concurrency`, `endpoint-concurrency` or
 `resource-specific`. These are the two rate limiters, each a token bucket whose
-burst is one second of its rate.
+burst is one second of its rate; with `search_per_s`, the Search API's own limit
+(20 read requests/s, on the same page) is a third bucket,
+for `GET /v1/payment_intents/search` alone, refused as `endpoint-rate`.
 
     limits = StripeRateLimits(global_per_s=100, endpoint_per_s=25)
     limits.install(app, delay=fake.answer_delay)   # middleware + control routes
@@ -45,6 +47,7 @@ RATE_LIMITED_BODY: Final = {
     }
 }
 CONTROL_PATH: Final = "/_fake/rate_limits"
+SEARCH_ROUTE: Final = "GET /v1/payment_intents/search"
 
 
 @dataclass
@@ -55,14 +58,20 @@ class TokenBucket:
     tokens: float = field(init=False)
     at: float = field(init=False)
     clock: Callable[[], float] = time.monotonic
+    burst: float | None = None
+    """Tokens saved up at most (AWS quotas name a bucket size); None: one second's worth."""
 
     def __post_init__(self) -> None:
-        self.tokens = self.rate_per_s
+        self.tokens = self.capacity
         self.at = self.clock()
+
+    @property
+    def capacity(self) -> float:
+        return self.rate_per_s if self.burst is None else self.burst
 
     def _refill(self) -> None:
         now = self.clock()
-        self.tokens = min(self.rate_per_s, self.tokens + (now - self.at) * self.rate_per_s)
+        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate_per_s)
         self.at = now
 
     def has_token(self) -> bool:
@@ -75,7 +84,7 @@ class TokenBucket:
     def set_rate(self, rate_per_s: float) -> None:
         self._refill()
         self.rate_per_s = rate_per_s
-        self.tokens = min(self.tokens, rate_per_s)
+        self.tokens = min(self.tokens, self.capacity)
 
 
 class StripeRateLimits:
@@ -86,10 +95,12 @@ class StripeRateLimits:
         *,
         global_per_s: float | None = None,
         endpoint_per_s: float | None = None,
+        search_per_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = threading.Lock()
         self._clock = clock
+        self._search = None if search_per_s is None else TokenBucket(search_per_s, clock=clock)
         self._global: TokenBucket | None = None
         self._endpoint_per_s: float | None = None
         self._endpoints: dict[str, TokenBucket] = {}
@@ -99,7 +110,9 @@ class StripeRateLimits:
 
     @property
     def enabled(self) -> bool:
-        return self._global is not None or self._endpoint_per_s is not None
+        return (
+            self._global is not None or self._endpoint_per_s is not None or self._search is not None
+        )
 
     def configure(self, *, global_per_s: float | None, endpoint_per_s: float | None) -> None:
         with self._lock:
@@ -124,17 +137,18 @@ class StripeRateLimits:
                 if endpoint is None:
                     endpoint = TokenBucket(self._endpoint_per_s, clock=self._clock)
                     self._endpoints[route] = endpoint
-            # A request refused by either limiter spends no token of the other.
+            search = self._search if route == SEARCH_ROUTE else None
+            # A request refused by one limiter spends no token of the others.
             if self._global is not None and not self._global.has_token():
                 self.refused[GLOBAL_RATE] += 1
                 return GLOBAL_RATE
-            if endpoint is not None and not endpoint.has_token():
-                self.refused[ENDPOINT_RATE] += 1
-                return ENDPOINT_RATE
-            if self._global is not None:
-                self._global.take()
-            if endpoint is not None:
-                endpoint.take()
+            for bucket in (endpoint, search):
+                if bucket is not None and not bucket.has_token():
+                    self.refused[ENDPOINT_RATE] += 1
+                    return ENDPOINT_RATE
+            for spent in (self._global, endpoint, search):
+                if spent is not None:
+                    spent.take()
             return None
 
     def record(self, route: str, status: int | str, key: str | None) -> None:
@@ -199,6 +213,7 @@ class StripeRateLimits:
     def add_arguments(options: argparse.ArgumentParser) -> None:
         options.add_argument("--global-rate-per-s", type=float, help="the account's requests/s")
         options.add_argument("--endpoint-rate-per-s", type=float, help="each endpoint's requests/s")
+        options.add_argument("--search-rate-per-s", type=float, help="the Search API's requests/s")
 
     @classmethod
     def from_arguments(cls, settings: dict[str, Any]) -> StripeRateLimits:
@@ -206,4 +221,5 @@ class StripeRateLimits:
         return cls(
             global_per_s=settings.pop("global_rate_per_s"),
             endpoint_per_s=settings.pop("endpoint_rate_per_s"),
+            search_per_s=settings.pop("search_rate_per_s"),
         )

@@ -137,10 +137,12 @@ def attempt_query(execution_id: str, attempt: int) -> str:
     https://docs.stripe.com/search#query-fields-for-payment-intents: `metadata['key']:'value'`,
     quotes and backslashes escaped with a backslash.
     """
-    return (
-        f"metadata['{EXECUTION_KEY}']:'{_quote(execution_id)}' AND "
-        f"metadata['{ATTEMPT_KEY}']:'{attempt}'"
-    )
+    return f"{execution_query(execution_id)} AND metadata['{ATTEMPT_KEY}']:'{attempt}'"
+
+
+def execution_query(execution_id: str) -> str:
+    """Search query for the PaymentIntents of every attempt of one execution."""
+    return f"metadata['{EXECUTION_KEY}']:'{_quote(execution_id)}'"
 
 
 def order_query(order_id: str) -> str:

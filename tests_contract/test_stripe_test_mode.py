@@ -19,14 +19,15 @@ import uuid
 import pytest
 import stripe
 
+from paystep_common.limiter import Budget
 from statemachine import declines
 from statemachine.card_budget import Card
 from statemachine.models import CreatePaymentTask
 from statemachine.seal import TokenKeys, new_key
 from webhook.events import PaymentIntentSnapshot, parse_event
-from webhook.reconcile import list_events
+from webhook.listings import list_events
+from webhook.reconcile import ReconcileSettings
 from worker.handlers import payment_intent_params, payment_metadata
-from worker.limiter import Budget
 from worker.metrics import Metrics
 from worker.stripe_api import StripeApi
 
@@ -154,7 +155,8 @@ async def test_an_attempt_is_found_by_its_metadata(client: stripe.StripeClient) 
 async def test_the_events_list_parses_as_reconcile_reads_it(client: stripe.StripeClient) -> None:
     since = int(time.time()) - 60
     intent = await _create(_api(client), _task("pm_card_visa"))
-    events = await list_events(client, since, ["payment_intent.succeeded"])
+    rates = ReconcileSettings.model_construct().call_rates()
+    events = await list_events(client, since, ["payment_intent.succeeded"], rates)
     mine = [e for e in events if e.data.object.get("id") == intent.id]
     assert mine, "payment_intent.succeeded of the new PaymentIntent is listed"
     assert mine[0].payment_intent().metadata.get("paystep_attempt") == "1"

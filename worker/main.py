@@ -19,6 +19,7 @@ import stripe
 import structlog
 
 from paystep_common.clients import aws_config, aws_session, stripe_client
+from paystep_common.limiter import Budget
 from paystep_common.logging import configure_logging
 from paystep_common.metrics import probe, start_metrics_server
 from paystep_common.retry import CALLBACKS_WORKER, SQS_CONSUMER, STRIPE_WORKER
@@ -31,7 +32,6 @@ from worker.alerts import Alerts
 from worker.classify import Backoff, RetryPolicy
 from worker.consumer import Consumer
 from worker.handlers import Handlers
-from worker.limiter import Budget
 from worker.metrics import Metrics
 from worker.queue import TaskQueue
 from worker.settings import WorkerSettings

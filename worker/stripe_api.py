@@ -12,8 +12,8 @@ from typing import Final, TypeVar
 
 import stripe
 
+from paystep_common.limiter import Budget, refusal
 from statemachine.metadata import attempt_query
-from worker.limiter import Budget, refusal
 from worker.metrics import Metrics
 
 T = TypeVar("T")

@@ -371,6 +371,7 @@ def test_reconcile_role_answers_tasks_asks_for_checks_and_releases_holds(
         **{action: {"Ref": "PaymentStateMachine"} for action in SEND_TASK},
         "sqs:SendMessage": TASK_QUEUE,
         "states:DescribeExecution": MACHINE_EXECUTIONS,
+        "states:ListExecutions": {"Ref": "PaymentStateMachine"},
         **READ_TABLES,
         **HOLD_STOCK,
         "dynamodb:Query": {"Fn::Sub": "${OrdersTable.Arn}/index/" + OPEN_CLAIMS_INDEX},

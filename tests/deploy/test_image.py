@@ -175,12 +175,16 @@ def pushgateway() -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
     received: list[tuple[str, bytes]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
+        # PUT replaces the job's group, POST only the metrics pushed (reconcile's: a failed
+        # run keeps the last success's timestamp); both answer 202.
         def do_PUT(self) -> None:
             length = int(self.headers.get("Content-Length", "0"))
             received.append((self.path, self.rfile.read(length)))
             self.send_response(202)
             self.send_header("Content-Length", "0")
             self.end_headers()
+
+        do_POST = do_PUT
 
         def log_message(self, *args: object) -> None:
             pass
@@ -247,3 +251,4 @@ def test_reconcile_container_runs_the_cronjobs_command(
     [(path, body)] = received
     assert path == "/metrics/job/paystep-reconcile"
     assert b"paystep_reconcile_last_run_timestamp_seconds" in body
+    assert b"paystep_reconcile_last_success_timestamp_seconds" in body

@@ -205,7 +205,7 @@ def reconcile(local: LocalStack, since: str = "1h") -> dict[str, int]:
         raise AssertionError(
             f"paystep reconcile exited {result.returncode}: {result.stderr[-2000:]}"
         )
-    # "events seen 12, callbacks sent 3, already closed 9, skipped 0, heartbeats 0, errors 0"
+    # "events seen 12, running executions 2, callbacks sent 2, already closed 0, ..., errors 0"
     line = result.stdout.strip().splitlines()[-1]
     parts = (part.rsplit(" ", 1) for part in line.split(", "))
     return {name.replace(" ", "_"): int(value) for name, value in parts}

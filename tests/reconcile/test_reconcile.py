@@ -3,7 +3,8 @@
 GIVEN the local stack with a worker but NO webhook at localstripe (a sink that
 records each delivery and drops it: every delivery is lost), WHEN a payment
 completes at Stripe and its event was delivered to the sink, THEN the execution
-keeps waiting until `paystep reconcile` replays the events.
+keeps waiting until `paystep reconcile` answers its task from the event, and a
+second run, the task closed, sends nothing.
 """
 
 from __future__ import annotations
@@ -115,10 +116,11 @@ def test_lost_success_is_finished_by_reconcile_and_a_rerun_changes_nothing(
     assert described["status"] == "SUCCEEDED", described
     assert "callbacks sent 0" not in first.stdout
 
+    # The execution has ended with the payment it kept: a second run sends nothing at all.
     again = _reconcile(no_webhook)
     assert again.returncode == 0, again.stderr
     assert "callbacks sent 0" in again.stdout
-    assert "already closed 0" not in again.stdout
+    assert "already closed 0" in again.stdout
 
 
 def test_lost_async_decline_ends_declined_after_reconcile(

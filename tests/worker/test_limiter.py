@@ -8,8 +8,7 @@ import random
 import pytest
 import stripe
 
-from paystep_local.stripe_rate_limits import StripeRateLimits
-from worker.limiter import (
+from paystep_common.limiter import (
     CLIMB_GAP,
     CLIMB_TO,
     CUT_PER_REFUSAL_PER_S,
@@ -23,6 +22,7 @@ from worker.limiter import (
     Pacer,
     refusal,
 )
+from paystep_local.stripe_rate_limits import StripeRateLimits
 
 CREATE = "payment_intents.create"
 

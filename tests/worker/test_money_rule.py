@@ -27,6 +27,7 @@ import stripe
 from prometheus_client import generate_latest
 from pydantic import BaseModel
 
+from paystep_common.limiter import Budget
 from paystep_local.fake_stripe import FakeStripe, Fault
 from paystep_local.prometheus import metric
 from statemachine.callbacks import CallbackResult
@@ -42,7 +43,6 @@ from tests.worker.support import UnlimitedCards
 from worker.alerts import RefundAlert
 from worker.errors import PoisonMessage
 from worker.handlers import Handlers
-from worker.limiter import Budget
 from worker.metrics import Metrics
 from worker.queue import Message
 from worker.stripe_api import StripeApi
