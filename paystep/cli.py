@@ -118,7 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     for name, module, text in (
         ("worker", "worker.main", "run the worker daemon (SQS tasks to Stripe)"),
         ("webhook", "webhook.main", "run the Stripe webhook service"),
-        ("reconcile", "webhook.reconcile", "finish what the webhook missed, from the last checkpoint"),
+        ("reconcile", "webhook.reconcile", "finish what the webhook missed"),
     ):
         service = commands.add_parser(name, help=text, add_help=False)
         service.add_argument("args", nargs=argparse.REMAINDER)

@@ -177,11 +177,6 @@ def test_every_metric_an_alert_or_a_panel_reads_from_a_service_is_served(
     assert read - served_metrics() == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reconcile pushes paystep_reconcile_last_run_timestamp_seconds (every run, failed "
-    "ones too), not yet the time of its last success",
-)
 def test_every_metric_an_alert_or_a_panel_reads_from_reconcile_is_pushed(
     manifests: dict[str, list[Manifest]],
 ) -> None:
