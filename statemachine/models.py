@@ -327,11 +327,6 @@ class CapturePaymentTask(Frozen):
         """One capture per PaymentIntent of the execution, however often the task runs."""
         return _idempotency_key("capture", self.execution_id, self.payment_intent_id)
 
-    @property
-    def cancel_idempotency_key(self) -> str:
-        """The key of every cancel of this PaymentIntent by the execution."""
-        return _cancel_idempotency_key(self.execution_id, self.payment_intent_id)
-
 
 class CancelAuthorizationTask(Frozen):
     """Fulfilment failed after the authorisation: cancel it (nothing is charged), unless the
@@ -345,6 +340,7 @@ class CancelAuthorizationTask(Frozen):
 
     @property
     def idempotency_key(self) -> str:
+        """The cancel key of the execution's PaymentIntent: one cancel, whoever asks."""
         return _cancel_idempotency_key(self.execution_id, self.payment_intent_id)
 
 

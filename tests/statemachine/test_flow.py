@@ -355,6 +355,17 @@ def test_an_order_whose_execution_failed_can_be_paid_again(fast: dict[str, Any])
     assert stock_of(ddb, fast["inventory_table"], "sku_again") == 0, "taken once"
 
 
+def _release_claim_by_hand(ddb: Any, deployment: dict[str, Any], order_id: str) -> None:
+    """What an operator does to an order's claim while its payment is under way."""
+    ddb.update_item(
+        TableName=deployment["orders_table"],
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET #s = :released REMOVE claim_state",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":released": {"S": "released"}},
+    )
+
+
 def test_a_claim_that_is_no_longer_open_refunds_the_payment(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
     request = _order()
@@ -362,13 +373,7 @@ def test_a_claim_that_is_no_longer_open_refunds_the_payment(fast: dict[str, Any]
     answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
     # An operator released the claim by hand while the payment was under way.
-    ddb.update_item(
-        TableName=fast["orders_table"],
-        Key={"order_id": {"S": request["order_id"]}},
-        UpdateExpression="SET #s = :released REMOVE claim_state",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":released": {"S": "released"}},
-    )
+    _release_claim_by_hand(ddb, fast, request["order_id"])
     sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_unclaimed"))
     refund = receive_task(sqs, fast["queue_url"], "refund_payment")
     assert (refund["payment_intent_id"], refund["reason"]) == ("pi_unclaimed", errors.ALREADY_PAID)
@@ -554,13 +559,7 @@ def test_a_claim_released_before_the_authorisation_is_recorded_cancels_it_withou
     sfn, sqs, ddb, _ = clients()
     sku = f"sku_{uuid.uuid4().hex[:8]}"
     arn, request, create = _authorized_order(fast, sku, 1)
-    ddb.update_item(
-        TableName=fast["orders_table"],
-        Key={"order_id": {"S": request["order_id"]}},
-        UpdateExpression="SET #s = :released REMOVE claim_state",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":released": {"S": "released"}},
-    )
+    _release_claim_by_hand(ddb, fast, request["order_id"])
     sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_orphaned"))
 
     cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
