@@ -79,6 +79,16 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--customer")
     pay.add_argument("--payment-method")
     pay.add_argument("--receipt-email")
+    pay.add_argument(
+        "--capture-method",
+        choices=["automatic", "manual"],
+        help="manual: authorise now, capture once the order is recorded (default automatic)",
+    )
+    pay.add_argument(
+        "--capture-deadline-s",
+        help="manual capture: seconds after the authorisation to capture by (default 432000, "
+        "5 days; the card's capture_before if sooner)",
+    )
     pay.add_argument("--item", action="append", default=[], metavar="SKU=QTY")
     pay.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE")
     pay.add_argument("--state-machine-arn", default=os.environ.get("PAYSTEP_STATE_MACHINE_ARN"))
@@ -242,6 +252,8 @@ def _pay(args: argparse.Namespace) -> int:
             customer=args.customer,
             payment_method=args.payment_method,
             receipt_email=args.receipt_email,
+            capture_method=args.capture_method,
+            capture_deadline_s=args.capture_deadline_s,
             items=args.item,
             metadata=args.metadata,
         )

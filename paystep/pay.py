@@ -34,6 +34,8 @@ def build_request(
     receipt_email: str | None,
     items: Sequence[str],
     metadata: Sequence[str],
+    capture_method: str | None = None,
+    capture_deadline_s: str | None = None,
 ) -> PaymentRequest:
     """Validate the input locally with the contract's own model before anything starts."""
     if input_json is not None:
@@ -47,6 +49,10 @@ def build_request(
             "customer": customer,
             "payment_method": payment_method,
             "receipt_email": receipt_email,
+            "capture_method": capture_method,
+            "capture_deadline_s": _integer(
+                "--capture-deadline-s", capture_deadline_s, "a whole number of seconds"
+            ),
         }
         raw.update({key: value for key, value in optional.items() if value is not None})
         if items:
@@ -59,15 +65,15 @@ def build_request(
         raise PayError(f"invalid payment input: {describe_validation_error(exc)}") from exc
 
 
-def _integer(flag: str, value: str | None) -> int | None:
+def _integer(
+    flag: str, value: str | None, expected: str = "an integer in the currency's minor unit"
+) -> int | None:
     if value is None:
         return None
     try:
         return int(value)
     except ValueError:
-        raise PayError(
-            f"{flag}: expected an integer in the currency's minor unit, got {value!r}"
-        ) from None
+        raise PayError(f"{flag}: expected {expected}, got {value!r}") from None
 
 
 def _pair(flag: str, spec: str) -> tuple[str, str]:

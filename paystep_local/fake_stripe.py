@@ -36,9 +36,11 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
   same `last_payment_error`; `pm_card_authenticationRequired` -> 402
   `authentication_required` off-session, `requires_action` with a `next_action`
   on-session; `pm_processing*`, `pm_sepa*`, `pm_usBankAccount*` ->
-  `processing`; `pm_missing*` -> 400 `resource_missing`; any other -> `succeeded`.
-  Without confirm: `requires_payment_method`. Customers `cus_missing*` -> 400
-  `resource_missing` (param `customer`); other customers exist.
+  `processing`; `pm_missing*` -> 400 `resource_missing`; any other -> `succeeded`,
+  or with `capture_method=manual` -> `requires_capture` (`amount_capturable` the
+  amount, event `payment_intent.amount_capturable_updated`). Without confirm:
+  `requires_payment_method`. Customers `cus_missing*` -> 400 `resource_missing`
+  (param `customer`); other customers exist.
 - `POST /v1/payment_intents/{id}/confirm` (`payment_method`, `return_url`,
   `off_session`, ...): a declined PaymentIntent confirmed again with another method,
   the same outcomes as above.
@@ -51,7 +53,12 @@ Stripe API subset (any `Authorization: Bearer sk_...` key is accepted, none is a
   integer or `created[gt|gte|lt|lte]`.
 - `POST /v1/payment_intents/{id}/cancel`: refused as Stripe refuses
   (`stripe_rules.check_cancel`: 400 `payment_intent_unexpected_state` once
-  processing, succeeded or canceled, the PaymentIntent in the error).
+  processing, succeeded or canceled, the PaymentIntent in the error); emits
+  `payment_intent.canceled`. `expire_authorization(id)` cancels an authorisation as
+  Stripe does when it expires (`cancellation_reason` `automatic`).
+- `POST /v1/payment_intents/{id}/capture` (`amount_to_capture`): only from
+  `requires_capture` (`stripe_rules.check_capture`), then `succeeded` with
+  `payment_intent.succeeded`.
 - `GET /v1/payment_intents/search?query=...&limit=N&page=...` (`paystep_local.stripe_search`):
   clauses `metadata['k']:'v'`, `status:'v'`, `amount:v`, `currency:'v'`,
   `customer:'v'` joined by `AND`; anything else 400.
@@ -400,6 +407,7 @@ class FakeStripe:
             ("GET", "/v1/payment_intents/{id}", self._retrieve_payment_intent),
             ("POST", "/v1/payment_intents/{id}/cancel", self._cancel_payment_intent),
             ("POST", "/v1/payment_intents/{id}/confirm", self._confirm_payment_intent),
+            ("POST", "/v1/payment_intents/{id}/capture", self._capture_payment_intent),
             ("GET", "/v1/events", self._list_events),
             ("POST", "/v1/refunds", self._create_refund),
             ("GET", "/v1/refunds", self._list_refunds),
@@ -626,7 +634,10 @@ class FakeStripe:
                 intent["status"] = "processing"
                 self._emit("payment_intent.processing", intent)
             elif intent["capture_method"] == "manual":
+                # https://docs.stripe.com/payments/place-a-hold-on-a-payment-method: the
+                # funds are held, `amount_capturable` says how much.
                 intent["status"] = "requires_capture"
+                intent["amount_capturable"] = intent["amount"]
                 intent["latest_charge"] = "ch_" + secrets.token_hex(12)
                 self._emit("payment_intent.amount_capturable_updated", intent)
             else:
@@ -676,7 +687,39 @@ class FakeStripe:
             stored["status"] = "canceled"
             stored["canceled_at"] = int(time.time())
             stored["cancellation_reason"] = "requested_by_customer"
+            # https://docs.stripe.com/api/payment_intents/cancel: an authorisation's
+            # amount_capturable is released.
+            stored["amount_capturable"] = 0
+            self._emit("payment_intent.canceled", stored)
             return _Answer(200, dict(stored))
+
+    async def _capture_payment_intent(
+        self, request: web.Request, params: dict[str, Any]
+    ) -> _Answer:
+        intent = self._intent(request.match_info["id"])
+        with self._lock:
+            stored = self.payment_intents[intent["id"]]
+            amount = stripe_rules.check_capture(stored, params)
+            stored["status"] = "succeeded"
+            stored["amount_received"] = amount
+            stored["amount_capturable"] = 0
+            self._emit("payment_intent.succeeded", stored)
+            return _Answer(200, dict(stored))
+
+    def expire_authorization(self, intent_id: str) -> dict[str, Any]:
+        """Cancel an uncaptured authorisation as Stripe does once it expires
+        (`cancellation_reason` `automatic`,
+        https://docs.stripe.com/api/payment_intents/object#payment_intent_object-cancellation_reason)."""
+        with self._lock:
+            stored = self.payment_intents[intent_id]
+            stored.update(
+                status="canceled",
+                canceled_at=int(time.time()),
+                cancellation_reason="automatic",
+                amount_capturable=0,
+            )
+            self._emit("payment_intent.canceled", stored)
+            return dict(stored)
 
     async def _create_refund(self, _: web.Request, params: dict[str, Any]) -> _Answer:
         intent_id = params.get("payment_intent")
@@ -801,6 +844,7 @@ def _payment_intent(fields: dict[str, Any]) -> dict[str, Any]:
         "id": "pi_" + secrets.token_hex(12),
         "object": "payment_intent",
         "amount": 0,
+        "amount_capturable": 0,
         "amount_received": 0,
         "currency": "usd",
         "customer": None,

@@ -16,6 +16,14 @@ its PaymentIntents and the webhook events it signs all carry them as Stripe does
   confirmed off-session; on-session it asks the customer to authenticate
   (`requires_action`), as localstripe already does for that card number.
 
+And it sends what Stripe sends for a manual capture, where localstripe is silent:
+`payment_intent.amount_capturable_updated` once a card is authorised (status
+`requires_capture`, `amount_capturable` the amount:
+https://docs.stripe.com/api/events/types#event_types-payment_intent.amount_capturable_updated),
+and `payment_intent.canceled` on every cancel, with the `cancellation_reason` given
+(https://docs.stripe.com/api/payment_intents/cancel). localstripe already sends
+`payment_intent.succeeded` after the capture.
+
 Arguments are localstripe's own (`--port N --from-scratch`).
 """
 
@@ -51,6 +59,8 @@ def install() -> None:
     requires_authentication = method_cls._requires_authentication
     create_intent = intent_cls._api_create.__func__
     confirm_intent = intent_cls._api_confirm.__func__
+    cancel_intent = intent_cls._api_cancel.__func__
+    create_charge = intent_cls._create_charge
 
     def test_article(cls: Any, /, id: str) -> Any:
         card = DECLINING_CARDS.get(id)
@@ -116,6 +126,22 @@ def install() -> None:
         finally:
             _OffSession.active = False
 
+    def charge_for(self: Any, on_failure_now: Any) -> None:
+        create_charge(self, on_failure_now)
+        if self.status == "requires_capture":
+            resources.schedule_webhook(
+                resources.Event("payment_intent.amount_capturable_updated", self)
+            )
+
+    def amount_capturable(self: Any) -> int:
+        return int(self.amount) if self.status == "requires_capture" else 0
+
+    def cancel(cls: Any, /, id: str, cancellation_reason: Any = None, **kwargs: Any) -> Any:
+        intent = cancel_intent(cls, id, **kwargs)
+        intent.cancellation_reason = cancellation_reason
+        resources.schedule_webhook(resources.Event("payment_intent.canceled", intent))
+        return intent
+
     method_cls._try_get_canonical_test_article = classmethod(test_article)
     method_cls._charging_is_declined = charging_is_declined
     method_cls._requires_authentication = needs_authentication
@@ -124,11 +150,18 @@ def install() -> None:
     intent_cls.last_payment_error = property(last_payment_error)
     intent_cls._api_create = classmethod(create)
     intent_cls._api_confirm = classmethod(confirm)
-    # The server registers `extra_apis` when it is imported (after this): confirm by the
-    # patched method.
+    intent_cls._api_cancel = classmethod(cancel)
+    intent_cls._create_charge = charge_for
+    intent_cls.amount_capturable = property(amount_capturable)
+    intent_cls.cancellation_reason = None
+    # The server registers `extra_apis` when it is imported (after this): confirm and
+    # cancel by the patched methods.
+    patched = {
+        "/v1/payment_intents/{id}/confirm": intent_cls._api_confirm,
+        "/v1/payment_intents/{id}/cancel": intent_cls._api_cancel,
+    }
     resources.extra_apis[:] = [
-        (method, url, intent_cls._api_confirm if url.endswith("/confirm") else func)
-        for method, url, func in resources.extra_apis
+        (method, url, patched.get(url, func)) for method, url, func in resources.extra_apis
     ]
 
 

@@ -378,6 +378,17 @@ async def _check_paid(stack: Stack, observed: Observed, request: dict[str, Any])
     )
 
 
+async def _check_captured(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
+    """Paid as any order, by a PaymentIntent authorised first, then captured in full."""
+    await _check_paid(stack, observed, request)
+    pi = observed.payment_intent
+    observed.expect(pi.get("capture_method") == "manual", f"captured {pi.get('capture_method')}")
+    observed.expect(
+        pi.get("amount_received") == request["amount"],
+        f"captured {pi.get('amount_received')} of {request['amount']}",
+    )
+
+
 def _with_items(sku: str, quantity: int = 1) -> Step:
     async def add(stack: Stack, observed: Observed, request: dict[str, Any]) -> None:
         request["items"] = [{"sku": f"{sku}_{observed.order_id}", "quantity": quantity}]
@@ -523,6 +534,13 @@ def demo_scenarios(max_attempts: int) -> list[Scenario]:
             "SUCCEEDED",
             prepare=_with_items("sku_plenty_mug", 2),
             check=_check_paid,
+        ),
+        Scenario(
+            "manual_capture",
+            {**base, "payment_method": "pm_card_visa", "capture_method": "manual"},
+            "SUCCEEDED",
+            prepare=_with_items("sku_plenty_frame"),
+            check=_check_captured,
         ),
         Scenario(
             "declined_retried",

@@ -19,7 +19,9 @@ localstripe instead:
   `payment_intent.succeeded` or `payment_intent.payment_failed` itself.
 - Stripe's rule for a cancel (`stripe_rules.check_cancel`): a PaymentIntent
   already succeeded or canceled is refused 400 `payment_intent_unexpected_state`
-  with the PaymentIntent in the error, where localstripe answers a bare 400.
+  with the PaymentIntent in the error, where localstripe answers a bare 400. And
+  for a capture (`stripe_rules.check_capture`): only from `requires_capture`, where
+  localstripe captures a canceled authorisation too.
 - The Search API localstripe lacks (`GET /v1/payment_intents/search`, through
   `paystep_local.stripe_search`): every PaymentIntent listed from localstripe,
   filtered by the query. Stripe documents search as not read-after-write
@@ -76,6 +78,7 @@ JSON: Final = {"Content-Type": "application/json"}
 CREATE: Final = re.compile(r"^/v1/payment_intents$")
 CONFIRM: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/confirm$")
 CANCEL: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/cancel$")
+CAPTURE: Final = re.compile(r"^/v1/payment_intents/(?P<id>pi_\w+)/capture$")
 # https://docs.stripe.com/api/pagination: a list page holds at most 100 objects.
 LIST_PAGE: Final = 100
 # The create parameters localstripe takes; the others Stripe takes are kept here.
@@ -276,6 +279,8 @@ class StripeChaosProxy(ThreadedServer):
                 reply = await self._confirm(request, confirm["id"], params, version)
             elif request.method == "POST" and (cancel := CANCEL.match(request.path)):
                 reply = await self._cancel(request, cancel["id"], body)
+            elif request.method == "POST" and (capture := CAPTURE.match(request.path)):
+                reply = await self._capture(request, capture["id"], body)
             elif request.method == "GET" and request.path == stripe_search.SEARCH_URL:
                 reply = await self._search(request)
             else:
@@ -374,6 +379,14 @@ class StripeChaosProxy(ThreadedServer):
         if isinstance(intent, Reply):
             return intent
         stripe_rules.check_cancel(intent)
+        return Reply(*await self._forward(request, body))
+
+    async def _capture(self, request: web.Request, intent_id: str, body: bytes) -> Reply[bytes]:
+        intent = await self._current(intent_id, _passed_headers(request))
+        if isinstance(intent, Reply):
+            return intent
+        # localstripe captures a canceled authorisation's charge all the same.
+        stripe_rules.check_capture(intent, stripe_rules.decode_form(body.decode()))
         return Reply(*await self._forward(request, body))
 
     async def _search(self, request: web.Request) -> Reply[bytes]:

@@ -1,4 +1,5 @@
-"""Stripe's documented rules for a PaymentIntent create, confirm or cancel, for the local doubles.
+"""Stripe's documented rules for a PaymentIntent create, confirm, cancel or capture, for the
+local doubles.
 
 Both doubles ask this module before acting: the fake Stripe (`fake_stripe`, its
 own state) and the local Stripe in front of localstripe (`stripe_chaos_proxy`),
@@ -53,6 +54,21 @@ CONFIRM_PARAMS: Final = frozenset(
         "setup_future_usage",
         "shipping",
         "use_stripe_sdk",
+    }
+)
+# https://docs.stripe.com/api/payment_intents/capture: the parameters Stripe takes.
+CAPTURE_PARAMS: Final = frozenset(
+    {
+        "amount_to_capture",
+        "amount_details",
+        "application_fee_amount",
+        "expand",
+        "final_capture",
+        "metadata",
+        "payment_details",
+        "statement_descriptor",
+        "statement_descriptor_suffix",
+        "transfer_data",
     }
 )
 # https://docs.stripe.com/api/refunds/update
@@ -270,6 +286,41 @@ def check_cancel(intent: Mapping[str, Any]) -> None:
             code="payment_intent_unexpected_state",
             payment_intent=dict(intent),
         )
+
+
+def check_capture(intent: Mapping[str, Any], params: Mapping[str, Any]) -> int:
+    """The amount a capture (`POST /v1/payment_intents/{id}/capture`) takes, or Stripe's refusal.
+
+    https://docs.stripe.com/api/payment_intents/capture: only a PaymentIntent in
+    `requires_capture` is captured (one canceled, by paystep or as expired, or captured
+    already is refused `payment_intent_unexpected_state`), and `amount_to_capture` is at most
+    the `amount_capturable`, the whole of it by default.
+    """
+    _check_known(params, CAPTURE_PARAMS)
+    status = intent.get("status")
+    if status != "requires_capture":
+        raise StripeFailure(
+            400,
+            "invalid_request_error",
+            f"This PaymentIntent could not be captured because it has a status of {status}. "
+            "Only a PaymentIntent with one of the following statuses may be captured: "
+            "requires_capture.",
+            executed=True,
+            code="payment_intent_unexpected_state",
+            payment_intent=dict(intent),
+        )
+    capturable = int(intent.get("amount_capturable") or intent.get("amount") or 0)
+    raw = params.get("amount_to_capture", capturable)
+    try:
+        amount = int(raw)
+    except (TypeError, ValueError):
+        raise invalid("Invalid integer: amount_to_capture", param="amount_to_capture") from None
+    if not 0 < amount <= capturable:
+        raise invalid(
+            f"amount_to_capture must be at most the amount_capturable ({capturable}).",
+            param="amount_to_capture",
+        )
+    return amount
 
 
 def _check_known(params: Mapping[str, Any], known: frozenset[str]) -> None:

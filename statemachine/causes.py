@@ -98,6 +98,27 @@ def canceled(
     )
 
 
+def authorization_expired(
+    payment_intent_id: str,
+    *,
+    deadline: int | None = None,
+    cancellation_reason: str | None = None,
+    event_id: str | None = None,
+) -> Failure:
+    """`Payment.AuthorizationExpired`: not captured in time, canceled (nothing charged).
+
+    `deadline` (Unix seconds) when paystep found it passed before capturing;
+    `cancellation_reason` when Stripe canceled the authorisation itself.
+    """
+    return _json_failure(
+        errors.AUTHORIZATION_EXPIRED,
+        payment_intent_id=payment_intent_id,
+        deadline=deadline,
+        cancellation_reason=cancellation_reason,
+        event_id=event_id,
+    )
+
+
 def rejected(payment_intent_id: str | None, error: StripeErrorFields | None) -> Failure:
     """`Payment.Rejected`: Stripe refused the request (an unknown customer, a bad parameter)."""
     return _json_failure(

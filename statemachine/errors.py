@@ -18,6 +18,7 @@ ALREADY_PAID: Final = "Order.AlreadyPaid"
 IN_PROGRESS: Final = "Order.InProgress"
 REFUND_FAILED: Final = "Payment.RefundFailed"
 MISMATCH: Final = "Payment.Mismatch"
+AUTHORIZATION_EXPIRED: Final = "Payment.AuthorizationExpired"
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,14 @@ ERRORS: Final = (
     ),
     ContractError(CANCELED, "the PaymentIntent was canceled"),
     ContractError(
+        AUTHORIZATION_EXPIRED,
+        "manual capture: the authorisation was not captured before its deadline (the "
+        "input's `capture_deadline_s` after it, or the card's `capture_before` if sooner; "
+        "the cause names `deadline`), or Stripe canceled it as expired; nothing was "
+        "charged and the stock is back; a sale was lost to a delay: a person should know",
+        alert=True,
+    ),
+    ContractError(
         TIMED_OUT,
         "no outcome before the wait's timeout; the PaymentIntent was canceled, or is "
         "refunded if it is paid later",
@@ -53,7 +62,8 @@ ERRORS: Final = (
         UNFULFILLABLE,
         "an item is out of stock (the cause names each short `sku`, what was `asked` and "
         "what was `left`): no payment was taken. Rarely, the order could not be recorded "
-        "after the payment: it was refunded",
+        "after the payment: it was refunded (with manual capture: its authorisation was "
+        "canceled, nothing charged)",
     ),
     ContractError(
         ALREADY_PAID,
@@ -67,7 +77,7 @@ ERRORS: Final = (
     ContractError(
         MISMATCH,
         "the payment does not match the order (not captured, or another amount received or "
-        "currency than the order's); it was refunded",
+        "currency than the order's); it was refunded, or its authorisation canceled",
         alert=True,
     ),
     ContractError(

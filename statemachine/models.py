@@ -2,9 +2,10 @@
 
 - `PaymentRequest`: the execution input, the JSON a caller passes to StartExecution
   (https://docs.aws.amazon.com/step-functions/latest/apireference/API_StartExecution.html).
-- `CreatePaymentTask`, `CancelPaymentTask`, `RefundPaymentTask`: the SQS task
-  messages the state machine sends, and `CheckPaymentTask`, the one the webhook and
-  reconcile send about a payment whose task was closed: a union discriminated by `type`.
+- `CreatePaymentTask`, `CancelPaymentTask`, `RefundPaymentTask`, `CapturePaymentTask`,
+  `CancelAuthorizationTask`: the SQS task messages the state machine sends, and
+  `CheckPaymentTask`, the one the webhook and reconcile send about a payment whose task
+  was closed: a union discriminated by `type`.
 - `PaymentOutcome`, `CancelOutcome`, `RefundOutcome`: what the services send back
   with SendTaskSuccess.
 """
@@ -76,6 +77,13 @@ def _cancel_idempotency_key(execution_id: str, payment_intent_id: str) -> str:
     return _idempotency_key("cancel", execution_id, payment_intent_id)
 
 
+# https://docs.stripe.com/payments/place-a-hold-on-a-payment-method#auth-and-capture: Visa
+# holds a merchant-initiated online authorisation 5 days (every payment paystep confirms
+# off-session is one), other brands 7; Stripe cancels an uncaptured PaymentIntent after 7
+# days (https://docs.stripe.com/api/payment_intents/capture).
+DEFAULT_CAPTURE_DEADLINE_S: Final = 5 * 24 * 3600
+MAX_CAPTURE_DEADLINE_S: Final = 7 * 24 * 3600
+
 # The order's claim and its items are one DynamoDB transaction (`statemachine.orders`), of
 # at most 100 writes: the order's row and one per item.
 # https://docs.aws.amazon.com/amazondynamodb/latest/APIReference/API_TransactWriteItems.html
@@ -108,6 +116,12 @@ class PaymentRequest(Frozen):
     )
     items: tuple[Item, ...] = Field(default=(), max_length=MAX_ITEMS)
     metadata: dict[str, str] = Field(default_factory=dict)
+    # `manual`: authorise now, capture once the order is recorded
+    # (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
+    capture_method: Literal["automatic", "manual"] = "automatic"
+    # How long after the authorisation the capture may still happen (manual capture only);
+    # the card's own `capture_before` wins when it is sooner.
+    capture_deadline_s: StrictInt | None = Field(default=None, ge=1, le=MAX_CAPTURE_DEADLINE_S)
 
     @field_validator("metadata")
     @classmethod
@@ -156,6 +170,20 @@ class PaymentRequest(Frozen):
         if self.return_url is not None and self.payment_method is None:
             raise ValueError("return_url: only with payment_method (paystep confirms with it)")
         return self
+
+    @model_validator(mode="after")
+    def _deadline_with_manual_capture(self) -> Self:
+        if self.capture_deadline_s is not None and self.capture_method != "manual":
+            raise ValueError(
+                'capture_deadline_s: only with capture_method "manual" (an automatic '
+                "payment is captured at once)"
+            )
+        return self
+
+    @property
+    def capture_deadline(self) -> int:
+        """Seconds from the authorisation to the latest capture paystep attempts."""
+        return self.capture_deadline_s or DEFAULT_CAPTURE_DEADLINE_S
 
     @model_validator(mode="after")
     def _amount_within_stripe_minimum(self) -> Self:
@@ -278,6 +306,44 @@ class RefundPaymentTask(Frozen):
         return _idempotency_key("refund", self.payment_intent_id)
 
 
+class CapturePaymentTask(Frozen):
+    """The order is recorded with its authorisation: capture the full amount, once.
+
+    `request` stays raw, as in `CreatePaymentTask` (it carries the capture deadline).
+    """
+
+    type: Literal["capture_payment"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    payment_intent_id: PaymentIntentId
+    request: JsonValue
+
+    def payment_request(self) -> PaymentRequest:
+        """The validated request; raises `ValidationError` naming the field."""
+        return PaymentRequest.model_validate(self.request)
+
+    @property
+    def idempotency_key(self) -> str:
+        """One capture per PaymentIntent of the execution, however often the task runs."""
+        return _idempotency_key("capture", self.execution_id, self.payment_intent_id)
+
+
+class CancelAuthorizationTask(Frozen):
+    """Fulfilment failed after the authorisation: cancel it (nothing is charged), unless the
+    capture went through after all."""
+
+    type: Literal["cancel_authorization"]
+    task_token: TaskToken
+    execution_id: ExecutionId
+    payment_intent_id: PaymentIntentId
+    reason: str = Field(default="", max_length=256)
+
+    @property
+    def idempotency_key(self) -> str:
+        """The cancel key of the execution's PaymentIntent: one cancel, whoever asks."""
+        return _cancel_idempotency_key(self.execution_id, self.payment_intent_id)
+
+
 class CheckPaymentTask(Frozen):
     """A payment succeeded after its task had closed: keep it, or refund it as an orphan.
 
@@ -300,7 +366,13 @@ class CheckPaymentTask(Frozen):
 
 
 WaitingTask = (
-    ReserveOrderTask | ReleaseOrderTask | CreatePaymentTask | CancelPaymentTask | RefundPaymentTask
+    ReserveOrderTask
+    | ReleaseOrderTask
+    | CreatePaymentTask
+    | CancelPaymentTask
+    | RefundPaymentTask
+    | CapturePaymentTask
+    | CancelAuthorizationTask
 )
 """A task an execution waits for: it carries the token that resumes it."""
 
@@ -310,6 +382,8 @@ Task = Annotated[
     | CreatePaymentTask
     | CancelPaymentTask
     | RefundPaymentTask
+    | CapturePaymentTask
+    | CancelAuthorizationTask
     | CheckPaymentTask,
     Field(discriminator="type"),
 ]
@@ -320,12 +394,21 @@ class PaymentOutcome(Frozen):
     """SendTaskSuccess output of the payment wait (the `payment` of the execution output)."""
 
     payment_intent_id: PaymentIntentId
-    # Only captured money is paid: an authorisation (`requires_capture`) is not.
-    status: Literal["succeeded"]
+    # Only captured money is paid. An authorisation (`requires_capture`, manual capture
+    # only) is recorded, then captured: its `amount_capturable` is what it holds.
+    status: Literal["succeeded", "requires_capture"]
     amount_received: StrictInt = Field(ge=0)
     currency: CurrencyCode
+    amount_capturable: StrictInt | None = Field(default=None, ge=0)
     latest_charge: str | None = None
     event_id: str | None = None
+
+    @model_validator(mode="after")
+    def _authorization_says_what_it_holds(self) -> Self:
+        # The state machine compares it with the order before recording anything.
+        if self.status == "requires_capture" and self.amount_capturable is None:
+            raise ValueError("amount_capturable: required for an authorisation")
+        return self
 
 
 class CancelOutcome(Frozen):

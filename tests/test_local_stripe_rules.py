@@ -18,6 +18,12 @@ THEN it is refused or accepted as Stripe documents, each case naming its rule:
 - cancel: https://docs.stripe.com/api/payment_intents/cancel (only from requires_payment_method,
   requires_capture, requires_confirmation or requires_action; otherwise
   `payment_intent_unexpected_state`)
+- capture: https://docs.stripe.com/api/payment_intents/capture (a manual-capture card is
+  authorised as `requires_capture` with its `amount_capturable`, and
+  `payment_intent.amount_capturable_updated` is sent; a capture takes the whole amount
+  and sends `payment_intent.succeeded`; only `requires_capture` can be captured, a
+  canceled authorisation is refused `payment_intent_unexpected_state`) and
+  https://docs.stripe.com/api/payment_intents/cancel (`payment_intent.canceled` is sent)
 - declines: https://docs.stripe.com/testing#declined-payments (each declining test card's
   code and decline code, in the 402 and in `last_payment_error`) and
   https://docs.stripe.com/api/errors (the error names the `charge` and the `payment_method`)
@@ -43,6 +49,7 @@ from paystep_common.settings import STRIPE_API_VERSION
 from paystep_local import stripe_rules
 from paystep_local.fake_stripe import FakeStripe
 from paystep_local.localstack import LOCAL_STRIPE_KEY, LocalStack
+from paystep_local.polling import eventually
 from paystep_local.stripe_chaos_proxy import StripeChaosProxy
 from statemachine.metadata import attempt_query
 
@@ -272,6 +279,62 @@ def test_a_succeeded_payment_intent_cannot_be_canceled(stripe_base: str) -> None
     assert (error.payment_intent.id, error.payment_intent.status) == (paid["id"], "succeeded")
     _, fetched = _call(stripe_base, f"/v1/payment_intents/{paid['id']}", version=PINNED)
     assert fetched["status"] == "succeeded"
+
+
+def _events_of(base: str, intent_id: str) -> dict[str, str]:
+    """Each event type about `intent_id` and the status its PaymentIntent had then."""
+    _, listed = _call(base, "/v1/events?limit=100")
+    return {
+        e["type"]: e["data"]["object"]["status"]
+        for e in listed["data"]
+        if e["data"]["object"].get("id") == intent_id
+    }
+
+
+MANUAL = {**CARD, **NEVER, "capture_method": "manual", "off_session": "true"}
+
+
+def test_a_manual_capture_is_authorised_then_captured_once(stripe_base: str) -> None:
+    status, authorised = _call(stripe_base, "/v1/payment_intents", MANUAL)
+    assert status == 200, authorised
+    assert (authorised["status"], authorised["amount_capturable"]) == ("requires_capture", 1999)
+    assert authorised["amount_received"] == 0
+    client = _client(stripe_base)
+
+    captured = client.v1.payment_intents.capture(authorised["id"])
+
+    assert (captured.status, captured.amount_received) == ("succeeded", 1999)
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.payment_intents.capture(authorised["id"])
+    assert refused.value.code == "payment_intent_unexpected_state"
+    events = eventually(
+        lambda: _events_of(stripe_base, authorised["id"]),
+        until=lambda types: "payment_intent.succeeded" in types,
+        what="the capture's event",
+    )
+    assert events["payment_intent.amount_capturable_updated"] == "requires_capture"
+    assert events["payment_intent.succeeded"] == "succeeded"
+
+
+def test_a_canceled_authorisation_cannot_be_captured(stripe_base: str) -> None:
+    _, authorised = _call(stripe_base, "/v1/payment_intents", MANUAL)
+    client = _client(stripe_base)
+    canceled = client.v1.payment_intents.cancel(authorised["id"])
+    assert canceled.status == "canceled"
+
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.payment_intents.capture(authorised["id"])
+
+    assert (refused.value.http_status, refused.value.code) == (
+        400,
+        "payment_intent_unexpected_state",
+    )
+    assert client.v1.payment_intents.retrieve(authorised["id"]).status == "canceled"
+    eventually(
+        lambda: _events_of(stripe_base, authorised["id"]),
+        until=lambda types: "payment_intent.canceled" in types,
+        what="the cancel's event",
+    )
 
 
 def test_search_finds_an_attempt_by_metadata_newest_first_and_pages(stripe_base: str) -> None:

@@ -60,6 +60,7 @@ class PaymentIntentSnapshot(StripeModel):
     status: str
     amount: int
     amount_received: int | None = None
+    amount_capturable: int | None = None
     currency: str
     latest_charge: str | None = None
     metadata: dict[str, str] = Field(default_factory=dict)

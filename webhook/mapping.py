@@ -202,7 +202,32 @@ def _payment_failed(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
     return Fail(causes.declined(pi.id, pi.last_payment_error, verdict=verdict, event_id=event.id))
 
 
+def _authorized(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
+    # Stripe always reports amount_capturable; the local emulator leaves it out, and an
+    # authorisation holds the whole amount.
+    capturable = pi.amount if pi.amount_capturable is None else pi.amount_capturable
+    return Succeed(
+        PaymentOutcome(
+            payment_intent_id=pi.id,
+            status="requires_capture",
+            amount_received=pi.amount_received or 0,
+            amount_capturable=capturable,
+            currency=pi.currency,
+            latest_charge=pi.latest_charge,
+            event_id=event.id,
+        )
+    )
+
+
 def _canceled(event: StripeEvent, pi: PaymentIntentSnapshot) -> Callback:
+    if pi.cancellation_reason in EXPIRED_REASONS:
+        # Stripe canceled an authorisation left uncaptured too long: the same end as
+        # paystep's own capture deadline.
+        return Fail(
+            causes.authorization_expired(
+                pi.id, cancellation_reason=pi.cancellation_reason, event_id=event.id
+            )
+        )
     return Fail(causes.canceled(pi.id, pi.cancellation_reason, event_id=event.id))
 
 
@@ -210,17 +235,25 @@ def _heartbeat(_event: StripeEvent, _pi: PaymentIntentSnapshot) -> Callback:
     return Heartbeat()
 
 
+# https://docs.stripe.com/api/payment_intents/object#payment_intent_object-cancellation_reason
+EXPIRED_REASONS: Final = frozenset({"automatic", "expired"})
+# https://docs.stripe.com/api/payment_intents/object#payment_intent_object-status: funds held,
+# to be captured (manual capture).
+AUTHORIZED: Final = "requires_capture"
+
 EVENT_TABLE: Final[Mapping[str, Callable[[StripeEvent, PaymentIntentSnapshot], Callback]]] = {
     "payment_intent.succeeded": _succeeded,
     "payment_intent.payment_failed": _payment_failed,
     "payment_intent.canceled": _canceled,
     "payment_intent.processing": _heartbeat,
     "payment_intent.requires_action": _heartbeat,
-    # An authorisation is not a payment (only captured money is paid): the payment is
-    # under way, as for a customer still authenticating.
-    "payment_intent.amount_capturable_updated": _heartbeat,
+    # https://docs.stripe.com/api/events/types#event_types-payment_intent.amount_capturable_updated:
+    # manual capture, the funds are held. The worker resumes the task from its create too.
+    "payment_intent.amount_capturable_updated": _authorized,
 }
-"""Event types that resume (or keep alive) an execution; every other type is ignored."""
+"""Event types that resume (or keep alive) an execution; every other type is ignored.
+
+Whatever the type, a PaymentIntent in `requires_capture` resumes its task as authorised."""
 
 
 def plan(event: StripeEvent, reader: TokenReader) -> Plan | Ignore:
@@ -229,6 +262,8 @@ def plan(event: StripeEvent, reader: TokenReader) -> Plan | Ignore:
     if handler is None:
         return Ignore(IgnoreReason.UNHANDLED_TYPE)
     pi = event.payment_intent()
+    if pi.status == AUTHORIZED:
+        handler = _authorized
     token = reader.read(pi, event.livemode)
     if isinstance(token, IgnoreReason):
         return Ignore(token, pi)
@@ -309,7 +344,12 @@ async def handle_event(
     outcome = Result(result.value)
     bound.info(f"webhook.callback_{outcome}", callback_s=round(elapsed_s, 4))
     checked = False
-    if outcome is Result.ALREADY_CLOSED and isinstance(callback, Succeed):
+    # Only captured money can be an orphan: a late authorisation changes nothing.
+    if (
+        outcome is Result.ALREADY_CLOSED
+        and isinstance(callback, Succeed)
+        and callback.output.status == "succeeded"
+    ):
         task = check_task(decision.payment_intent, event.id)
         if task is not None:
             await checks.check(task)

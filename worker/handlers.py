@@ -1,4 +1,4 @@
-"""The tasks: reserve and release an order; create, cancel, refund and check a payment.
+"""The tasks: reserve and release an order; create, cancel, capture, refund and check a payment.
 
 The money rule holds in all of them: once an execution has ended, the one payment
 in its output is kept if it SUCCEEDED, none if it FAILED, and every other
@@ -28,8 +28,10 @@ from statemachine.callbacks import CallbackResult, Callbacks
 from statemachine.card_budget import Card, CardBudget, attempt_key
 from statemachine.executions import Executions, NoSuchExecution
 from statemachine.models import (
+    CancelAuthorizationTask,
     CancelOutcome,
     CancelPaymentTask,
+    CapturePaymentTask,
     CheckPaymentTask,
     CreatePaymentTask,
     PaymentOutcome,
@@ -55,9 +57,14 @@ from worker.stripe_api import StripeApi
 
 log = structlog.get_logger("paystep.worker")
 
-# Only captured money is paid: an authorisation (`requires_capture`) is canceled like
-# any other unfinished PaymentIntent.
+# Only captured money is paid: an authorisation (`requires_capture`) is resumed as
+# authorised at create (manual capture), captured by its own task, and canceled like any
+# other unfinished PaymentIntent on every failure.
 PAID: Final = "succeeded"
+AUTHORIZED: Final = "requires_capture"
+# https://docs.stripe.com/api/payment_intents/object#payment_intent_object-cancellation_reason:
+# Stripe's own cancel of an authorisation left uncaptured too long.
+EXPIRED_REASONS: Final = frozenset({"automatic", "expired"})
 PENDING: Final = frozenset({"processing", "requires_action"})
 LIVE_REFUNDS: Final = frozenset({"succeeded", "pending", "requires_action"})
 # https://docs.stripe.com/api/payment_intents/cancel: the statuses a cancel is taken in
@@ -105,6 +112,10 @@ class Handlers:
                 return await self.cancel_payment(task)
             case RefundPaymentTask():
                 return await self.refund_payment(task)
+            case CapturePaymentTask():
+                return await self.capture_payment(task)
+            case CancelAuthorizationTask():
+                return await self.cancel_authorization(task)
             case CheckPaymentTask():
                 return await self.check_payment(task)
 
@@ -209,6 +220,13 @@ class Handlers:
             status=intent.status,
             replayed=replayed,
         )
+        if intent.status == AUTHORIZED:
+            # A card authorises synchronously: resume the wait now. The webhook's
+            # `payment_intent.amount_capturable_updated` is the second path; the later one
+            # finds the task closed.
+            await self._succeed(task.task_token, _authorized_outcome(intent))
+            log.info("payment_intent.authorized", payment_intent=intent.id)
+            return "authorized"
         if intent.status in PENDING:
             # The outcome comes later (a bank debit settling, a customer authenticating):
             # a heartbeat now tells a HeartbeatSeconds window the payment is under way.
@@ -285,6 +303,73 @@ class Handlers:
             outcome = CancelOutcome(outcome="canceled", payment_intent_id=intents[0].id)
         await self._succeed(task.task_token, outcome)
         return outcome.outcome
+
+    async def capture_payment(self, task: CapturePaymentTask) -> str:
+        """Capture the recorded order's authorisation in full, once, before its deadline.
+
+        The deadline is the authorisation's time plus the request's capture deadline, or
+        the card's `capture_before` when Stripe gives it and it is sooner
+        (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method). Past it, or
+        when Stripe canceled the authorisation as expired, the task fails
+        `Payment.AuthorizationExpired` and the state machine cancels what is left.
+        """
+        request = _payment_request(task)
+        structlog.contextvars.bind_contextvars(
+            order_id=request.order_id, payment_intent=task.payment_intent_id
+        )
+        intent = await self.stripe.retrieve_with_charge(task.payment_intent_id)
+        if intent.status == AUTHORIZED:
+            deadline = capture_deadline(intent, request.capture_deadline)
+            if self.clock() >= deadline:
+                log.info("payment_intent.authorization_expired", deadline=deadline)
+                raise TaskFailure(causes.authorization_expired(intent.id, deadline=deadline))
+            try:
+                intent = await self.stripe.capture_payment_intent(
+                    intent.id, idempotency_key=task.idempotency_key
+                )
+            except stripe.InvalidRequestError as exc:
+                if exc.code != UNEXPECTED_STATE:
+                    raise
+                # Captured or canceled between the read and the capture: read it again.
+                intent = await self.stripe.retrieve_payment_intent(intent.id)
+            log.info("payment_intent.captured", status=intent.status)
+        if intent.status == PAID:
+            await self._succeed(task.task_token, _payment_outcome(intent))
+            return "captured"
+        reason = _cancellation_reason(intent)
+        if intent.status == "canceled" and reason in EXPIRED_REASONS:
+            raise TaskFailure(causes.authorization_expired(intent.id, cancellation_reason=reason))
+        if intent.status == "canceled":
+            raise TaskFailure(causes.canceled(intent.id, reason))
+        # Not an authorisation any more, nor paid (a capture still processing): ask again.
+        raise RuntimeError(f"payment intent {intent.id} is {intent.status} after the capture")
+
+    async def cancel_authorization(self, task: CancelAuthorizationTask) -> str:
+        """Cancel the authorisation (nothing is charged), or report the capture that happened.
+
+        https://docs.stripe.com/api/payment_intents/cancel: a `requires_capture`
+        PaymentIntent is canceled and its `amount_capturable` released.
+        """
+        structlog.contextvars.bind_contextvars(payment_intent=task.payment_intent_id)
+        intent = await self.stripe.retrieve_payment_intent(task.payment_intent_id)
+        if intent.status in CANCELABLE:
+            try:
+                intent = await self.stripe.cancel_payment_intent(
+                    intent.id, idempotency_key=task.idempotency_key
+                )
+                log.info("payment_intent.canceled", payment_intent=intent.id, reason=task.reason)
+            except stripe.InvalidRequestError as exc:
+                if exc.code != UNEXPECTED_STATE:
+                    raise
+                intent = await self.stripe.retrieve_payment_intent(intent.id)
+        if intent.status == PAID:
+            outcome = CancelOutcome(
+                outcome="succeeded", payment_intent_id=intent.id, payment=_payment_outcome(intent)
+            )
+        else:
+            outcome = CancelOutcome(outcome="canceled", payment_intent_id=intent.id)
+        await self._succeed(task.task_token, outcome)
+        return "authorization_" + outcome.outcome
 
     async def refund_payment(self, task: RefundPaymentTask) -> str:
         """Refund in full, once: a refund made before (even past the key's 24 h) is reused."""
@@ -458,7 +543,9 @@ class Handlers:
             log.info("task.already_closed")
 
 
-def _payment_request(task: CreatePaymentTask | ReserveOrderTask) -> PaymentRequest:
+def _payment_request(
+    task: CreatePaymentTask | ReserveOrderTask | CapturePaymentTask,
+) -> PaymentRequest:
     try:
         return task.payment_request()
     except ValidationError as exc:
@@ -486,6 +573,9 @@ def payment_intent_params(
         "currency": request.currency,
         "metadata": sealed_metadata,
     }
+    if request.capture_method == "manual":
+        # https://docs.stripe.com/payments/place-a-hold-on-a-payment-method: authorise only.
+        params["capture_method"] = "manual"
     if request.customer:
         params["customer"] = request.customer
     if request.payment_method_types:
@@ -561,3 +651,47 @@ def _payment_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:
         currency=intent.currency,
         latest_charge=charge if isinstance(charge, str) or charge is None else charge.id,
     )
+
+
+def _authorized_outcome(intent: stripe.PaymentIntent) -> PaymentOutcome:
+    fields = intent.to_dict()
+    capturable = fields.get("amount_capturable")
+    return PaymentOutcome(
+        payment_intent_id=intent.id,
+        status="requires_capture",
+        amount_received=int(fields.get("amount_received") or 0),
+        amount_capturable=intent.amount if capturable is None else int(capturable),
+        currency=intent.currency,
+        latest_charge=_charge_id(fields.get("latest_charge")),
+    )
+
+
+def capture_deadline(intent: stripe.PaymentIntent, deadline_s: int) -> int:
+    """Unix seconds after which paystep no longer captures the authorisation.
+
+    The authorisation's time is its charge's `created` (the PaymentIntent's without one);
+    the card's `capture_before` wins when it is sooner
+    (https://docs.stripe.com/api/charges/object#charge_object-payment_method_details-card-capture_before).
+    """
+    fields = intent.to_dict()
+    charge = fields.get("latest_charge")
+    charge = charge if isinstance(charge, dict) else {}
+    authorized_at = int(charge.get("created") or fields.get("created") or 0)
+    deadline = authorized_at + deadline_s
+    card = (charge.get("payment_method_details") or {}).get("card") or {}
+    capture_before = card.get("capture_before")
+    if isinstance(capture_before, int):
+        deadline = min(deadline, capture_before)
+    return deadline
+
+
+def _cancellation_reason(intent: stripe.PaymentIntent) -> str | None:
+    reason = intent.to_dict().get("cancellation_reason")
+    return reason if isinstance(reason, str) else None
+
+
+def _charge_id(charge: object) -> str | None:
+    if isinstance(charge, dict):
+        found = charge.get("id")
+        return found if isinstance(found, str) else None
+    return charge if isinstance(charge, str) else None

@@ -44,6 +44,26 @@ class StripeApi:
             lambda: self._client.v1.payment_intents.retrieve_async(intent_id),
         )
 
+    async def retrieve_with_charge(self, intent_id: str) -> stripe.PaymentIntent:
+        """The PaymentIntent with its latest charge expanded (the card's `capture_before`)."""
+        return await self._call(
+            "payment_intents.retrieve",
+            lambda: self._client.v1.payment_intents.retrieve_async(
+                intent_id, {"expand": ["latest_charge"]}
+            ),
+        )
+
+    async def capture_payment_intent(
+        self, intent_id: str, *, idempotency_key: str
+    ) -> stripe.PaymentIntent:
+        """Capture the whole `amount_capturable` (https://docs.stripe.com/api/payment_intents/capture)."""
+        return await self._call(
+            "payment_intents.capture",
+            lambda: self._client.v1.payment_intents.capture_async(
+                intent_id, options={"idempotency_key": idempotency_key}
+            ),
+        )
+
     async def find_attempt(self, execution_id: str, attempt: int) -> list[stripe.PaymentIntent]:
         """The PaymentIntents created for this attempt (Search API, eventually consistent).
 

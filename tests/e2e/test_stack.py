@@ -48,6 +48,14 @@ def _run(stack: LocalStack, *scenarios: Scenario) -> list[Observed]:
     return asyncio.run(go())
 
 
+def test_the_demos_manual_capture_is_authorised_then_captured_in_full(
+    full_stack: LocalStack,
+) -> None:
+    [observed] = _run(full_stack, SCENARIOS["manual_capture"])
+    assert observed.problems == []
+    assert observed.payment_intent["capture_method"] == "manual"
+
+
 def test_card_payment_succeeds_with_order_stock_and_receipt(full_stack: LocalStack) -> None:
     [observed] = _run(full_stack, SCENARIOS["card"])
     assert observed.problems == []

@@ -355,6 +355,17 @@ def test_an_order_whose_execution_failed_can_be_paid_again(fast: dict[str, Any])
     assert stock_of(ddb, fast["inventory_table"], "sku_again") == 0, "taken once"
 
 
+def _release_claim_by_hand(ddb: Any, deployment: dict[str, Any], order_id: str) -> None:
+    """What an operator does to an order's claim while its payment is under way."""
+    ddb.update_item(
+        TableName=deployment["orders_table"],
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET #s = :released REMOVE claim_state",
+        ExpressionAttributeNames={"#s": "status"},
+        ExpressionAttributeValues={":released": {"S": "released"}},
+    )
+
+
 def test_a_claim_that_is_no_longer_open_refunds_the_payment(fast: dict[str, Any]) -> None:
     sfn, sqs, ddb, _ = clients()
     request = _order()
@@ -362,13 +373,7 @@ def test_a_claim_that_is_no_longer_open_refunds_the_payment(fast: dict[str, Any]
     answer_order_task(sqs, sfn, fast, "reserve_order")
     task = receive_task(sqs, fast["queue_url"], "create_payment")
     # An operator released the claim by hand while the payment was under way.
-    ddb.update_item(
-        TableName=fast["orders_table"],
-        Key={"order_id": {"S": request["order_id"]}},
-        UpdateExpression="SET #s = :released REMOVE claim_state",
-        ExpressionAttributeNames={"#s": "status"},
-        ExpressionAttributeValues={":released": {"S": "released"}},
-    )
+    _release_claim_by_hand(ddb, fast, request["order_id"])
     sfn.send_task_success(taskToken=task["task_token"], output=_paid("pi_unclaimed"))
     refund = receive_task(sqs, fast["queue_url"], "refund_payment")
     assert (refund["payment_intent_id"], refund["reason"]) == ("pi_unclaimed", errors.ALREADY_PAID)
@@ -488,3 +493,168 @@ def test_other_contract_errors_end_the_execution_with_their_name(
         "amount: must be > 0",
     )
     assert "NotifyDeclined" not in states_entered(sfn, arn)
+
+
+# Manual capture: authorise, record the order with its claim open, capture, then keep the
+# holds (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
+
+
+def _authorized(pi: str, amount: int = 1999) -> str:
+    return json.dumps(
+        {
+            "payment_intent_id": pi,
+            "status": "requires_capture",
+            "amount_received": 0,
+            "amount_capturable": amount,
+            "currency": "usd",
+        }
+    )
+
+
+def _authorized_order(
+    deployment: dict[str, Any], sku: str, stock: int
+) -> tuple[str, dict[str, Any], dict[str, Any]]:
+    """A manual-capture order of one `sku` started, its stock held, its create task taken."""
+    sfn, sqs, ddb, _ = clients()
+    put_stock(ddb, deployment["inventory_table"], sku, stock)
+    request = _order(capture_method="manual", items=[{"sku": sku, "quantity": 1}])
+    arn = start(sfn, deployment["state_machine_arn"], request)
+    answer_order_task(sqs, sfn, deployment, "reserve_order")
+    return arn, request, receive_task(sqs, deployment["queue_url"], "create_payment")
+
+
+def test_manual_capture_records_the_authorisation_then_captures_and_keeps_the_stock(
+    fast: dict[str, Any],
+) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, request, create = _authorized_order(fast, sku, 3)
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_auth"))
+
+    capture = receive_task(sqs, fast["queue_url"], "capture_payment")
+    assert (capture["execution_id"], capture["payment_intent_id"]) == (arn, "pi_auth")
+    assert capture["request"] == request
+    # Recorded with its authorisation, the claim still open: a failure now can release.
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert (row["status"], row["claim_state"], row["payment_intent_id"]) == (
+        "authorized",
+        "open",
+        "pi_auth",
+    )
+    assert stock_of(ddb, fast["inventory_table"], sku) == 2
+    sfn.send_task_success(taskToken=capture["task_token"], output=_paid("pi_auth"))
+
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    payment = json.loads(done["output"])["payment"]
+    assert (payment["status"], payment["amount_received"]) == ("succeeded", 1999)
+    row = order_row(ddb, fast["orders_table"], request["order_id"])
+    assert row["status"] == "paid" and "claim_state" not in row and "held_items" not in row
+    assert stock_of(ddb, fast["inventory_table"], sku) == 2
+
+
+def test_a_claim_released_before_the_authorisation_is_recorded_cancels_it_without_refund(
+    fast: dict[str, Any],
+) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, request, create = _authorized_order(fast, sku, 1)
+    _release_claim_by_hand(ddb, fast, request["order_id"])
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_orphaned"))
+
+    cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
+    assert (cancel["payment_intent_id"], cancel["reason"]) == ("pi_orphaned", errors.UNFULFILLABLE)
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_orphaned"}),
+    )
+    answer_order_task(sqs, sfn, fast, "release_order")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE)
+    entered = states_entered(sfn, arn)
+    assert "RefundPayment" not in entered and "CapturePayment" not in entered
+
+
+def test_a_capture_past_its_deadline_cancels_releases_and_fails_authorization_expired(
+    fast: dict[str, Any],
+) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, request, create = _authorized_order(fast, sku, 1)
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_late"))
+    capture = receive_task(sqs, fast["queue_url"], "capture_payment")
+    failure = causes.authorization_expired("pi_late", deadline=1_700_000_000)
+    sfn.send_task_failure(taskToken=capture["task_token"], error=failure.error, cause=failure.cause)
+
+    cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
+    assert cancel["reason"] == errors.AUTHORIZATION_EXPIRED
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_late"}),
+    )
+    release = answer_order_task(sqs, sfn, fast, "release_order")
+    assert release["reason"] == errors.AUTHORIZATION_EXPIRED
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.AUTHORIZATION_EXPIRED)
+    assert json.loads(done["cause"])["deadline"] == 1_700_000_000
+    assert stock_of(ddb, fast["inventory_table"], sku) == 1
+    assert order_row(ddb, fast["orders_table"], request["order_id"])["status"] == "released"
+
+
+def test_a_failed_capture_that_went_through_after_all_is_kept(fast: dict[str, Any]) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, request, create = _authorized_order(fast, sku, 1)
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_slow"))
+    capture = receive_task(sqs, fast["queue_url"], "capture_payment")
+    sfn.send_task_failure(taskToken=capture["task_token"], error="Worker.Lost", cause="gone")
+
+    cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
+    sfn.send_task_success(taskToken=cancel["task_token"], output=_found_paid("pi_slow"))
+    done = wait_done(sfn, arn)
+    assert done["status"] == "SUCCEEDED", done
+    assert order_row(ddb, fast["orders_table"], request["order_id"])["status"] == "paid"
+    assert stock_of(ddb, fast["inventory_table"], sku) == 0
+
+
+def test_an_other_failure_after_the_authorisation_ends_unfulfillable(
+    fast: dict[str, Any],
+) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, _, create = _authorized_order(fast, sku, 1)
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_lost"))
+    capture = receive_task(sqs, fast["queue_url"], "capture_payment")
+    sfn.send_task_failure(taskToken=capture["task_token"], error="Worker.Lost", cause="gone")
+    cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_lost"}),
+    )
+    answer_order_task(sqs, sfn, fast, "release_order")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.UNFULFILLABLE)
+    assert json.loads(done["cause"])["Error"] == "Worker.Lost"
+    assert stock_of(ddb, fast["inventory_table"], sku) == 1
+
+
+def test_an_authorisation_of_another_amount_is_canceled_and_fails_mismatch(
+    fast: dict[str, Any],
+) -> None:
+    sfn, sqs, ddb, _ = clients()
+    sku = f"sku_{uuid.uuid4().hex[:8]}"
+    arn, _, create = _authorized_order(fast, sku, 1)
+    sfn.send_task_success(taskToken=create["task_token"], output=_authorized("pi_less", 999))
+
+    cancel = receive_task(sqs, fast["queue_url"], "cancel_authorization")
+    assert cancel["reason"] == errors.MISMATCH
+    sfn.send_task_success(
+        taskToken=cancel["task_token"],
+        output=json.dumps({"outcome": "canceled", "payment_intent_id": "pi_less"}),
+    )
+    answer_order_task(sqs, sfn, fast, "release_order")
+    done = wait_done(sfn, arn)
+    assert (done["status"], done["error"]) == ("FAILED", errors.MISMATCH)
+    assert json.loads(done["cause"])["amount_capturable"] == 999
+    assert "RefundPayment" not in states_entered(sfn, arn)
+    assert stock_of(ddb, fast["inventory_table"], sku) == 1

@@ -75,10 +75,31 @@ def test_minimal_input_is_valid() -> None:
         ({"payment_method_types": []}, "payment_method_types: Tuple should have at least 1"),
         ({"payment_method_types": "card"}, "payment_method_types: Input should be a valid tuple"),
         ({"payment_method_types": ["Card!"]}, "payment_method_types.0: String should match"),
+        ({"capture_method": "later"}, "capture_method: Input should be 'automatic' or 'manual'"),
+        ({"capture_deadline_s": 60}, 'capture_deadline_s: only with capture_method "manual"'),
+        (
+            {"capture_method": "manual", "capture_deadline_s": 0},
+            "capture_deadline_s: Input should be greater than or equal to 1",
+        ),
+        (
+            {"capture_method": "manual", "capture_deadline_s": 604_801},
+            "capture_deadline_s: Input should be less than or equal to 604800",
+        ),
     ],
 )
 def test_invalid_input_names_the_field(changes: dict[str, Any], expected: str) -> None:
     assert expected in _error(**changes)
+
+
+def test_capture_is_automatic_by_default_and_manual_waits_five_days() -> None:
+    automatic = PaymentRequest.model_validate({"order_id": "o-1", "amount": 50, "currency": "eur"})
+    manual = PaymentRequest.model_validate(
+        {"order_id": "o-1", "amount": 50, "currency": "eur", "capture_method": "manual"}
+    )
+    assert automatic.capture_method == "automatic"
+    # https://docs.stripe.com/payments/place-a-hold-on-a-payment-method: Visa holds a
+    # merchant-initiated authorisation 5 days.
+    assert manual.capture_deadline == 5 * 24 * 3600
 
 
 def test_missing_required_fields_are_each_named() -> None:

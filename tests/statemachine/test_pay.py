@@ -54,6 +54,8 @@ def _executions(deployed: dict[str, Any]) -> list[dict[str, Any]]:
         (["--input", "{not json"], "--input: not JSON"),
         (["--input", '{"order_id": "o1", "amount": 500, "currency": "usd", "tip": 1}'], "tip: unknown field"),
         (["--amount", "500", "--currency", "usd"], "order_id: Input should be a valid string"),
+        (["--order-id", "o1", "--amount", "500", "--currency", "usd", "--capture-deadline-s", "60"], 'capture_deadline_s: only with capture_method "manual"'),
+        (["--order-id", "o1", "--amount", "500", "--currency", "usd", "--capture-method", "manual", "--capture-deadline-s", "1d"], "--capture-deadline-s: expected a whole number of seconds"),
     ],
 )  # fmt: skip
 def test_invalid_input_names_the_field_and_starts_nothing(
@@ -84,6 +86,25 @@ def test_pay_starts_an_execution_named_after_the_order(
         "currency": "usd",
         "items": [{"sku": "sku_mug", "quantity": 2}],
         "metadata": {"campaign": "winter"},
+    }
+
+
+def test_pay_starts_a_manual_capture_with_its_deadline(
+    stack: LocalStack, deployed: dict[str, Any]
+) -> None:
+    order = f"ord_{uuid.uuid4().hex[:8]}"
+    result = _pay(
+        stack, deployed, "--order-id", order, "--amount", "1999", "--currency", "usd",
+        "--capture-method", "manual", "--capture-deadline-s", "3600",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    task = receive_task(boto3.client("sqs"), deployed["queue_url"], "reserve_order")
+    assert task["request"] == {
+        "order_id": order,
+        "amount": 1999,
+        "currency": "usd",
+        "capture_method": "manual",
+        "capture_deadline_s": 3600,
     }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -108,11 +109,50 @@ def test_older_api_versions_give_the_latest_charge_as_the_first_listed() -> None
     assert decision.callback.output.latest_charge == "ch_new"
 
 
-def test_an_authorisation_plans_a_heartbeat_not_a_payment() -> None:
-    # Only captured money is paid.
-    decision = planned("payment_intent.amount_capturable_updated", status="requires_capture")
+def test_an_authorisation_resumes_the_task_as_authorised_not_paid() -> None:
+    # https://docs.stripe.com/api/events/types#event_types-payment_intent.amount_capturable_updated
+    decision = planned(
+        "payment_intent.amount_capturable_updated",
+        status="requires_capture",
+        amount_capturable=1999,
+        amount_received=0,
+    )
 
-    assert isinstance(decision, Plan) and isinstance(decision.callback, Heartbeat)
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    output = decision.callback.output
+    assert (output.status, output.amount_capturable, output.amount_received) == (
+        "requires_capture",
+        1999,
+        0,
+    )
+
+
+def test_any_event_of_an_authorised_payment_intent_resumes_as_authorised() -> None:
+    decision = planned("payment_intent.processing", status="requires_capture")
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Succeed)
+    assert decision.callback.output.status == "requires_capture"
+
+
+@pytest.mark.parametrize("reason", ["automatic", "expired"])
+def test_stripes_cancel_of_an_expired_authorisation_fails_authorization_expired(
+    reason: str,
+) -> None:
+    # https://docs.stripe.com/api/payment_intents/object#payment_intent_object-cancellation_reason
+    decision = planned("payment_intent.canceled", status="canceled", cancellation_reason=reason)
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
+    assert decision.callback.failure.error == errors.AUTHORIZATION_EXPIRED
+    assert json.loads(decision.callback.failure.cause)["cancellation_reason"] == reason
+
+
+def test_a_cancel_for_another_reason_stays_canceled() -> None:
+    decision = planned(
+        "payment_intent.canceled", status="canceled", cancellation_reason="abandoned"
+    )
+
+    assert isinstance(decision, Plan) and isinstance(decision.callback, Fail)
+    assert decision.callback.failure.error == errors.CANCELED
 
 
 def test_payment_failed_plans_a_declined_failure_with_stripes_codes() -> None:

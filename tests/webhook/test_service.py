@@ -18,6 +18,7 @@ import pytest
 from paystep_local.localstack import LocalStack
 from paystep_local.polling import eventually
 from paystep_local.signing import body_of, signature_header, signed
+from tests.support import aws
 from tests.webhook.conftest import (
     OTHER_SECRET,
     SECRET,
@@ -121,18 +122,44 @@ async def test_canceled_fails_the_execution_as_canceled(
     assert json.loads(done["cause"])["cancellation_reason"] == "abandoned"
 
 
-async def test_an_authorisation_is_not_paid_it_keeps_the_wait_alive(
+async def test_an_authorisation_resumes_the_wait_then_the_order_is_recorded_for_capture(
     deployment: dict[str, Any], webhook: Webhook
 ) -> None:
-    # Only captured money is paid: `requires_capture` is an authorisation Stripe cancels
-    # after 7 days (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
+    # Manual capture: `payment_intent.amount_capturable_updated` says the funds are held
+    # (https://docs.stripe.com/api/events/types#event_types-payment_intent.amount_capturable_updated);
+    # the order is recorded with its claim kept open, then the capture is asked for.
     waiting = await in_thread(start_waiting, deployment)
     pi = payment_intent(waiting, status="requires_capture", amount_capturable=1999)
 
     status, answer = await webhook.deliver(event("payment_intent.amount_capturable_updated", pi))
 
-    assert (status, answer) == (200, {"outcome": "delivered", "action": "heartbeat"})
-    assert (await in_thread(describe, waiting.execution_arn))["status"] == "RUNNING"
+    assert (status, answer) == (200, {"outcome": "delivered", "action": "succeed"})
+    capture = await in_thread(_capture_task_of, deployment, waiting.execution_arn)
+    assert capture["payment_intent_id"] == pi["id"]
+    row = await in_thread(
+        aws.order_row, boto3.client("dynamodb"), deployment["orders_table"], waiting.order_id
+    )
+    assert (row["status"], row["claim_state"]) == ("authorized", "open"), row
+    boto3.client("stepfunctions").stop_execution(executionArn=waiting.execution_arn)
+
+
+def _capture_task_of(deployment: dict[str, Any], execution_arn: str) -> dict[str, Any]:
+    sqs = boto3.client("sqs")
+
+    def take() -> dict[str, Any] | None:
+        answer = sqs.receive_message(
+            QueueUrl=deployment["queue_url"], MaxNumberOfMessages=10, WaitTimeSeconds=1
+        )
+        for message in answer.get("Messages", []):
+            body: dict[str, Any] = json.loads(message["Body"])
+            if body.get("execution_id") == execution_arn and body["type"] == "capture_payment":
+                sqs.delete_message(
+                    QueueUrl=deployment["queue_url"], ReceiptHandle=message["ReceiptHandle"]
+                )
+                return body
+        return None
+
+    return eventually(take, interval_s=0, what=f"the capture_payment task of {execution_arn}")
 
 
 async def test_a_success_whose_task_closed_is_queued_for_the_worker_to_check(
