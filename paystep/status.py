@@ -54,6 +54,8 @@ EXIT_CODES: Final[Mapping[Verdict, int]] = {
 EXIT_BAD_ARGUMENTS: Final = EXIT_BAD_SETTINGS
 EXIT_UNREADABLE: Final = 6
 NOT_FOUND: Final = "NOT_FOUND"
+# Row statuses of an open claim: paying, or authorised and not yet captured.
+CLAIMED: Final = frozenset({orders.PAYING, orders.AUTHORIZED})
 # https://docs.aws.amazon.com/step-functions/latest/apireference/API_GetExecutionHistory.html:
 # at most 1,000 events a page. A paystep execution rarely has 100; two pages of the newest
 # events name the current state and the last attempt of any.
@@ -218,7 +220,7 @@ def judge(status: OrderStatus) -> None:
         latest = running[-1]
         status.verdict = "in_progress"
         status.summary = f"{latest.name} is {latest.status} in {latest.current_state or '?'}"
-    elif row is not None and row.status == orders.PAYING and (holder is None or not holder.ended):
+    elif row is not None and row.status in CLAIMED and (holder is None or not holder.ended):
         status.verdict = "in_progress"
         status.summary = f"claimed by {row.execution_id or '?'}, not seen running"
     elif unmatched:
@@ -236,7 +238,7 @@ def judge(status: OrderStatus) -> None:
         last = runs[-1] if runs else None
         ended = f"{last.name} ended {last.status} {last.error or ''}".rstrip() if last else ""
         row_text = f"order row {row.status}" if row else "no order row"
-        if row is not None and row.status == orders.PAYING:
+        if row is not None and row.status in CLAIMED:
             # An execution stopped from outside never ran its release.
             row_text += ", claimed by an ended execution (paystep reconcile releases it)"
         status.summary = "; ".join(part for part in (ended, row_text) if part)

@@ -31,6 +31,8 @@ from statemachine.causes import Failure
 from statemachine.models import Item
 
 PAYING: Final = "paying"
+# Manual capture: authorised, the claim still open until the capture (the ASL sets it).
+AUTHORIZED: Final = "authorized"
 PAID: Final = "paid"
 RELEASED: Final = "released"
 REFUNDED: Final = "refunded"

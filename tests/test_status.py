@@ -114,13 +114,17 @@ def test_a_payment_succeeded_while_its_execution_runs_is_in_progress() -> None:
     assert (status.verdict, status.exit_code) == ("in_progress", 3)
 
 
-def test_a_claim_without_a_running_execution_is_in_progress() -> None:
-    status = _judged(order=_row("paying"))
+@pytest.mark.parametrize("claimed", ["paying", "authorized"])
+def test_a_claim_without_a_running_execution_is_in_progress(claimed: str) -> None:
+    status = _judged(order=_row(claimed))
     assert (status.verdict, status.exit_code) == ("in_progress", 3)
 
 
-def test_a_claim_left_by_an_ended_execution_is_not_paid_and_says_reconcile_releases_it() -> None:
-    status = _judged(order=_row("paying"), executions=[_execution("ABORTED")])
+@pytest.mark.parametrize("claimed", ["paying", "authorized"])
+def test_a_claim_left_by_an_ended_execution_is_not_paid_and_says_reconcile_releases_it(
+    claimed: str,
+) -> None:
+    status = _judged(order=_row(claimed), executions=[_execution("ABORTED")])
     assert (status.verdict, status.exit_code) == ("not_paid", 1)
     assert "paystep reconcile releases it" in status.summary
 

@@ -40,7 +40,14 @@ pytestmark = pytest.mark.slow
 
 MAX_ATTEMPTS = 2
 DEPLOY_ARGS = ("--max-attempts", str(MAX_ATTEMPTS), "--retry-backoff-s", "1")
-STORIES = ("card", "declined_final", "out_of_stock", "invalid_input", "paid_too_late")
+STORIES = (
+    "card",
+    "manual_capture",
+    "declined_final",
+    "out_of_stock",
+    "invalid_input",
+    "paid_too_late",
+)
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,22 @@ def test_a_paid_order_exits_0_with_its_payment_and_no_holds_left(demo: Demo) -> 
         "usd",
     )
     assert payment["refunds"] == [] and payment["last_payment_error"] is None
+
+
+def test_a_manual_capture_order_exits_0_with_its_captured_authorisation(demo: Demo) -> None:
+    view, observed = _json(demo, "manual_capture")
+
+    assert (view["verdict"], view["exit_code"]) == ("paid", 0), view["summary"]
+    assert view["order"]["status"] == "paid" and view["order"]["holds"] == []
+    [execution] = view["executions"]
+    assert (execution["status"], execution["current_state"]) == ("SUCCEEDED", "Paid")
+    [payment] = view["payment_intents"]
+    assert (payment["id"], payment["capture_method"]) == (
+        observed.payment_intent["id"],
+        "manual",
+    )
+    assert (payment["status"], payment["amount_received"]) == ("succeeded", payment["amount"])
+    assert payment["refunds"] == []
 
 
 def test_the_table_tells_the_same_story(demo: Demo) -> None:
