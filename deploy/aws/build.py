@@ -164,7 +164,8 @@ EXECUTION_ALARMS: Final = (
     ),
 )
 """Every failure is a FAILED execution with an error (the rules above): most are ordinary
-outcomes (a declined card), so ExecutionsFailed alone would page for each. A timeout or a
+outcomes (a declined card), so ExecutionsFailed alone would page for each; their share
+has an alarm of its own (`failed_share_alarm`). A timeout or a
 stop skips the definition's own ending; none is expected.
 https://docs.aws.amazon.com/step-functions/latest/dg/procedure-cw-metrics.html"""
 
@@ -184,6 +185,67 @@ def execution_alarm(alarm: ExecutionAlarm) -> dict[str, Any]:
             "Threshold": 0,
             "ComparisonOperator": "GreaterThanThreshold",
             # No execution ended that way in the period: the metric has no data point.
+            "TreatMissingData": "notBreaching",
+            "AlarmActions": [{"Ref": ALARM_TOPIC}],
+            "OKActions": [{"Ref": ALARM_TOPIC}],
+        },
+    }
+
+
+FAILED_SHARE: Final = "ExecutionsFailedShareAlarm"
+
+
+def failed_share_alarm() -> dict[str, Any]:
+    """A spike of failed executions: their share of the ended ones over 15 minutes.
+
+    A declined card fails its execution, so one failure is no alarm; a share far above the
+    usual decline rate is (a revoked Stripe key rejects every payment, a broken release
+    fails them all). Below `FailedExecutionsMinimum` ended executions the share is 0: a
+    quiet night's one decline out of two does not page. Metric math (IF, FILL):
+    https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/using-metric-math.html
+    """
+
+    def ended(metric_id: str, metric: str) -> dict[str, Any]:
+        return {
+            "Id": metric_id,
+            "MetricStat": {
+                "Metric": {
+                    "Namespace": "AWS/States",
+                    "MetricName": metric,
+                    "Dimensions": [{"Name": "StateMachineArn", "Value": {"Ref": STATE_MACHINE}}],
+                },
+                "Period": 900,
+                "Stat": "Sum",
+            },
+            "ReturnData": False,
+        }
+
+    share = (
+        "IF(FILL(failed, 0) + FILL(succeeded, 0) >= ${FailedExecutionsMinimum}, "
+        "FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0)), 0)"
+    )
+    return {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": {"Fn::Sub": "${Name}-executions-failed-share"},
+            "AlarmDescription": (
+                "Far more executions failed than a decline rate explains (their share of "
+                "those that ended in 15 minutes): look at their errors (a rejected Stripe "
+                "key, a broken release, the webhook unreachable)."
+            ),
+            "Metrics": [
+                ended("failed", "ExecutionsFailed"),
+                ended("succeeded", "ExecutionsSucceeded"),
+                {
+                    "Id": "share",
+                    "Expression": {"Fn::Sub": share},
+                    "Label": "share of ended executions that failed",
+                    "ReturnData": True,
+                },
+            ],
+            "EvaluationPeriods": 1,
+            "Threshold": {"Ref": "FailedExecutionsShare"},
+            "ComparisonOperator": "GreaterThanThreshold",
             "TreatMissingData": "notBreaching",
             "AlarmActions": [{"Ref": ALARM_TOPIC}],
             "OKActions": [{"Ref": ALARM_TOPIC}],
@@ -238,6 +300,7 @@ def alerts_block(indent: int) -> str:
     rules = {alert_resource_name(error): alert_rule(error) for error in ERRORS if error.alert}
     rules[UNEXPECTED_FAILURE] = unexpected_failure_rule()
     alarms = {alarm.resource: execution_alarm(alarm) for alarm in EXECUTION_ALARMS}
+    alarms[FAILED_SHARE] = failed_share_alarm()
     return as_yaml(
         {**rules, **alarms, ALERT_TOPIC_POLICY: alerts_topic_policy(list(rules))}, indent
     )

@@ -167,7 +167,7 @@ def test_executions_that_time_out_or_are_stopped_raise_an_alarm(
     [alarm] = [
         alarm["Properties"]
         for alarm in resources(template, "AWS::CloudWatch::Alarm").values()
-        if alarm["Properties"]["MetricName"] == metric
+        if alarm["Properties"].get("MetricName") == metric
     ]
     assert alarm["Namespace"] == "AWS/States"
     assert alarm["Dimensions"] == [
@@ -181,6 +181,36 @@ def test_executions_that_time_out_or_are_stopped_raise_an_alarm(
     assert alarm["AlarmActions"] == [{"Ref": "AlarmTopic"}]
     # The topic policy admits the stack's own alarms by name.
     assert alarm["AlarmName"]["Fn::Sub"].startswith("${Name}-")
+
+
+def test_a_spike_in_the_share_of_failed_executions_raises_an_alarm(
+    template: dict[str, Any],
+) -> None:
+    """Failed over ended (failed + succeeded) executions, per state machine, as metric math
+    (https://docs.aws.amazon.com/AmazonCloudWatch/latest/monitoring/using-metric-math.html):
+    a share, so ordinary declines do not page, with a floor of ended executions."""
+    alarm = resources(template, "AWS::CloudWatch::Alarm")["ExecutionsFailedShareAlarm"]
+    properties = alarm["Properties"]
+    queries = {query["Id"]: query for query in properties["Metrics"]}
+    stats = {
+        key: query["MetricStat"]["Metric"]["MetricName"]
+        for key, query in queries.items()
+        if "MetricStat" in query
+    }
+    assert stats == {"failed": "ExecutionsFailed", "succeeded": "ExecutionsSucceeded"}
+    for key in stats:
+        metric = queries[key]["MetricStat"]["Metric"]
+        assert metric["Namespace"] == "AWS/States"
+        assert metric["Dimensions"] == [
+            {"Name": "StateMachineArn", "Value": {"Ref": "PaymentStateMachine"}}
+        ]
+    [returned] = [query for query in queries.values() if query["ReturnData"]]
+    expression = returned["Expression"]["Fn::Sub"]
+    assert "FILL(failed, 0) / (FILL(failed, 0) + FILL(succeeded, 0))" in expression
+    assert "${FailedExecutionsMinimum}" in expression
+    assert properties["Threshold"] == {"Ref": "FailedExecutionsShare"}
+    assert template["Parameters"]["FailedExecutionsShare"]["MaxValue"] == 1
+    assert properties["AlarmActions"] == [{"Ref": "AlarmTopic"}]
 
 
 @pytest.mark.parametrize("alert", [False, True])
@@ -219,7 +249,7 @@ def test_dead_letters_raise_an_alarm(template: dict[str, Any]) -> None:
     on_dlq = [
         alarm["Properties"]
         for alarm in alarms
-        if alarm["Properties"]["Dimensions"][0]["Value"]
+        if alarm["Properties"].get("Dimensions", [{}])[0].get("Value")
         == {"Fn::GetAtt": ["DeadLetterQueue", "QueueName"]}
     ]
     assert len(on_dlq) == 1
