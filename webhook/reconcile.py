@@ -19,10 +19,11 @@ two weeks. Each run acts only where something is unfinished:
    that has ended without keeping it goes to the worker as a payment to check (it
    keeps or refunds it, once). An execution that SUCCEEDED with exactly one
    succeeded PaymentIntent kept that one; any other case asks `DescribeExecution`.
-4. Holds: the stock of open claims whose execution has ended goes back. Whether it
-   ended is asked of Step Functions, never judged by the claim's age (a bank debit
-   keeps its execution RUNNING for weeks), and only for claims whose execution is
-   not in the RUNNING listing.
+4. Holds: the stock of open claims whose execution has ended goes back, and the
+   authorisation such a claim held uncaptured (manual capture) is canceled
+   (`webhook.authorizations`). Whether it ended is asked of Step Functions, never
+   judged by the claim's age (a bank debit keeps its execution RUNNING for weeks),
+   and only for claims whose execution is not in the RUNNING listing.
 
 With `--heartbeat`, open tasks (processing, waiting for the customer) get a
 SendTaskHeartbeat at most every `PAYSTEP_RECONCILE_HEARTBEAT_EVERY_S`, so a
