@@ -36,9 +36,17 @@ from paystep_local.fake_stripe import FakeStripe, Fault
 from statemachine.errors import IN_PROGRESS
 from statemachine.executions import Execution, Executions
 from statemachine.models import ABANDONED, Item, abandoned_authorization_key
-from statemachine.orders import AUTHORIZED, Orders
+from statemachine.orders import Orders
 from tests.conftest import Deployer
-from tests.support.aws import order_row, put_stock, receive_task, start, stock_of, wait_done
+from tests.support.aws import (
+    order_row,
+    put_stock,
+    receive_task,
+    record_authorized,
+    start,
+    stock_of,
+    wait_done,
+)
 from webhook.reconcile import Summary, release_ended_claims
 
 NOW = "2026-01-01T00:00:00Z"  # old on purpose: age alone never releases a claim
@@ -135,13 +143,7 @@ async def _authorized_then_ended(
         capture_method="manual",
         metadata={"order_id": held.order_id, "paystep_execution": held.execution_id},
     )
-    boto3.client("dynamodb").update_item(
-        TableName=deployment["orders_table"],
-        Key={"order_id": {"S": held.order_id}},
-        UpdateExpression="SET #status = :authorized, payment_intent_id = :pi",
-        ExpressionAttributeNames={"#status": "status"},
-        ExpressionAttributeValues={":authorized": {"S": AUTHORIZED}, ":pi": {"S": pi["id"]}},
-    )
+    record_authorized(boto3.client("dynamodb"), deployment["orders_table"], held.order_id, pi["id"])
     _end(deployment, sfn, held.execution_id)
     return held, pi["id"]
 
