@@ -73,6 +73,9 @@ class NoClaims:
     async def release(self, execution_id: str, order_id: str) -> Released | None:
         return None
 
+    async def authorization(self, execution_id: str, order_id: str) -> str | None:
+        return None
+
 
 @dataclass
 class Recorder:

@@ -77,6 +77,20 @@ def _cancel_idempotency_key(execution_id: str, payment_intent_id: str) -> str:
     return _idempotency_key("cancel", execution_id, payment_intent_id)
 
 
+# https://docs.stripe.com/api/payment_intents/cancel#cancel_payment_intent-cancellation_reason:
+# an ended execution's authorisation is abandoned: its order will never be captured.
+ABANDONED: Final = "abandoned"
+
+
+def abandoned_authorization_key(payment_intent_id: str) -> str:
+    """The cancel of an ended execution's authorisation: one cancel, whichever release asks.
+
+    Its own key, not the execution's cancel key: a request with a key is refused when
+    its parameters differ from the first one's (https://docs.stripe.com/api/idempotent_requests).
+    """
+    return _idempotency_key("cancel-authorization", payment_intent_id)
+
+
 # https://docs.stripe.com/payments/place-a-hold-on-a-payment-method#auth-and-capture: Visa
 # holds a merchant-initiated online authorisation 5 days (every payment paystep confirms
 # off-session is one), other brands 7; Stripe cancels an uncaptured PaymentIntent after 7

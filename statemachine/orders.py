@@ -7,9 +7,10 @@ held for it. The row records the execution (`execution_id`, and every execution
 that ever claimed it in `executions`) and what it holds (`held_items`).
 
 Row states (`status`): `paying` (claimed by `execution_id`; `claim_state` is
-`open`, which the sparse index `open-claims` lists), then `paid` (the state
-machine's `RecordPaid` makes the holds permanent: it removes `held_items` and
-the claim), or `released` (every other end: stock back, claim gone), or
+`open`, which the sparse index `open-claims` lists), `authorized` with manual
+capture (`payment_intent_id` holds the customer's funds, the claim still open),
+then `paid` (the state machine's `RecordPaid` makes the holds permanent: it
+removes `held_items` and the claim), or `released` (every other end: stock back, claim gone), or
 `refunded` (a payment was taken and refunded: `MarkRefunded`). An order whose
 row is `released` or `refunded` can be claimed again; `paid` or `paying` cannot.
 
@@ -66,6 +67,8 @@ class Released:
     order_id: str
     items: int
     """How many items went back to stock."""
+    authorization: str | None = None
+    """The PaymentIntent the claim held uncaptured (the row was `authorized`), else None."""
 
 
 class Orders:
@@ -134,7 +137,14 @@ class Orders:
             if reasons is not None and reasons[0] == CONDITION_FAILED:
                 return None
             raise
-        return Released(order_id, len(held))
+        return Released(order_id, len(held), _authorization(row))
+
+    async def authorization(self, execution_id: str, order_id: str) -> str | None:
+        """The PaymentIntent authorised and not captured under the execution's open claim."""
+        row = await self._row(order_id)
+        if row.get("execution_id") != execution_id or row.get("claim_state") != OPEN:
+            return None
+        return _authorization(row)
 
     async def open_claims(self) -> AsyncIterator[Claim]:
         """Every open claim, oldest first (the sparse index holds only those)."""
@@ -234,6 +244,11 @@ class Orders:
             TableName=self._orders, Key={"order_id": {"S": order_id}}, ConsistentRead=True
         )
         return {name: _plain(value) for name, value in answer.get("Item", {}).items()}
+
+
+def _authorization(row: dict[str, Any]) -> str | None:
+    payment_intent_id = row.get("payment_intent_id")
+    return str(payment_intent_id) if row.get("status") == AUTHORIZED and payment_intent_id else None
 
 
 def _held(item: Item) -> dict[str, Any]:

@@ -19,10 +19,11 @@ two weeks. Each run acts only where something is unfinished:
    that has ended without keeping it goes to the worker as a payment to check (it
    keeps or refunds it, once). An execution that SUCCEEDED with exactly one
    succeeded PaymentIntent kept that one; any other case asks `DescribeExecution`.
-4. Holds: the stock of open claims whose execution has ended goes back. Whether it
-   ended is asked of Step Functions, never judged by the claim's age (a bank debit
-   keeps its execution RUNNING for weeks), and only for claims whose execution is
-   not in the RUNNING listing.
+4. Holds: the stock of open claims whose execution has ended goes back, and the
+   authorisation such a claim held uncaptured (manual capture) is canceled
+   (`webhook.authorizations`). Whether it ended is asked of Step Functions, never
+   judged by the claim's age (a bank debit keeps its execution RUNNING for weeks),
+   and only for claims whose execution is not in the RUNNING listing.
 
 With `--heartbeat`, open tasks (processing, waiting for the customer) get a
 SendTaskHeartbeat at most every `PAYSTEP_RECONCILE_HEARTBEAT_EVERY_S`, so a
@@ -65,6 +66,7 @@ from statemachine.callbacks import CallbackError, CallbackResult, Callbacks
 from statemachine.card_budget import CardBudget
 from statemachine.executions import Executions, NoSuchExecution
 from statemachine.orders import Claim, Orders, Released
+from webhook.authorizations import cancel_abandoned
 from webhook.call_rates import Call, CallRates
 from webhook.checkpoint import CheckpointStore, Memory, task_key
 from webhook.checks import CheckError, PaymentChecks, QueueChecks
@@ -171,6 +173,8 @@ class Summary:
     claims_open: int = 0
     holds_released: int = 0
     would_release: int = 0
+    authorizations_canceled: int = 0
+    would_cancel: int = 0
     errors: int = 0
 
     def line(self, dry_run: bool) -> str:
@@ -178,9 +182,10 @@ class Summary:
             f"would send {self.would_send}" if dry_run else f"callbacks sent {self.callbacks_sent}"
         )
         released = (
-            f"would release {self.would_release}"
+            f"would release {self.would_release}, would cancel {self.would_cancel}"
             if dry_run
-            else f"holds released {self.holds_released}"
+            else f"holds released {self.holds_released}, "
+            f"authorizations canceled {self.authorizations_canceled}"
         )
         return (
             f"events seen {self.events_seen}, running executions {self.running}, {sent}, "
@@ -209,6 +214,8 @@ class Claims(Protocol):
     def open_claims(self) -> AsyncIterator[Claim]: ...
 
     async def release(self, execution_id: str, order_id: str) -> Released | None: ...
+
+    async def authorization(self, execution_id: str, order_id: str) -> str | None: ...
 
 
 class Checkpoints(Protocol):
@@ -547,6 +554,7 @@ async def reconcile_with(
     await release_ended_claims(
         services.orders,
         services.executions,
+        services.stripe,
         summary,
         dry_run=dry_run,
         concurrency=settings.reconcile_concurrency,
@@ -597,6 +605,7 @@ async def _executions(
 async def release_ended_claims(
     orders: Claims,
     executions: Executions,
+    stripe_client: stripe.StripeClient,
     summary: Summary,
     *,
     dry_run: bool,
@@ -604,7 +613,8 @@ async def release_ended_claims(
     running: set[str] | None = None,
     rates: CallRates | None = None,
 ) -> None:
-    """Put back the holds of every open claim whose execution has ended.
+    """Put back the holds of every open claim whose execution has ended, and cancel the
+    authorisation it held uncaptured (`webhook.authorizations`).
 
     A claim of an execution in `running` is skipped without a call; the others are
     confirmed with DescribeExecution (the execution may have started after the
@@ -617,7 +627,9 @@ async def release_ended_claims(
         async with slots:
             if rates is not None:
                 await rates.take(Call.DESCRIBE_EXECUTION)
-            await _release_if_ended(claim, orders, executions, summary, dry_run=dry_run)
+            ended = await _release_if_ended(claim, orders, executions, summary, dry_run=dry_run)
+            if ended is not None:
+                await _cancel_authorization(ended, stripe_client, rates, summary, dry_run=dry_run)
 
     pending: list[asyncio.Task[None]] = []
     try:
@@ -632,9 +644,17 @@ async def release_ended_claims(
     await asyncio.gather(*pending)
 
 
+@dataclass(frozen=True)
+class Ended:
+    """The claim of an ended execution, released (or, in a dry run, to be), and what it held."""
+
+    claim: Claim
+    authorization: str | None
+
+
 async def _release_if_ended(
     claim: Claim, orders: Claims, executions: Executions, summary: Summary, *, dry_run: bool
-) -> None:
+) -> Ended | None:
     bound = log.bind(order_id=claim.order_id, execution=claim.execution_id,
                      claimed_at=claim.claimed_at)  # fmt: skip
     try:
@@ -642,27 +662,65 @@ async def _release_if_ended(
     except NoSuchExecution:
         # Another account or region, or purged after its retention: a person decides.
         bound.warning("reconcile.claim_of_unknown_execution")
-        return
+        return None
     except ClientError as exc:
         summary.errors += 1
         bound.error("reconcile.describe_failed", error=str(exc))
-        return
+        return None
     if not execution.ended:
-        return
+        return None
     bound = bound.bind(status=execution.status)
-    if dry_run:
-        summary.would_release += 1
-        bound.info("reconcile.would_release")
-        return
     try:
+        if dry_run:
+            authorization = await orders.authorization(claim.execution_id, claim.order_id)
+            summary.would_release += 1
+            bound.info("reconcile.would_release", authorization=authorization)
+            return Ended(claim, authorization)
         released = await orders.release(claim.execution_id, claim.order_id)
     except ClientError as exc:
         summary.errors += 1
         bound.error("reconcile.release_failed", error=str(exc))
+        return None
+    if released is None:
+        return None
+    summary.holds_released += 1
+    bound.info("reconcile.claim_released", items=released.items,
+               authorization=released.authorization)  # fmt: skip
+    return Ended(claim, released.authorization)
+
+
+async def _cancel_authorization(
+    ended: Ended,
+    stripe_client: stripe.StripeClient,
+    rates: CallRates | None,
+    summary: Summary,
+    *,
+    dry_run: bool,
+) -> None:
+    """Cancel what the ended claim held uncaptured; a failure is an error, the run goes on.
+
+    The holds are back already: a cancel that failed is not tried again by the next run
+    (the claim is gone), and the authorisation expires on its own.
+    """
+    if ended.authorization is None:
         return
-    if released is not None:
-        summary.holds_released += 1
-        bound.info("reconcile.claim_released", items=released.items)
+    bound = log.bind(order_id=ended.claim.order_id, execution=ended.claim.execution_id,
+                     payment_intent=ended.authorization)  # fmt: skip
+    try:
+        canceled = await cancel_abandoned(stripe_client, ended.authorization, rates,
+                                          dry_run=dry_run)  # fmt: skip
+    except stripe.StripeError as exc:
+        summary.errors += 1
+        bound.error("reconcile.authorization_cancel_failed", error=str(exc))
+        return
+    if not canceled:
+        bound.info("reconcile.authorization_not_held")
+    elif dry_run:
+        summary.would_cancel += 1
+        bound.info("reconcile.would_cancel_authorization")
+    else:
+        summary.authorizations_canceled += 1
+        bound.info("reconcile.authorization_canceled")
 
 
 async def reconcile(
@@ -725,6 +783,11 @@ def _push_metrics(settings: ReconcileSettings, summary: Summary) -> None:
         "Open claims of ended executions whose stock the last run put back.",
         registry=registry,
     ).inc(summary.holds_released)
+    Counter(
+        "paystep_reconcile_authorizations_canceled",
+        "Uncaptured authorisations of ended executions the last run canceled.",
+        registry=registry,
+    ).inc(summary.authorizations_canceled)
     Gauge(
         "paystep_reconcile_last_run_timestamp_seconds",
         "End of the last run, failed or not.",

@@ -28,6 +28,7 @@ from statemachine.callbacks import CallbackResult, Callbacks
 from statemachine.card_budget import Card, CardBudget, attempt_key
 from statemachine.executions import Executions, NoSuchExecution
 from statemachine.models import (
+    ABANDONED,
     CancelAuthorizationTask,
     CancelOutcome,
     CancelPaymentTask,
@@ -43,6 +44,7 @@ from statemachine.models import (
     ReserveOrderTask,
     ReserveOutcome,
     Task,
+    abandoned_authorization_key,
     describe_validation_error,
     dump_json,
 )
@@ -170,7 +172,39 @@ class Handlers:
         released = await self.orders.release(holder, request.order_id)
         log.warning("order.released_ended_claim", holder=holder, status=execution.status,
                     released=released is not None)  # fmt: skip
+        if released is not None and released.authorization is not None:
+            await self._cancel_abandoned(released.authorization)
         return True
+
+    async def _cancel_abandoned(self, intent_id: str) -> None:
+        """Cancel the uncaptured authorisation of an ended execution (it will never be captured).
+
+        A capture that happened meanwhile is a payment of an ended execution, which the
+        orphan check keeps or refunds. A cancel that fails is logged, not retried: the
+        holds are back already, and the authorisation expires on its own
+        (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
+        """
+        bound = log.bind(payment_intent=intent_id)
+        try:
+            intent = await self.stripe.retrieve_payment_intent(intent_id)
+            if intent.status != AUTHORIZED:
+                bound.info("payment_intent.authorization_not_held", status=intent.status)
+                return
+            await self.stripe.cancel_payment_intent(
+                intent_id,
+                idempotency_key=abandoned_authorization_key(intent_id),
+                cancellation_reason=ABANDONED,
+            )
+        except stripe.InvalidRequestError as exc:
+            if exc.code != UNEXPECTED_STATE:
+                bound.error("payment_intent.authorization_cancel_failed", error=str(exc))
+            else:
+                bound.info("payment_intent.authorization_not_held")
+            return
+        except stripe.StripeError as exc:
+            bound.error("payment_intent.authorization_cancel_failed", error=str(exc))
+            return
+        bound.info("payment_intent.canceled", reason=ABANDONED)
 
     async def create_payment(self, task: CreatePaymentTask, message: Message) -> str:
         """One PaymentIntent per attempt; the webhook, not the worker, reports its success."""

@@ -80,12 +80,15 @@ class StripeApi:
         return list(result.data)
 
     async def cancel_payment_intent(
-        self, intent_id: str, *, idempotency_key: str
+        self, intent_id: str, *, idempotency_key: str, cancellation_reason: str | None = None
     ) -> stripe.PaymentIntent:
+        params: stripe.params.PaymentIntentCancelParams = {}
+        if cancellation_reason is not None:
+            params["cancellation_reason"] = cancellation_reason
         return await self._call(
             "payment_intents.cancel",
             lambda: self._client.v1.payment_intents.cancel_async(
-                intent_id, options={"idempotency_key": idempotency_key}
+                intent_id, params, {"idempotency_key": idempotency_key}
             ),
         )
 

@@ -7,6 +7,14 @@ WHEN reconcile looks at the open claims
 THEN the failed one's stock goes back and its claim ends; the running one is left
 whatever its age; a second run finds nothing to do; a dry run changes nothing.
 https://docs.aws.amazon.com/step-functions/latest/apireference/API_DescribeExecution.html
+
+A manual-capture order stopped after its authorisation was recorded has that
+authorisation canceled with its holds (on the fake Stripe): a `requires_capture`
+PaymentIntent is canceled and its funds released, nothing charged, nothing refunded
+(https://docs.stripe.com/api/payment_intents/cancel); left alone, the hold would stay
+for up to 7 days (https://docs.stripe.com/payments/place-a-hold-on-a-payment-method).
+One captured meanwhile is not touched: it is a payment of an ended execution, for the
+orphan check.
 """
 
 from __future__ import annotations
@@ -19,19 +27,30 @@ from typing import Any
 
 import boto3
 import pytest
+import stripe
 from botocore.exceptions import ClientError
 
 from paystep_common.clients import aws_config, aws_session
 from paystep_common.retry import RECONCILE
+from paystep_local.fake_stripe import FakeStripe, Fault
 from statemachine.errors import IN_PROGRESS
 from statemachine.executions import Execution, Executions
-from statemachine.models import Item
+from statemachine.models import ABANDONED, Item, abandoned_authorization_key
 from statemachine.orders import Orders
 from tests.conftest import Deployer
-from tests.support.aws import order_row, put_stock, receive_task, start, stock_of, wait_done
+from tests.support.aws import (
+    order_row,
+    put_stock,
+    receive_task,
+    record_authorized,
+    start,
+    stock_of,
+    wait_done,
+)
 from webhook.reconcile import Summary, release_ended_claims
 
 NOW = "2026-01-01T00:00:00Z"  # old on purpose: age alone never releases a claim
+CANCEL = "POST /v1/payment_intents/{id}/cancel"
 
 
 @dataclass(frozen=True)
@@ -66,6 +85,17 @@ def sfn() -> Iterator[Any]:
     yield boto3.client("stepfunctions")
 
 
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeStripe]:
+    with FakeStripe().running_in_thread() as fake_stripe:
+        yield fake_stripe
+
+
+@pytest.fixture
+def stripe_client(fake: FakeStripe) -> stripe.StripeClient:
+    return stripe.StripeClient("sk_test_reconcile", base_addresses={"api": fake.url})
+
+
 async def _hold(
     orders: Orders, deployment: dict[str, Any], sfn: Any, *, end: bool, quantity: int = 2
 ) -> Held:
@@ -83,19 +113,58 @@ async def _hold(
     arn = start(sfn, deployment["state_machine_arn"], request)
     await orders.reserve(arn, order, [Item(sku=sku, quantity=quantity)], NOW)
     if end:
-        task = receive_task(boto3.client("sqs"), deployment["queue_url"], "reserve_order")
-        assert task["execution_id"] == arn
-        sfn.send_task_failure(taskToken=task["task_token"], error=IN_PROGRESS, cause="{}")
-        assert wait_done(sfn, arn)["status"] == "FAILED"
+        _end(deployment, sfn, arn)
     return Held(order, arn, sku)
 
 
+def _end(deployment: dict[str, Any], sfn: Any, arn: str) -> None:
+    """End the execution FAILED the way nothing releases (see `_hold`)."""
+    task = receive_task(boto3.client("sqs"), deployment["queue_url"], "reserve_order")
+    assert task["execution_id"] == arn
+    sfn.send_task_failure(taskToken=task["task_token"], error=IN_PROGRESS, cause="{}")
+    assert wait_done(sfn, arn)["status"] == "FAILED"
+
+
+async def _authorized_then_ended(
+    orders: Orders, deployment: dict[str, Any], sfn: Any, fake: FakeStripe, *, status: str
+) -> tuple[Held, str]:
+    """A manual-capture order recorded `authorized` (as RecordAuthorized does), whose
+    execution then ends without its cleanup, as one stopped by hand does: its claim stays
+    open. The PaymentIntent is `status`. (moto's StopExecution ends a waiting task only at
+    its timeout, so the execution is ended by `_end` instead.)"""
+    held = await _hold(orders, deployment, sfn, end=False)
+    captured = status == "succeeded"
+    pi = fake.put_payment_intent(
+        status=status,
+        amount=1999,
+        amount_capturable=0 if captured else 1999,
+        amount_received=1999 if captured else 0,
+        currency="usd",
+        capture_method="manual",
+        metadata={"order_id": held.order_id, "paystep_execution": held.execution_id},
+    )
+    record_authorized(boto3.client("dynamodb"), deployment["orders_table"], held.order_id, pi["id"])
+    _end(deployment, sfn, held.execution_id)
+    return held, pi["id"]
+
+
+def _cancels(fake: FakeStripe, pi_id: str) -> list[Any]:
+    key = abandoned_authorization_key(pi_id)
+    return [r for r in fake.requests(CANCEL) if r.idempotency_key == key]
+
+
 async def _reconcile(
-    orders: Orders, executions: Any, *, dry_run: bool = False, concurrency: int = 8
+    orders: Orders,
+    executions: Any,
+    stripe_client: stripe.StripeClient | None = None,
+    *,
+    dry_run: bool = False,
+    concurrency: int = 8,
 ) -> Summary:
     summary = Summary()
+    client = stripe_client or stripe.StripeClient("sk_test_unused")
     await release_ended_claims(
-        orders, executions, summary, dry_run=dry_run, concurrency=concurrency
+        orders, executions, client, summary, dry_run=dry_run, concurrency=concurrency
     )
     return summary
 
@@ -188,7 +257,75 @@ async def test_one_failing_call_is_an_error_and_the_others_are_released(
     assert [stock_of(ddb, deployment["inventory_table"], h.sku) for h in held] == [8, 10, 10, 10]
 
 
+async def test_an_ended_executions_authorisation_is_canceled_with_its_holds_a_capture_is_not(
+    orders: Orders,
+    deployment: dict[str, Any],
+    sfn: Any,
+    clients: tuple[Any, Any],
+    fake: FakeStripe,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    ddb = boto3.client("dynamodb")
+    inventory = deployment["inventory_table"]
+    held, authorized = await _authorized_then_ended(
+        orders, deployment, sfn, fake, status="requires_capture"
+    )
+    paid, captured = await _authorized_then_ended(orders, deployment, sfn, fake, status="succeeded")
+    executions = Executions(clients[1])
+
+    dry = await _reconcile(orders, executions, stripe_client, dry_run=True)
+    assert (dry.would_release, dry.would_cancel, dry.authorizations_canceled) == (2, 1, 0)
+    assert fake.payment_intents[authorized]["status"] == "requires_capture"
+    assert _cancels(fake, authorized) == [] and stock_of(ddb, inventory, held.sku) == 8
+
+    first = await _reconcile(orders, executions, stripe_client)
+    assert (first.holds_released, first.authorizations_canceled, first.errors) == (2, 1, 0)
+    canceled = fake.payment_intents[authorized]
+    assert (canceled["status"], canceled["amount_received"]) == ("canceled", 0)
+    assert canceled["cancellation_reason"]
+    [cancel] = _cancels(fake, authorized)
+    assert cancel.params.get("cancellation_reason") == ABANDONED
+    assert fake.refunds_of(authorized) == []
+    assert stock_of(ddb, inventory, held.sku) == 10
+    assert fake.payment_intents[captured]["status"] == "succeeded"
+    assert _cancels(fake, captured) == [] and fake.refunds_of(captured) == []
+    assert stock_of(ddb, inventory, paid.sku) == 10
+
+    again = await _reconcile(orders, executions, stripe_client)
+    assert (again.holds_released, again.authorizations_canceled, again.errors) == (0, 0, 0)
+
+
+async def test_a_cancel_stripe_fails_is_an_error_and_the_others_go_on(
+    orders: Orders,
+    deployment: dict[str, Any],
+    sfn: Any,
+    clients: tuple[Any, Any],
+    fake: FakeStripe,
+    stripe_client: stripe.StripeClient,
+) -> None:
+    ddb = boto3.client("dynamodb")
+    failing, failing_pi = await _authorized_then_ended(
+        orders, deployment, sfn, fake, status="requires_capture"
+    )
+    other, other_pi = await _authorized_then_ended(
+        orders, deployment, sfn, fake, status="requires_capture"
+    )
+    fault = fake.add_fault(Fault(path=rf"/{failing_pi}/cancel$", status=503, times=None))
+    try:
+        summary = await _reconcile(orders, Executions(clients[1]), stripe_client)
+    finally:
+        fault.times = 0
+
+    assert (summary.holds_released, summary.authorizations_canceled, summary.errors) == (2, 1, 1)
+    assert fake.payment_intents[failing_pi]["status"] == "requires_capture"
+    assert fake.payment_intents[other_pi]["status"] == "canceled"
+    inventory = deployment["inventory_table"]
+    assert [stock_of(ddb, inventory, h.sku) for h in (failing, other)] == [10, 10]
+
+
 def test_the_summary_line_says_what_was_released_or_would_be() -> None:
-    summary = Summary(claims_open=3, holds_released=1, would_release=2)
-    assert "open claims 3, holds released 1," in summary.line(dry_run=False)
-    assert "open claims 3, would release 2," in summary.line(dry_run=True)
+    summary = Summary(claims_open=3, holds_released=1, would_release=2, would_cancel=1)
+    assert "open claims 3, holds released 1, authorizations canceled 0," in summary.line(
+        dry_run=False
+    )
+    assert "open claims 3, would release 2, would cancel 1," in summary.line(dry_run=True)

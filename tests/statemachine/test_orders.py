@@ -23,7 +23,7 @@ from statemachine import causes, errors
 from statemachine.models import Item
 from statemachine.orders import Claim, OrderRefused, Orders, Released
 from tests.conftest import Deployer
-from tests.support.aws import order_row, put_stock, stock_of
+from tests.support.aws import order_row, put_stock, record_authorized, stock_of
 
 NOW = "2026-11-30T00:00:00Z"
 
@@ -187,6 +187,22 @@ async def test_release_puts_the_stock_back_once(
     assert row["status"] == "released"
     assert "claim_state" not in row and "held_items" not in row
     assert order not in await _open_claims(orders)
+
+
+async def test_release_of_an_authorised_claim_names_its_payment_intent(
+    orders: Orders, tables: Tables, ddb: Any, new_id: Callable[[str], str]
+) -> None:
+    order, sku, run = new_id("ord"), new_id("a"), _execution(new_id("x"))
+    put_stock(ddb, tables.inventory, sku, 5)
+    await orders.reserve(run, order, [Item(sku=sku, quantity=2)], NOW)
+    assert await orders.authorization(run, order) is None
+    record_authorized(ddb, tables.orders, order, "pi_held")
+
+    assert await orders.authorization(run, order) == "pi_held"
+    assert await orders.authorization(_execution(new_id("other")), order) is None
+    assert await orders.release(run, order) == Released(order, 1, authorization="pi_held")
+    assert await orders.authorization(run, order) is None
+    assert stock_of(ddb, tables.inventory, sku) == 5
 
 
 async def test_release_by_another_execution_changes_nothing(

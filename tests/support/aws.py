@@ -14,7 +14,7 @@ import boto3
 from paystep_local.polling import ended, eventually
 from statemachine.causes import Failure
 from statemachine.models import PaymentRequest
-from statemachine.orders import OrderRefused, Orders
+from statemachine.orders import AUTHORIZED, OrderRefused, Orders
 
 
 def clients() -> tuple[Any, Any, Any, Any]:
@@ -112,6 +112,20 @@ def put_stock(ddb: Any, table: str, sku: str, stock: int) -> None:
 
 def stock_of(ddb: Any, table: str, sku: str) -> int:
     return int(ddb.get_item(TableName=table, Key={"sku": {"S": sku}})["Item"]["stock"]["N"])
+
+
+def record_authorized(ddb: Any, table: str, order_id: str, payment_intent_id: str) -> None:
+    """Record the order `authorized` with its PaymentIntent, as the ASL's RecordAuthorized."""
+    ddb.update_item(
+        TableName=table,
+        Key={"order_id": {"S": order_id}},
+        UpdateExpression="SET #status = :authorized, payment_intent_id = :pi",
+        ExpressionAttributeNames={"#status": "status"},
+        ExpressionAttributeValues={
+            ":authorized": {"S": AUTHORIZED},
+            ":pi": {"S": payment_intent_id},
+        },
+    )
 
 
 def order_row(ddb: Any, table: str, order_id: str) -> dict[str, str]:
