@@ -679,14 +679,15 @@ class FakeStripe:
             intents = [dict(pi) for pi in self.payment_intents.values()]
         return _Answer(200, stripe_search.search(intents, params))
 
-    async def _cancel_payment_intent(self, request: web.Request, _: dict[str, Any]) -> _Answer:
+    async def _cancel_payment_intent(self, request: web.Request, params: dict[str, Any]) -> _Answer:
         intent = self._intent(request.match_info["id"])
+        reason = stripe_rules.cancellation_reason(params)
         with self._lock:
             stored = self.payment_intents[intent["id"]]
             stripe_rules.check_cancel(stored)
             stored["status"] = "canceled"
             stored["canceled_at"] = int(time.time())
-            stored["cancellation_reason"] = "requested_by_customer"
+            stored["cancellation_reason"] = reason
             # https://docs.stripe.com/api/payment_intents/cancel: an authorisation's
             # amount_capturable is released.
             stored["amount_capturable"] = 0

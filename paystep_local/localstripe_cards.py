@@ -31,7 +31,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from paystep_local.stripe_rules import DECLINING_CARDS, DECLINING_NUMBERS, DecliningCard
+from paystep_local.stripe_rules import (
+    DECLINING_CARDS,
+    DECLINING_NUMBERS,
+    DecliningCard,
+    StripeFailure,
+)
+from paystep_local.stripe_rules import cancellation_reason as cancellation_reason_of
 
 
 class _OffSession:
@@ -50,6 +56,7 @@ def _card_of(resources: Any, payment_method_id: str | None) -> DecliningCard | N
 def install() -> None:
     """Patch localstripe's resources in this process (before it serves)."""
     from localstripe import resources
+    from localstripe.errors import UserError
 
     method_cls = resources.PaymentMethod
     charge_cls = resources.Charge
@@ -137,8 +144,12 @@ def install() -> None:
         return int(self.amount) if self.status == "requires_capture" else 0
 
     def cancel(cls: Any, /, id: str, cancellation_reason: Any = None, **kwargs: Any) -> Any:
+        try:
+            reason = cancellation_reason_of({"cancellation_reason": cancellation_reason})
+        except StripeFailure as refused:
+            raise UserError(refused.status, contents=refused.body["error"]) from None
         intent = cancel_intent(cls, id, **kwargs)
-        intent.cancellation_reason = cancellation_reason
+        intent.cancellation_reason = reason
         resources.schedule_webhook(resources.Event("payment_intent.canceled", intent))
         return intent
 

@@ -288,6 +288,29 @@ def check_cancel(intent: Mapping[str, Any]) -> None:
         )
 
 
+# https://docs.stripe.com/api/payment_intents/cancel#cancel_payment_intent-cancellation_reason:
+# the reasons a caller may give; Stripe sets `automatic`, `expired` and the invoice ones itself.
+CALLER_CANCELLATION_REASONS: Final = frozenset(
+    {"duplicate", "fraudulent", "requested_by_customer", "abandoned"}
+)
+
+
+def cancellation_reason(params: Mapping[str, Any]) -> str | None:
+    """The `cancellation_reason` a cancel records (none when it gives none), or Stripe's
+    refusal of one a caller may not give, naming the parameter."""
+    reason = params.get("cancellation_reason")
+    if reason is None or reason in CALLER_CANCELLATION_REASONS:
+        return reason
+    raise StripeFailure(
+        400,
+        "invalid_request_error",
+        f"Invalid cancellation_reason: must be one of "
+        f"{', '.join(sorted(CALLER_CANCELLATION_REASONS))}",
+        code="parameter_invalid_empty" if reason == "" else "parameter_invalid_string",
+        param="cancellation_reason",
+    )
+
+
 def check_capture(intent: Mapping[str, Any], params: Mapping[str, Any]) -> int:
     """The amount a capture (`POST /v1/payment_intents/{id}/capture`) takes, or Stripe's refusal.
 

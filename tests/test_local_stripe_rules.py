@@ -264,6 +264,26 @@ def test_a_payment_intent_is_canceled_once_then_refused_with_its_status(stripe_b
     assert "status of canceled" in str(refused.value.user_message)
 
 
+def test_a_cancel_records_the_reason_given_and_refuses_one_only_stripe_sets(
+    stripe_base: str,
+) -> None:
+    """https://docs.stripe.com/api/payment_intents/cancel#cancel_payment_intent-cancellation_reason:
+    a caller gives duplicate, fraudulent, requested_by_customer or abandoned; `expired` and
+    `automatic` are Stripe's own."""
+    client = _client(stripe_base)
+    _, open_ = _call(stripe_base, "/v1/payment_intents", {"amount": "1999", "currency": "usd"})
+    with pytest.raises(stripe.InvalidRequestError) as refused:
+        client.v1.payment_intents.cancel(open_["id"], {"cancellation_reason": "expired"})
+    assert (refused.value.http_status, refused.value.param) == (400, "cancellation_reason")
+    _, still = _call(stripe_base, f"/v1/payment_intents/{open_['id']}")
+    assert still["status"] != "canceled"
+
+    canceled = client.v1.payment_intents.cancel(open_["id"], {"cancellation_reason": "abandoned"})
+    assert (canceled.status, canceled.cancellation_reason) == ("canceled", "abandoned")
+    _, other = _call(stripe_base, "/v1/payment_intents", {"amount": "1999", "currency": "usd"})
+    assert client.v1.payment_intents.cancel(other["id"]).cancellation_reason is None
+
+
 def test_a_succeeded_payment_intent_cannot_be_canceled(stripe_base: str) -> None:
     _, paid = _call(stripe_base, "/v1/payment_intents", {**CARD, **NEVER})
     assert paid["status"] == "succeeded", paid

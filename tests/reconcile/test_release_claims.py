@@ -282,9 +282,8 @@ async def test_an_ended_executions_authorisation_is_canceled_with_its_holds_a_ca
     assert (first.holds_released, first.authorizations_canceled, first.errors) == (2, 1, 0)
     canceled = fake.payment_intents[authorized]
     assert (canceled["status"], canceled["amount_received"]) == ("canceled", 0)
-    assert canceled["cancellation_reason"]
-    [cancel] = _cancels(fake, authorized)
-    assert cancel.params.get("cancellation_reason") == ABANDONED
+    assert canceled["cancellation_reason"] == ABANDONED
+    assert len(_cancels(fake, authorized)) == 1
     assert fake.refunds_of(authorized) == []
     assert stock_of(ddb, inventory, held.sku) == 10
     assert fake.payment_intents[captured]["status"] == "succeeded"

@@ -198,9 +198,8 @@ async def test_an_ended_holders_authorisation_is_canceled_with_its_release(
     assert stubs.released == [OLD] and stubs.holder == NEW
     after = fake.payment_intents[pi["id"]]
     assert (after["status"], after["amount_received"]) == ("canceled", 0)
-    assert after["cancellation_reason"]
-    [cancel] = _cancels(fake, pi["id"])
-    assert cancel.params.get("cancellation_reason") == ABANDONED
+    assert after["cancellation_reason"] == ABANDONED
+    assert len(_cancels(fake, pi["id"])) == 1
     assert fake.refunds_of(pi["id"]) == []
 
 
