@@ -31,8 +31,12 @@ def test_any_configured_secret_may_match() -> None:
         ("", signature.MissingSignature),
         ("t=abc,v1=00", signature.MalformedSignatureHeader),
         ("v1=00", signature.MalformedSignatureHeader),
-        (f"t={int(time.time())}", signature.MalformedSignatureHeader),
-        (f"t={int(time.time())},v0=00", signature.MalformedSignatureHeader),
+        pytest.param(
+            f"t={int(time.time())}", signature.MalformedSignatureHeader, id="timestamp-only"
+        ),
+        pytest.param(
+            f"t={int(time.time())},v0=00", signature.MalformedSignatureHeader, id="v0-only"
+        ),
     ],
 )
 def test_headers_that_cannot_be_checked_are_refused(
