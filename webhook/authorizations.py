@@ -17,8 +17,8 @@ import stripe
 
 from statemachine.models import ABANDONED, abandoned_authorization_key
 from webhook.call_rates import Call, CallRates
+from webhook.mapping import AUTHORIZED
 
-AUTHORIZED: Final = "requires_capture"
 UNEXPECTED_STATE: Final = "payment_intent_unexpected_state"
 
 
