@@ -221,7 +221,17 @@ class PreviousDecline(BaseModel):
     payment_intent_id: PaymentIntentId | None = None
 
 
-class ReserveOrderTask(Frozen):
+class _CarriesRequest(Frozen):
+    """A task carrying the execution's request raw, validated where it is used."""
+
+    request: JsonValue
+
+    def payment_request(self) -> PaymentRequest:
+        """The validated request; raises `ValidationError` naming the field."""
+        return PaymentRequest.model_validate(self.request)
+
+
+class ReserveOrderTask(_CarriesRequest):
     """Before any Stripe call: claim the order for the execution and hold its stock.
 
     `request` stays raw, as in `CreatePaymentTask`: this is where a bad input is
@@ -233,11 +243,6 @@ class ReserveOrderTask(Frozen):
     execution_id: ExecutionId
     # The execution's start: the claim's time, the same on every repeat of the task.
     started_at: str = Field(min_length=1, max_length=40)
-    request: JsonValue
-
-    def payment_request(self) -> PaymentRequest:
-        """The validated request; raises `ValidationError` naming the field."""
-        return PaymentRequest.model_validate(self.request)
 
 
 class ReleaseOrderTask(Frozen):
@@ -260,7 +265,7 @@ class ReleaseOrderTask(Frozen):
             return None
 
 
-class CreatePaymentTask(Frozen):
+class CreatePaymentTask(_CarriesRequest):
     """Create (and, with a payment method, confirm) the PaymentIntent of one attempt.
 
     `request` stays raw here: the envelope (token, execution) must be usable even
@@ -273,13 +278,8 @@ class CreatePaymentTask(Frozen):
     execution_id: ExecutionId
     state: str = Field(min_length=1, max_length=80)
     attempt: StrictInt = Field(ge=1)
-    request: JsonValue
     # Empty on the first attempt (and in messages sent before the field existed).
     previous_decline: PreviousDecline = PreviousDecline()
-
-    def payment_request(self) -> PaymentRequest:
-        """The validated request; raises `ValidationError` naming the field."""
-        return PaymentRequest.model_validate(self.request)
 
     @property
     def idempotency_key(self) -> str:
@@ -320,7 +320,7 @@ class RefundPaymentTask(Frozen):
         return _idempotency_key("refund", self.payment_intent_id)
 
 
-class CapturePaymentTask(Frozen):
+class CapturePaymentTask(_CarriesRequest):
     """The order is recorded with its authorisation: capture the full amount, once.
 
     `request` stays raw, as in `CreatePaymentTask` (it carries the capture deadline).
@@ -330,11 +330,6 @@ class CapturePaymentTask(Frozen):
     task_token: TaskToken
     execution_id: ExecutionId
     payment_intent_id: PaymentIntentId
-    request: JsonValue
-
-    def payment_request(self) -> PaymentRequest:
-        """The validated request; raises `ValidationError` naming the field."""
-        return PaymentRequest.model_validate(self.request)
 
     @property
     def idempotency_key(self) -> str:
